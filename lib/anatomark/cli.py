@@ -1,0 +1,213 @@
+"""``anatomark`` command line: train, infer, evaluate."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from anatomark.errors import AnatomarkError
+
+
+def _git_commit() -> str:
+    from anatomark.paths import REPO_ROOT
+
+    try:
+        return subprocess.run(
+            ["git", "-C", str(REPO_ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+    except Exception:  # noqa: BLE001
+        return "unknown"
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from anatomark.config import load_recipe
+    from anatomark.data.dataset import LandmarkDataset
+    from anatomark.training import train
+
+    recipe = load_recipe(args.config)
+    ds = LandmarkDataset(args.dataset, split=args.split, annotator=args.annotator, landmark_set=recipe["landmark_set"])
+    val = None
+    if args.val_split:
+        val = LandmarkDataset(args.dataset, split=args.val_split, annotator=args.annotator, landmark_set=recipe["landmark_set"]).items
+    print(f"Training {recipe['name']} on {len(ds)} images of {args.dataset} ({args.split}, {args.annotator})")
+    res = train(
+        recipe,
+        ds.items,
+        args.out,
+        resume=args.resume,
+        init_weights=args.init,
+        epochs=args.epochs,
+        device=args.device,
+        val_items=val,
+        info={"dataset": str(args.dataset), "split": args.split, "annotator": args.annotator, "commit": _git_commit()},
+    )
+    print(f"Best validation MRE: {res['best_val_mre_mm']} mm; model written to {res['model_path']}")
+    return 0
+
+
+def _predict_files(model: Any, paths: list[str], spacing: Any) -> list[tuple[str, Any, Any]]:
+    from anatomark.data.image_io import load_image
+
+    out = []
+    for p in paths:
+        img = load_image(p, spacing=spacing, default_spacing=model.landmark_set.default_spacing_mm)
+        out.append((p, img, model.predict(img)))
+    return out
+
+
+def cmd_infer(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from anatomark.data.annotations import write_slicer_markups
+    from anatomark.data.image_io import load_image
+    from anatomark.model import load_model
+    from anatomark.visualize import save_overlay
+
+    model = load_model(args.model)
+    ls = model.landmark_set
+    out = Path(args.out)
+    failures = 0
+    for p in tqdm(args.images, desc="Inferring", unit="img", disable=len(args.images) < 2):
+        try:
+            img = load_image(p, spacing=args.spacing, default_spacing=ls.default_spacing_mm)
+        except AnatomarkError as e:
+            print(f"error: {e}", file=sys.stderr)
+            failures += 1
+            continue
+        t0 = time.perf_counter()
+        pred = model.predict(img)
+        stem = Path(p).name.split(".")[0]
+        doc = {
+            "image": str(p),
+            "size_wh": list(img.size_wh),
+            "spacing_mm": list(img.spacing),
+            "spacing_source": img.spacing_source,
+            "model": model.name,
+            "landmark_set": ls.name,
+            "landmarks": pred.to_list(),
+            "latency_s": round(time.perf_counter() - t0, 4),
+        }
+        from anatomark.data.annotations import _atomic_write_text
+
+        _atomic_write_text(out / f"{stem}.json", json.dumps(doc, indent=2))
+        if not args.no_overlay:
+            save_overlay(out / f"{stem}_overlay.png", img, pred.points, ls.shorts, ls.colors)
+        if args.markups:
+            write_slicer_markups(out / f"{stem}.mrk.json", pred.points, ls.names, img.spacing, img.origin, ls.descriptions)
+        print(f"{p}: {len(pred.points)} landmarks -> {out / (stem + '.json')}")
+    return 1 if failures else 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from anatomark.data.dataset import LandmarkDataset
+    from anatomark.data.image_io import load_image
+    from anatomark.metrics import format_summary, radial_errors, summarize
+    from anatomark.model import load_model
+
+    model = load_model(args.model)
+    ls = model.landmark_set
+    ds = LandmarkDataset(args.dataset, split=args.split, annotator=args.annotator, landmark_set=ls)
+    radii = [float(r) for r in args.radii.split(",")]
+    preds, gts, sps, ids, lat = [], [], [], [], []
+    for it in tqdm(ds.items, desc=f"Evaluating {model.name} on {args.split}", unit="img"):
+        t0 = time.perf_counter()
+        img = load_image(it["image"], spacing=it["spacing"], default_spacing=ls.default_spacing_mm)
+        pred = model.predict(img)
+        lat.append(time.perf_counter() - t0)
+        preds.append(pred.points)
+        gts.append(it["landmarks"])
+        sps.append(img.spacing)
+        ids.append(it["id"])
+    err = radial_errors(np.stack(preds), np.stack(gts), np.asarray(sps))
+    summ = summarize(err, ls.names, radii)
+    summ.update(
+        {
+            "model": model.name,
+            "model_path": model.path,
+            "dataset": str(args.dataset),
+            "split": args.split,
+            "annotator": args.annotator,
+            "median_latency_s": float(np.median(lat)),
+            "per_image": [{"id": i, "mre_mm": float(np.nanmean(np.where(np.isinf(e), np.nan, e)))} for i, e in zip(ids, err)],
+            "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+            "commit": _git_commit(),
+            "machine": f"{platform.machine()} {platform.processor() or ''} {__import__('os').cpu_count()} cores".strip(),
+        }
+    )
+    print(format_summary(summ))
+    if args.json:
+        from anatomark.data.annotations import _atomic_write_text
+
+        _atomic_write_text(args.json, json.dumps(summ, indent=2))
+        print(f"Wrote {args.json}")
+    if args.predictions:
+        from anatomark.data.annotations import write_landmark_csv
+
+        write_landmark_csv(args.predictions, dict(zip(ids, preds)), ls.names)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="anatomark", description="Anatomical landmarks on X-rays")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train a model from a recipe on a dataset folder")
+    t.add_argument("--config", required=True, help="recipe YAML path or name under configs/models")
+    t.add_argument("--dataset", required=True, help="folder with images/, landmarks_<annotator>.csv, splits.json")
+    t.add_argument("--split", default="train")
+    t.add_argument("--val-split", default=None, help="validate on this split instead of a held-out fraction")
+    t.add_argument("--annotator", default="senior")
+    t.add_argument("--out", required=True, help="run directory (model.pt, last.pt, history.json)")
+    t.add_argument("--epochs", type=int, default=None)
+    t.add_argument("--resume", action="store_true", help="continue from <out>/last.pt")
+    t.add_argument("--init", default=None, help="start from these weights (fine-tuning)")
+    t.add_argument("--device", default=None)
+    t.set_defaults(func=cmd_train)
+
+    i = sub.add_parser("infer", help="find landmarks on images; write JSON points and overlay PNGs")
+    i.add_argument("images", nargs="+")
+    i.add_argument("--model", default="default", help="weights file or model name (default: the shipped model)")
+    i.add_argument("--out", required=True)
+    i.add_argument("--spacing", type=float, nargs="+", default=None, help="override mm/px: one value or sx sy")
+    i.add_argument("--markups", action="store_true", help="also write 3D Slicer .mrk.json (LPS)")
+    i.add_argument("--no-overlay", action="store_true")
+    i.set_defaults(func=cmd_infer)
+
+    e = sub.add_parser("evaluate", help="MRE/SDR of a model on a dataset split")
+    e.add_argument("--model", default="default")
+    e.add_argument("--dataset", required=True)
+    e.add_argument("--split", default="test1")
+    e.add_argument("--annotator", default="senior", help="senior | junior | mean | <name of landmarks_<name>.csv>")
+    e.add_argument("--radii", default="2,2.5,3,4", help="SDR radii in mm, comma separated")
+    e.add_argument("--json", default=None, help="write the metrics as JSON here")
+    e.add_argument("--predictions", default=None, help="write predicted points as a landmark CSV here")
+    e.set_defaults(func=cmd_evaluate)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if getattr(args, "spacing", None) is not None:
+        if len(args.spacing) not in (1, 2):
+            print("error: --spacing takes one value or two (sx sy)", file=sys.stderr)
+            return 2
+        args.spacing = tuple(args.spacing) if len(args.spacing) == 2 else args.spacing[0]
+    try:
+        return int(args.func(args) or 0)
+    except AnatomarkError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

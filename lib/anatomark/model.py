@@ -1,0 +1,226 @@
+"""A trained landmark model: network + recipe + landmark set, saved as one self-contained ``.pt`` file.
+
+Use :func:`load_model` with a weights path or a model name (``default`` = the shipped model, see
+``configs/app.yaml``) and :meth:`LandmarkModel.predict` on an :class:`~anatomark.data.XrayImage`.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from anatomark.config import LandmarkSet, load_yaml
+from anatomark.data.image_io import XrayImage
+from anatomark.errors import ModelNotFoundError
+from anatomark.networks import build_network
+from anatomark.paths import CONFIG_DIR, model_dir
+from anatomark.transforms import functional as Fn
+
+MODEL_FORMAT = "anatomark-model/1"
+
+
+def scale_intensity(array: np.ndarray, lower: float = 0.5, upper: float = 99.5) -> np.ndarray:
+    """Map intensities to [0, 1] between the ``lower`` and ``upper`` percentiles (robust to bit depth)."""
+    a = np.asarray(array, dtype=np.float32)
+    lo, hi = np.percentile(a[:: max(1, a.shape[0] // 256), :: max(1, a.shape[1] // 256)], (lower, upper))
+    if hi <= lo:
+        hi = lo + 1.0
+    return np.clip((a - lo) / (hi - lo), 0.0, 1.0)
+
+
+def to_model_input(scaled: np.ndarray) -> torch.Tensor:
+    """``(H, W)`` [0, 1] image -> ``(1, 1, H, W)`` z-scored tensor (the network's input convention)."""
+    t = torch.as_tensor(np.asarray(scaled, dtype=np.float32))
+    t = (t - t.mean()) / t.std().clamp_min(1e-6)
+    return t[None, None]
+
+
+def prepare_image(image: XrayImage, size_hw: tuple[int, int]) -> np.ndarray:
+    """Scale intensities to [0, 1] and resize to the model grid: ``(H, W)`` -> ``size_hw``."""
+    return Fn.resize_image(scale_intensity(image.array), size_hw)
+
+
+@dataclass
+class Prediction:
+    """Landmarks found on one image.
+
+    Attributes:
+        points: ``(K, 2)`` (x, y) in original pixels.
+        confidence: ``(K,)`` in [0, 1]: probability mass the model puts within ``decode.radius`` of each point.
+        spacing: ``(sx, sy)`` mm/px used for ``points_mm``.
+        names: landmark names in order.
+        timings: seconds per stage.
+    """
+
+    points: np.ndarray
+    confidence: np.ndarray
+    spacing: tuple[float, float]
+    names: list[str]
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def points_mm(self) -> np.ndarray:
+        return self.points * np.asarray(self.spacing)
+
+    def to_list(self) -> list[dict[str, Any]]:
+        mm = self.points_mm
+        return [
+            {
+                "index": k + 1,
+                "name": n,
+                "x": round(float(p[0]), 2),
+                "y": round(float(p[1]), 2),
+                "x_mm": round(float(q[0]), 3),
+                "y_mm": round(float(q[1]), 3),
+                "confidence": round(float(c), 4),
+            }
+            for k, (n, p, q, c) in enumerate(zip(self.names, self.points, mm, self.confidence))
+        ]
+
+
+class LandmarkModel:
+    """Network + recipe + landmark set, ready to predict.
+
+    Args:
+        network: the torch module (eval mode is set here).
+        recipe: the model recipe dict (``input.size_hw``, ``decode`` ...).
+        landmark_set: the set the channels follow.
+        info: training provenance (epochs, validation MRE, commit ...).
+    """
+
+    def __init__(self, network: torch.nn.Module, recipe: dict[str, Any], landmark_set: LandmarkSet, info: dict | None = None):
+        self.network = network.eval()
+        self.recipe = recipe
+        self.landmark_set = landmark_set
+        self.info = info or {}
+        self.size_hw = tuple(int(s) for s in recipe["input"]["size_hw"])
+        dec = recipe.get("decode", {})
+        self.decode_method = dec.get("method", "local_mean")
+        self.decode_radius = int(dec.get("radius", 3))
+        self.path: str | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def name(self) -> str:
+        return str(self.recipe.get("name", "model"))
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.network.parameters()).device
+
+    def to(self, device: str | torch.device) -> LandmarkModel:
+        self.network.to(device)
+        return self
+
+    @torch.no_grad()
+    def predict_grid(self, scaled: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Predict on a prepared ``size_hw`` image -> ``(K, 2)`` points in the model grid and ``(K,)`` confidence."""
+        x = to_model_input(scaled).to(self.device)
+        with self._lock:
+            logits = self.network(x)[0]
+        k = logits.shape[0]
+        prob = torch.softmax(logits.reshape(k, -1).float(), dim=-1).reshape(logits.shape)
+        pts, _, mass = Fn.heatmaps_to_points(prob, self.decode_method, self.decode_radius)
+        return pts, np.clip(mass, 0.0, 1.0)
+
+    def predict(self, image: XrayImage) -> Prediction:
+        """Find the landmarks on ``image``; points come back in its original pixels."""
+        t0 = time.perf_counter()
+        scaled = prepare_image(image, self.size_hw)
+        t1 = time.perf_counter()
+        pts, conf = self.predict_grid(scaled)
+        t2 = time.perf_counter()
+        pts = Fn.resize_points(pts, self.size_hw, image.shape)
+        return Prediction(
+            points=pts,
+            confidence=conf,
+            spacing=image.spacing,
+            names=list(self.landmark_set.names),
+            timings={"preprocess": t1 - t0, "network": t2 - t1},
+        )
+
+    def save(self, path: str | Path, half: bool = True) -> Path:
+        """Write a self-contained model file atomically (fp16 weights by default: half the size, same accuracy)."""
+        return save_model_file(path, self.network, self.recipe, self.landmark_set, self.info, half=half)
+
+
+def save_model_file(
+    path: str | Path,
+    network: torch.nn.Module,
+    recipe: dict[str, Any],
+    landmark_set: LandmarkSet,
+    info: dict | None = None,
+    half: bool = True,
+) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: (v.half() if half and v.is_floating_point() else v).cpu() for k, v in network.state_dict().items()}
+    payload = {
+        "format": MODEL_FORMAT,
+        "recipe": recipe,
+        "landmark_set": landmark_set.to_dict(),
+        "state_dict": state,
+        "info": info or {},
+    }
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".pt")
+    os.close(fd)
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def available_models() -> dict[str, Path]:
+    """Names usable with ``--model``: ``default`` plus every ``<name>.pt`` in the model folder."""
+    d = model_dir()
+    out = {p.stem: p for p in sorted(d.glob("*.pt"))} if d.is_dir() else {}
+    app = load_yaml(CONFIG_DIR / "app.yaml")
+    for alias, target in (app.get("models") or {}).items():
+        if target in out:
+            out[alias] = out[target]
+    return out
+
+
+def resolve_model_path(name_or_path: str | Path | None) -> Path:
+    """A weights path, or a model name -> its file. ``None`` means ``default``."""
+    name = str(name_or_path) if name_or_path is not None else "default"
+    p = Path(name)
+    if p.suffix == ".pt" or p.exists():
+        if not p.is_file():
+            raise ModelNotFoundError(f"Model weights file not found: {p}")
+        return p
+    models = available_models()
+    if name not in models:
+        raise ModelNotFoundError(
+            f"Unknown model {name!r}; available: {', '.join(sorted(models)) or '(none shipped)'}; "
+            "or pass a path to a .pt file written by 'anatomark train'"
+        )
+    return models[name]
+
+
+def load_model(name_or_path: str | Path | None = None, device: str | torch.device = "cpu") -> LandmarkModel:
+    """Load a model by name (``default``, a shipped name) or from a ``.pt`` file."""
+    path = resolve_model_path(name_or_path)
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # noqa: BLE001
+        raise ModelNotFoundError(f"{path} is not a readable anatomark model file ({e})") from e
+    if not isinstance(payload, dict) or payload.get("format") != MODEL_FORMAT:
+        raise ModelNotFoundError(f"{path} is not an anatomark model file (expected format {MODEL_FORMAT})")
+    ls = LandmarkSet.from_dict(payload["landmark_set"])
+    net = build_network(payload["recipe"]["network"], out_channels=len(ls))
+    net.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in payload["state_dict"].items()})
+    model = LandmarkModel(net.float(), payload["recipe"], ls, payload.get("info"))
+    model.path = str(path)
+    return model.to(device)

@@ -1,0 +1,317 @@
+"""One training loop for the CLI and the server: cached preprocessing, augmentation that moves points,
+progress bar, checkpoints, resume, deterministic seed, validation MRE in mm.
+
+Outputs in ``out_dir``:
+    ``model.pt``       best model by validation MRE (self-contained, fp16; load with :func:`anatomark.model.load_model`)
+    ``last.pt``        full training state for ``--resume``
+    ``history.json``   per-epoch loss and validation metrics
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import math
+import random
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from anatomark.config import LandmarkSet, load_landmark_set
+from anatomark.data.image_io import load_image
+from anatomark.errors import AnatomarkError
+from anatomark.losses import LOSSES
+from anatomark.metrics import radial_errors, sdr
+from anatomark.model import LandmarkModel, prepare_image, save_model_file, to_model_input
+from anatomark.networks import build_network
+from anatomark.paths import cache_dir
+from anatomark.transforms import functional as Fn
+from anatomark.transforms.array import RandAffineWithPoints
+
+
+def set_determinism(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def cache_items(
+    items: Sequence[dict[str, Any]], size_hw: Sequence[int], landmark_set: LandmarkSet, progress: bool = True
+) -> list[dict[str, Any]]:
+    """Load, intensity-scale and resize every image once; keep a ``.npz`` cache keyed by file, mtime and size.
+
+    Returns items with ``scaled`` ``(H, W)`` float32 at model size, ``points`` ``(K, 2)`` in the model grid,
+    ``orig_hw``, ``spacing`` and ``landmarks`` (original pixels).
+    """
+    size_hw = tuple(int(s) for s in size_hw)
+    key = hashlib.sha1()
+    for it in items:
+        p = Path(it["image"])
+        st = p.stat()
+        key.update(f"{p.resolve()}|{st.st_mtime_ns}|{st.st_size}".encode())
+    key.update(f"{size_hw}|v1".encode())
+    cpath = cache_dir() / f"prep-{key.hexdigest()[:16]}.npz"
+    cached = None
+    if cpath.is_file():
+        try:
+            z = np.load(cpath)
+            cached = (z["images"].astype(np.float32), z["orig_hw"], z["spacing"])
+        except Exception:  # noqa: BLE001 - a broken cache is rebuilt
+            cached = None
+    if cached is None:
+        imgs, hws, sps = [], [], []
+        for it in tqdm(items, desc="Caching images", disable=not progress, unit="img"):
+            img = load_image(it["image"], spacing=it.get("spacing"), default_spacing=landmark_set.default_spacing_mm)
+            imgs.append(prepare_image(img, size_hw).astype(np.float16))
+            hws.append(img.shape)
+            sps.append(img.spacing)
+        cached = (np.stack(imgs).astype(np.float32), np.asarray(hws), np.asarray(sps, dtype=np.float64))
+        cpath.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cpath.with_suffix(".tmp.npz")
+        np.savez(tmp, images=np.stack(imgs), orig_hw=cached[1], spacing=cached[2])
+        tmp.replace(cpath)
+    out = []
+    for i, it in enumerate(items):
+        lm = np.asarray(it["landmarks"], dtype=np.float64)
+        if lm.shape != (len(landmark_set), 2):
+            raise AnatomarkError(
+                f"{it.get('id', it['image'])}: {lm.shape[0]} landmarks but the set {landmark_set.name!r} has {len(landmark_set)}"
+            )
+        hw = tuple(int(v) for v in cached[1][i])
+        out.append(
+            {
+                "id": it.get("id", Path(it["image"]).name),
+                "scaled": cached[0][i],
+                "orig_hw": hw,
+                "spacing": tuple(float(v) for v in cached[2][i]),
+                "landmarks": lm,
+                "points": Fn.resize_points(lm, hw, size_hw),
+            }
+        )
+    return out
+
+
+class HeatmapTrainingSet(Dataset):
+    """Cached items -> ``(image (1, H, W), target heatmaps (K, H, W))`` with point-carrying augmentation."""
+
+    def __init__(self, items: list[dict[str, Any]], recipe: dict[str, Any], augment: bool = True) -> None:
+        self.items = items
+        self.size_hw = tuple(recipe["input"]["size_hw"])
+        self.sigma = recipe.get("target", {}).get("sigma", 2.0)
+        aug = recipe.get("augment", {}) if augment else {}
+        self.aug = aug
+        self.affine = RandAffineWithPoints(
+            prob=float(aug.get("prob", 0.0)),
+            rotate_deg=float(aug.get("rotate_deg", 0.0)),
+            scale=tuple(aug.get("scale", (1.0, 1.0))),
+            translate_px=float(aug.get("translate_px", 0.0)),
+        )
+        self.gamma = tuple(aug.get("intensity_gamma", (1.0, 1.0)))
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        it = self.items[i]
+        img, pts = it["scaled"], it["points"]
+        if self.aug:
+            img, pts = self.affine(img, pts)
+            if self.gamma != (1.0, 1.0):
+                g = math.exp(self.affine.R.uniform(math.log(self.gamma[0]), math.log(self.gamma[1])))
+                img = np.clip(img, 0.0, 1.0) ** g
+        # landmarks pushed outside the grid by augmentation are treated as missing
+        h, w = self.size_hw
+        out = (pts[:, 0] < 0) | (pts[:, 0] > w - 1) | (pts[:, 1] < 0) | (pts[:, 1] > h - 1)
+        pts = pts.copy()
+        pts[out] = np.nan
+        target = Fn.points_to_heatmaps(pts, self.size_hw, self.sigma)
+        return to_model_input(img)[0], torch.from_numpy(target)
+
+
+def evaluate_items(model: LandmarkModel, items: list[dict[str, Any]]) -> tuple[np.ndarray, np.ndarray]:
+    """Predict on cached items -> ``(N, K)`` radial errors (mm) and ``(N, K, 2)`` predictions (original px)."""
+    preds = []
+    for it in items:
+        pts, _ = model.predict_grid(it["scaled"])
+        preds.append(Fn.resize_points(pts, model.size_hw, it["orig_hw"]))
+    preds_a = np.stack(preds)
+    gt = np.stack([it["landmarks"] for it in items])
+    sp = np.stack([it["spacing"] for it in items])
+    return radial_errors(preds_a, gt, sp), preds_a
+
+
+def split_train_val(n: int, val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """Deterministic split of ``range(n)`` (the same for a given n, fraction and seed)."""
+    idx = np.random.RandomState(seed).permutation(n).tolist()
+    n_val = int(round(n * val_fraction)) if val_fraction > 0 else 0
+    if n_val and n - n_val < 1:
+        n_val = n - 1
+    return sorted(idx[n_val:]), sorted(idx[:n_val])
+
+
+def train(
+    recipe: dict[str, Any],
+    items: Sequence[dict[str, Any]],
+    out_dir: str | Path,
+    resume: bool = False,
+    init_weights: str | Path | None = None,
+    epochs: int | None = None,
+    device: str | None = None,
+    progress: bool = True,
+    val_items: Sequence[dict[str, Any]] | None = None,
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
+    info: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Train a landmark model.
+
+    Args:
+        recipe: model recipe (see ``configs/models/*.yaml``).
+        items: training items ``{"image": path, "landmarks": (K, 2) px, "spacing": (sx, sy) | None}``.
+        out_dir: where ``model.pt``, ``last.pt`` and ``history.json`` go.
+        resume: continue from ``out_dir/last.pt`` if present.
+        init_weights: start from these model weights (fine-tuning), unless resuming.
+        epochs: override ``recipe.train.epochs``.
+        device: ``cpu``/``cuda``; default: CUDA when available.
+        val_items: explicit validation items; default: ``recipe.train.val_fraction`` of ``items`` (seeded).
+        on_epoch: callback with each epoch's record.
+        info: extra provenance stored in the model file.
+
+    Returns:
+        ``{"best_val_mre_mm", "epochs", "model_path", "history", "train_seconds"}``.
+    """
+    recipe = copy.deepcopy(recipe)
+    tcfg = recipe["train"]
+    n_epochs = int(epochs if epochs is not None else tcfg.get("epochs", 10))
+    seed = int(tcfg.get("seed", 0))
+    set_determinism(seed)
+    if tcfg.get("num_threads"):
+        torch.set_num_threads(int(tcfg["num_threads"]))
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    ls = load_landmark_set(recipe["landmark_set"]) if isinstance(recipe["landmark_set"], str) else recipe["landmark_set"]
+    if not isinstance(ls, LandmarkSet):
+        ls = LandmarkSet.from_dict(ls)
+    recipe["landmark_set"] = ls.name
+    size_hw = tuple(int(s) for s in recipe["input"]["size_hw"])
+    if any(s % 16 for s in size_hw):
+        raise AnatomarkError(f"input.size_hw {size_hw} must be divisible by 16 (four 2x poolings)")
+    if len(items) == 0:
+        raise AnatomarkError("No training images: the split is empty")
+
+    cached = cache_items(items, size_hw, ls, progress)
+    if val_items is not None:
+        train_c, val_c = cached, cache_items(val_items, size_hw, ls, progress)
+    else:
+        tr, va = split_train_val(len(cached), float(tcfg.get("val_fraction", 0.1)), seed)
+        train_c, val_c = [cached[i] for i in tr], [cached[i] for i in va]
+
+    net = build_network(recipe["network"], out_channels=len(ls)).to(dev)
+    loss_fn = LOSSES[recipe.get("loss", {}).get("name", "spatial_softmax_ce")]()
+    opt = torch.optim.AdamW(net.parameters(), lr=float(tcfg.get("lr", 1e-3)), weight_decay=float(tcfg.get("weight_decay", 0)))
+    steps_per_epoch = max(1, math.ceil(len(train_c) / int(tcfg.get("batch_size", 8))))
+    sched = torch.optim.lr_scheduler.OneCycleLR(
+        opt, max_lr=float(tcfg.get("lr", 1e-3)), total_steps=n_epochs * steps_per_epoch, pct_start=0.1
+    ) if tcfg.get("scheduler", "cosine") == "cosine" else None
+
+    start_epoch, best, history = 0, float("inf"), []
+    last = out / "last.pt"
+    if resume and last.is_file():
+        state = torch.load(last, map_location=dev, weights_only=False)
+        net.load_state_dict(state["net"])
+        opt.load_state_dict(state["opt"])
+        if sched is not None and state.get("sched"):
+            sched.load_state_dict(state["sched"])
+        start_epoch, best, history = state["epoch"], state["best"], state["history"]
+        torch.set_rng_state(state["torch_rng"])
+        np.random.set_state(state["np_rng"])
+    elif init_weights:
+        from anatomark.model import load_model
+
+        init = load_model(init_weights)
+        if init.landmark_set.names != ls.names:
+            raise AnatomarkError(f"{init_weights} was trained for other landmarks; cannot fine-tune on {ls.name!r}")
+        net.load_state_dict(init.network.state_dict())
+
+    ds = HeatmapTrainingSet(train_c, recipe, augment=True)
+    ds.affine.set_random_state(seed + start_epoch)
+    gen = torch.Generator().manual_seed(seed + start_epoch)
+    loader = DataLoader(ds, batch_size=int(tcfg.get("batch_size", 8)), shuffle=True, generator=gen, drop_last=False)
+    model = LandmarkModel(net, recipe, ls)
+    t_start = time.time()
+    trained_before = sum(h.get("seconds", 0.0) for h in history)
+    for epoch in range(start_epoch, n_epochs):
+        net.train()
+        t0, losses = time.time(), []
+        bar = tqdm(loader, desc=f"Epoch {epoch + 1}/{n_epochs}", disable=not progress, unit="batch", leave=False)
+        for x, y in bar:
+            x, y = x.to(dev), y.to(dev)
+            opt.zero_grad(set_to_none=True)
+            loss = loss_fn(net(x), y)
+            loss.backward()
+            opt.step()
+            if sched is not None:
+                sched.step()
+            losses.append(float(loss.detach()))
+            bar.set_postfix(loss=f"{np.mean(losses):.4f}")
+        net.eval()
+        rec: dict[str, Any] = {"epoch": epoch + 1, "loss": float(np.mean(losses)), "lr": opt.param_groups[0]["lr"]}
+        if val_c:
+            err, _ = evaluate_items(model, val_c)
+            finite = err[np.isfinite(err)]
+            rec["val_mre_mm"] = float(finite.mean()) if finite.size else float("nan")
+            rec["val_sdr"] = sdr(err)
+        rec["seconds"] = time.time() - t0
+        history.append(rec)
+        score = rec.get("val_mre_mm", rec["loss"])
+        improved = score < best
+        if improved:
+            best = score
+            meta = {
+                **(info or {}),
+                "epoch": epoch + 1,
+                "val_mre_mm": rec.get("val_mre_mm"),
+                "n_train": len(train_c),
+                "n_val": len(val_c),
+                "train_seconds": trained_before + time.time() - t_start,
+            }
+            save_model_file(out / "model.pt", net, recipe, ls, meta)
+        tmp = out / "last.pt.tmp"
+        torch.save(
+            {
+                "net": net.state_dict(),
+                "opt": opt.state_dict(),
+                "sched": sched.state_dict() if sched is not None else None,
+                "epoch": epoch + 1,
+                "best": best,
+                "history": history,
+                "torch_rng": torch.get_rng_state(),
+                "np_rng": np.random.get_state(),
+                "recipe": recipe,
+            },
+            tmp,
+        )
+        tmp.replace(last)
+        (out / "history.json").write_text(json.dumps(history, indent=1))
+        msg = f"epoch {epoch + 1}/{n_epochs} loss {rec['loss']:.4f}"
+        if "val_mre_mm" in rec:
+            msg += f" val MRE {rec['val_mre_mm']:.3f} mm SDR2 {rec['val_sdr']['2.0']:.1f}%"
+        msg += f" ({rec['seconds']:.0f} s){' *' if improved else ''}"
+        if progress:
+            tqdm.write(msg)
+        if on_epoch:
+            on_epoch(rec)
+    return {
+        "best_val_mre_mm": best if val_c else None,
+        "epochs": n_epochs,
+        "model_path": str(out / "model.pt"),
+        "history": history,
+        "train_seconds": sum(h.get("seconds", 0.0) for h in history),
+    }

@@ -1,0 +1,238 @@
+"""Point <-> image-grid maths: the one place where points are encoded, decoded and moved.
+
+Conventions: images are ``(H, W)`` or ``(C, H, W)``; points are ``(K, 2)`` float arrays ``(x, y)`` in pixels with
+the origin at the centre of the top-left pixel; ``NaN`` rows are missing landmarks and stay ``NaN``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+__all__ = [
+    "affine_matrix",
+    "heatmaps_to_points",
+    "labelmap_to_points",
+    "masks_to_points",
+    "points_to_heatmaps",
+    "points_to_labelmap",
+    "points_to_masks",
+    "resize_image",
+    "resize_points",
+    "transform_points",
+    "warp_image",
+]
+
+
+def resize_points(points: np.ndarray, src_hw: Sequence[int], dst_hw: Sequence[int]) -> np.ndarray:
+    """Map ``(K, 2)`` points from a ``src_hw`` grid to a ``dst_hw`` grid (pixel-area convention).
+
+    ``x' = (x + 0.5) * W' / W - 0.5`` (same for y), which matches area/bilinear resizing without corner alignment.
+    """
+    p = np.asarray(points, dtype=np.float64)
+    scale = np.array([dst_hw[1] / src_hw[1], dst_hw[0] / src_hw[0]])
+    return (p + 0.5) * scale - 0.5
+
+
+def resize_image(image: np.ndarray, dst_hw: Sequence[int]) -> np.ndarray:
+    """Resize ``(H, W)`` or ``(C, H, W)`` float image to ``dst_hw`` with antialiased bilinear interpolation."""
+    arr = np.asarray(image, dtype=np.float32)
+    t = torch.from_numpy(np.ascontiguousarray(arr))
+    squeeze = t.ndim == 2
+    t = t[None, None] if squeeze else t[None]
+    if tuple(t.shape[-2:]) == tuple(dst_hw):
+        out = t
+    else:
+        down = t.shape[-2] > dst_hw[0] or t.shape[-1] > dst_hw[1]
+        out = F.interpolate(t, size=tuple(int(s) for s in dst_hw), mode="bilinear", align_corners=False, antialias=down)
+    out = out[0, 0] if squeeze else out[0]
+    return out.numpy()
+
+
+def affine_matrix(
+    center_xy: Sequence[float], rotate_deg: float = 0.0, scale: float = 1.0, translate_xy: Sequence[float] = (0.0, 0.0)
+) -> np.ndarray:
+    """3x3 matrix mapping input (x, y, 1) to output: rotate/scale about ``center_xy``, then translate.
+
+    Positive ``rotate_deg`` turns the content clockwise on screen (y points down).
+    """
+    a = math.radians(rotate_deg)
+    c, s = math.cos(a) * scale, math.sin(a) * scale
+    cx, cy = center_xy
+    m = np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
+    m[0, 2] = cx - c * cx + s * cy + translate_xy[0]
+    m[1, 2] = cy - s * cx - c * cy + translate_xy[1]
+    return m
+
+
+def transform_points(points: np.ndarray, matrix: np.ndarray) -> np.ndarray:
+    """Apply a 3x3 (x, y) affine ``matrix`` to ``(K, 2)`` points (NaN stays NaN)."""
+    p = np.asarray(points, dtype=np.float64)
+    return p @ matrix[:2, :2].T + matrix[:2, 2]
+
+
+def warp_image(image: np.ndarray, matrix: np.ndarray, out_hw: Sequence[int] | None = None, order: int = 1) -> np.ndarray:
+    """Warp ``(H, W)`` or ``(C, H, W)`` so that input pixel p lands at ``matrix @ p`` (zero padding)."""
+    from scipy.ndimage import affine_transform
+
+    arr = np.asarray(image, dtype=np.float32)
+    hw = tuple(out_hw) if out_hw is not None else arr.shape[-2:]
+    inv = np.linalg.inv(matrix)
+    # scipy works in (row, col) = (y, x) index order: swap axes of the inverse map.
+    lin = inv[:2, :2][::-1, ::-1]
+    off = inv[:2, 2][::-1]
+    if arr.ndim == 2:
+        return affine_transform(arr, lin, offset=off, output_shape=hw, order=order, mode="constant", cval=0.0)
+    return np.stack([affine_transform(c, lin, offset=off, output_shape=hw, order=order, mode="constant") for c in arr])
+
+
+def points_to_heatmaps(points: np.ndarray, spatial_hw: Sequence[int], sigma: float | Sequence[float] = 2.0) -> np.ndarray:
+    """Encode ``(K, 2)`` points as ``(K, H, W)`` Gaussian heatmaps with peak 1 (zeros for missing points).
+
+    Args:
+        points: ``(K, 2)`` (x, y) in pixels of the target grid.
+        spatial_hw: ``(H, W)``.
+        sigma: Gaussian standard deviation in pixels, one value or one per landmark.
+    """
+    p = np.asarray(points, dtype=np.float64)
+    h, w = int(spatial_hw[0]), int(spatial_hw[1])
+    sig = np.broadcast_to(np.asarray(sigma, dtype=np.float64), (p.shape[0],))
+    ys = np.arange(h, dtype=np.float64)
+    xs = np.arange(w, dtype=np.float64)
+    out = np.zeros((p.shape[0], h, w), dtype=np.float32)
+    for k, (x, y) in enumerate(p):
+        if not (np.isfinite(x) and np.isfinite(y)):
+            continue
+        gx = np.exp(-((xs - x) ** 2) / (2 * sig[k] ** 2))
+        gy = np.exp(-((ys - y) ** 2) / (2 * sig[k] ** 2))
+        out[k] = np.outer(gy, gx)
+    return out
+
+
+def heatmaps_to_points(
+    heatmaps: np.ndarray | torch.Tensor, method: str = "local_mean", radius: int = 3
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Decode ``(K, H, W)`` heatmaps (or probability maps) into points.
+
+    Args:
+        heatmaps: non-negative maps, one per landmark.
+        method: ``argmax`` (integer pixel) or ``local_mean`` (sub-pixel: map-weighted mean of the
+            ``(2 * radius + 1)^2`` window around the argmax).
+        radius: window half-size in pixels for ``local_mean``.
+
+    Returns:
+        ``points (K, 2)`` (x, y), ``peak (K,)`` value at the maximum, ``mass (K,)`` sum of the map inside the
+        window (for a probability map: the probability that the landmark is within ``radius`` of the point).
+    """
+    if method not in ("argmax", "local_mean"):
+        raise ValueError(f"Unknown heatmap decoding {method!r}; use 'argmax' or 'local_mean'")
+    hm = heatmaps.detach().float().cpu().numpy() if isinstance(heatmaps, torch.Tensor) else np.asarray(heatmaps, np.float32)
+    k, h, w = hm.shape
+    flat = hm.reshape(k, -1)
+    idx = flat.argmax(axis=1)
+    ys, xs = np.divmod(idx, w)
+    peak = flat[np.arange(k), idx]
+    pts = np.stack([xs, ys], axis=1).astype(np.float64)
+    mass = np.zeros(k)
+    for i in range(k):
+        y0, y1 = max(0, ys[i] - radius), min(h, ys[i] + radius + 1)
+        x0, x1 = max(0, xs[i] - radius), min(w, xs[i] + radius + 1)
+        win = np.clip(hm[i, y0:y1, x0:x1].astype(np.float64), 0, None)
+        total = win.sum()
+        mass[i] = total
+        if method == "local_mean" and total > 0:
+            gy, gx = np.mgrid[y0:y1, x0:x1]
+            pts[i] = ((win * gx).sum() / total, (win * gy).sum() / total)
+    return pts, peak.astype(np.float64), mass
+
+
+def _disk(radius: float, shape: str) -> tuple[np.ndarray, np.ndarray]:
+    r = int(math.ceil(radius))
+    dy, dx = np.mgrid[-r : r + 1, -r : r + 1]
+    keep = (dx**2 + dy**2 <= radius**2 + 1e-9) if shape == "disk" else (np.abs(dx) <= radius) & (np.abs(dy) <= radius)
+    return dx[keep], dy[keep]
+
+
+def points_to_masks(
+    points: np.ndarray, spatial_hw: Sequence[int], radius: float = 3.0, shape: str = "disk"
+) -> np.ndarray:
+    """Encode ``(K, 2)`` points as ``(K, H, W)`` binary masks: a disk (or square of half-side ``radius``) per point."""
+    if shape not in ("disk", "square"):
+        raise ValueError(f"Unknown mask shape {shape!r}; use 'disk' or 'square'")
+    p = np.asarray(points, dtype=np.float64)
+    h, w = int(spatial_hw[0]), int(spatial_hw[1])
+    out = np.zeros((p.shape[0], h, w), dtype=np.uint8)
+    dx, dy = _disk(radius, shape)
+    for k, (x, y) in enumerate(p):
+        if not (np.isfinite(x) and np.isfinite(y)):
+            continue
+        cx, cy = int(round(x)), int(round(y))
+        xx, yy = cx + dx, cy + dy
+        ok = (xx >= 0) & (xx < w) & (yy >= 0) & (yy < h)
+        out[k, yy[ok], xx[ok]] = 1
+    return out
+
+
+def masks_to_points(masks: np.ndarray, threshold: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
+    """Decode ``(K, H, W)`` masks (or probabilities) into centroids of each channel's largest region.
+
+    Returns:
+        ``points (K, 2)`` (x, y; NaN where a channel has no region) and ``n_regions (K,)`` (0 = missed,
+        >1 = extra detections).
+    """
+    from scipy.ndimage import label
+
+    m = np.asarray(masks)
+    pts = np.full((m.shape[0], 2), np.nan)
+    n_regions = np.zeros(m.shape[0], dtype=int)
+    for k in range(m.shape[0]):
+        fg = m[k] > threshold
+        if not fg.any():
+            continue
+        lab, n = label(fg)
+        n_regions[k] = n
+        if n > 1:
+            sizes = np.bincount(lab.ravel())[1:]
+            fg = lab == (int(np.argmax(sizes)) + 1)
+        ys, xs = np.nonzero(fg)
+        pts[k] = (xs.mean(), ys.mean())
+    return pts, n_regions
+
+
+def points_to_labelmap(
+    points: np.ndarray, spatial_hw: Sequence[int], radius: float = 3.0, dtype: np.dtype | type = np.uint8
+) -> np.ndarray:
+    """Draw ``(K, 2)`` points into one ``(H, W)`` label map: landmark k (1-based) is a disk of value k.
+
+    Where disks overlap the later landmark wins; missing landmarks are not drawn.
+    """
+    masks = points_to_masks(points, spatial_hw, radius=radius, shape="disk")
+    out = np.zeros(tuple(int(s) for s in spatial_hw), dtype=dtype)
+    for k in range(masks.shape[0]):
+        out[masks[k] > 0] = k + 1
+    return out
+
+
+def labelmap_to_points(labelmap: np.ndarray, num_landmarks: int) -> np.ndarray:
+    """Centroid of value k (1..K) in an ``(H, W)`` label map -> ``(K, 2)`` (x, y); NaN where k is absent."""
+    lm = np.asarray(labelmap)
+    if lm.ndim != 2:
+        raise ValueError(f"Label map must be 2D (H, W), got shape {lm.shape}")
+    pts = np.full((num_landmarks, 2), np.nan)
+    flat = lm.ravel().astype(np.int64)
+    valid = (flat >= 1) & (flat <= num_landmarks)
+    if not valid.any():
+        return pts
+    ys, xs = np.divmod(np.nonzero(valid)[0], lm.shape[1])
+    vals = flat[valid]
+    cnt = np.bincount(vals, minlength=num_landmarks + 1)[1:]
+    sx = np.bincount(vals, weights=xs, minlength=num_landmarks + 1)[1:]
+    sy = np.bincount(vals, weights=ys, minlength=num_landmarks + 1)[1:]
+    ok = cnt > 0
+    pts[ok, 0] = sx[ok] / cnt[ok]
+    pts[ok, 1] = sy[ok] / cnt[ok]
+    return pts
