@@ -217,9 +217,19 @@ def train(
     loss_fn = LOSSES[recipe.get("loss", {}).get("name", "spatial_softmax_ce")]()
     opt = torch.optim.AdamW(net.parameters(), lr=float(tcfg.get("lr", 1e-3)), weight_decay=float(tcfg.get("weight_decay", 0)))
     steps_per_epoch = max(1, math.ceil(len(train_c) / int(tcfg.get("batch_size", 8))))
-    sched = torch.optim.lr_scheduler.OneCycleLR(
-        opt, max_lr=float(tcfg.get("lr", 1e-3)), total_steps=n_epochs * steps_per_epoch, pct_start=0.1
-    ) if tcfg.get("scheduler", "cosine") == "cosine" else None
+    base_lr = float(tcfg.get("lr", 1e-3))
+    total_steps = n_epochs * steps_per_epoch
+    use_cosine = tcfg.get("scheduler", "cosine") == "cosine"
+
+    def lr_at(step: int) -> float:
+        """Linear warm-up over 5 % of the steps, then cosine decay to 1 % (stretches when epochs are extended)."""
+        if not use_cosine:
+            return base_lr
+        warm = max(1, int(0.05 * total_steps))
+        if step < warm:
+            return base_lr * (step + 1) / warm
+        t = min(1.0, (step - warm) / max(1, total_steps - warm))
+        return base_lr * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * t)))
 
     start_epoch, best, history = 0, float("inf"), []
     last = out / "last.pt"
@@ -227,8 +237,6 @@ def train(
         state = torch.load(last, map_location=dev, weights_only=False)
         net.load_state_dict(state["net"])
         opt.load_state_dict(state["opt"])
-        if sched is not None and state.get("sched"):
-            sched.load_state_dict(state["sched"])
         start_epoch, best, history = state["epoch"], state["best"], state["history"]
         torch.set_rng_state(state["torch_rng"])
         np.random.set_state(state["np_rng"])
@@ -247,6 +255,7 @@ def train(
     model = LandmarkModel(net, recipe, ls)
     t_start = time.time()
     trained_before = sum(h.get("seconds", 0.0) for h in history)
+    step = start_epoch * steps_per_epoch
     for epoch in range(start_epoch, n_epochs):
         net.train()
         t0, losses = time.time(), []
@@ -256,9 +265,10 @@ def train(
             opt.zero_grad(set_to_none=True)
             loss = loss_fn(net(x), y)
             loss.backward()
+            for g in opt.param_groups:
+                g["lr"] = lr_at(step)
             opt.step()
-            if sched is not None:
-                sched.step()
+            step += 1
             losses.append(float(loss.detach()))
             bar.set_postfix(loss=f"{np.mean(losses):.4f}")
         net.eval()
@@ -288,7 +298,6 @@ def train(
             {
                 "net": net.state_dict(),
                 "opt": opt.state_dict(),
-                "sched": sched.state_dict() if sched is not None else None,
                 "epoch": epoch + 1,
                 "best": best,
                 "history": history,

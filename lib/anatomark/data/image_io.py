@@ -221,15 +221,19 @@ def _read_nrrd(path: Path) -> XrayImage:
     data, header = nrrd.read(str(path))  # index order 'F': data[x, y]
     data = _squeeze_2d(data, path.name)
     spacing, source = (1.0, 1.0), "none"
-    if "space directions" in header and header["space directions"] is not None:
-        dirs = [d for d in np.asarray(header["space directions"], dtype=object) if d is not None]
-        norms = [float(np.linalg.norm(np.asarray(d, dtype=float))) for d in dirs if np.all(np.isfinite(d))]
+    dirs = header.get("space directions")
+    if dirs is not None:
+        norms = []
+        for d in dirs:
+            v = np.asarray(d, dtype=np.float64) if d is not None else None
+            if v is not None and v.size and np.all(np.isfinite(v)):
+                norms.append(float(np.linalg.norm(v)))
         if len(norms) >= 2:
             spacing, source = (norms[0], norms[1]), "file"
     elif "spacings" in header:
-        sp = [float(s) for s in header["spacings"]]
-        if len(sp) >= 2 and all(np.isfinite(sp[:2])):
-            spacing, source = (sp[0], sp[1]), "file"
+        sp = np.asarray(header["spacings"], dtype=np.float64)
+        if sp.size >= 2 and np.all(np.isfinite(sp[:2])):
+            spacing, source = (float(sp[0]), float(sp[1])), "file"
     return XrayImage(data.T.astype(np.float32), spacing=spacing, spacing_source=source, meta={"format": "nrrd"})
 
 
