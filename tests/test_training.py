@@ -9,10 +9,10 @@ import pytest
 from PIL import Image
 
 from anatomark.config import LandmarkSet
+from anatomark.data.image_io import load_image
 from anatomark.errors import AnatomarkError
 from anatomark.metrics import radial_errors
 from anatomark.model import load_model
-from anatomark.data.image_io import load_image
 from anatomark.training import split_train_val, train
 
 DOTS = LandmarkSet(name="dots", names=["left_dot", "right_dot"], default_spacing_mm=(1.0, 1.0))
@@ -25,8 +25,13 @@ def make_dot_images(folder, n, seed, size=64):
     folder.mkdir(parents=True, exist_ok=True)
     for i in range(n):
         img = rng.normal(60, 12, (size, size))
-        pts = np.array([[rng.integers(6, size // 2 - 6), rng.integers(6, size - 6)],
-                        [rng.integers(size // 2 + 6, size - 6), rng.integers(6, size - 6)]], dtype=float)
+        pts = np.array(
+            [
+                [rng.integers(6, size // 2 - 6), rng.integers(6, size - 6)],
+                [rng.integers(size // 2 + 6, size - 6), rng.integers(6, size - 6)],
+            ],
+            dtype=float,
+        )
         for x, y in pts.astype(int):
             img[y - 1 : y + 2, x - 1 : x + 2] = 230
         path = folder / f"{i:03d}.png"

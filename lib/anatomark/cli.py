@@ -36,7 +36,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     ds = LandmarkDataset(args.dataset, split=args.split, annotator=args.annotator, landmark_set=recipe["landmark_set"])
     val = None
     if args.val_split:
-        val = LandmarkDataset(args.dataset, split=args.val_split, annotator=args.annotator, landmark_set=recipe["landmark_set"]).items
+        val = LandmarkDataset(
+            args.dataset, split=args.val_split, annotator=args.annotator, landmark_set=recipe["landmark_set"]
+        ).items
     print(f"Training {recipe['name']} on {len(ds)} images of {args.dataset} ({args.split}, {args.annotator})")
     res = train(
         recipe,
@@ -101,7 +103,9 @@ def cmd_infer(args: argparse.Namespace) -> int:
         if not args.no_overlay:
             save_overlay(out / f"{stem}_overlay.png", img, pred.points, ls.shorts, ls.colors)
         if args.markups:
-            write_slicer_markups(out / f"{stem}.mrk.json", pred.points, ls.names, img.spacing, img.origin, ls.descriptions)
+            write_slicer_markups(
+                out / f"{stem}.mrk.json", pred.points, ls.names, img.spacing, img.origin, ls.descriptions
+            )
         print(f"{p}: {len(pred.points)} landmarks -> {out / (stem + '.json')}")
     return 1 if failures else 0
 
@@ -138,7 +142,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             "split": args.split,
             "annotator": args.annotator,
             "median_latency_s": float(np.median(lat)),
-            "per_image": [{"id": i, "mre_mm": float(np.nanmean(np.where(np.isinf(e), np.nan, e)))} for i, e in zip(ids, err)],
+            "per_image": [
+                {"id": i, "mre_mm": float(np.nanmean(np.where(np.isinf(e), np.nan, e)))} for i, e in zip(ids, err)
+            ],
             "date": time.strftime("%Y-%m-%d %H:%M:%S"),
             "commit": _git_commit(),
             "machine": f"{platform.machine()} {platform.processor() or ''} {__import__('os').cpu_count()} cores".strip(),

@@ -43,9 +43,7 @@ def sdr(errors: np.ndarray, radii_mm: Sequence[float] = DEFAULT_RADII_MM) -> dic
     return {f"{float(r):.1f}": (float((e <= r).mean() * 100.0) if e.size else float("nan")) for r in radii_mm}
 
 
-def summarize(
-    errors: np.ndarray, names: Sequence[str], radii_mm: Sequence[float] = DEFAULT_RADII_MM
-) -> dict[str, Any]:
+def summarize(errors: np.ndarray, names: Sequence[str], radii_mm: Sequence[float] = DEFAULT_RADII_MM) -> dict[str, Any]:
     """MRE +- SD, SDR and per-landmark statistics from ``(N, K)`` errors in mm."""
     e = np.asarray(errors, dtype=np.float64)
     if e.ndim == 1:

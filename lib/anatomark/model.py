@@ -96,7 +96,9 @@ class LandmarkModel:
         info: training provenance (epochs, validation MRE, commit ...).
     """
 
-    def __init__(self, network: torch.nn.Module, recipe: dict[str, Any], landmark_set: LandmarkSet, info: dict | None = None):
+    def __init__(
+        self, network: torch.nn.Module, recipe: dict[str, Any], landmark_set: LandmarkSet, info: dict | None = None
+    ):
         self.network = network.eval()
         self.recipe = recipe
         self.landmark_set = landmark_set

@@ -196,7 +196,9 @@ def train(
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    ls = load_landmark_set(recipe["landmark_set"]) if isinstance(recipe["landmark_set"], str) else recipe["landmark_set"]
+    ls = (
+        load_landmark_set(recipe["landmark_set"]) if isinstance(recipe["landmark_set"], str) else recipe["landmark_set"]
+    )
     if not isinstance(ls, LandmarkSet):
         ls = LandmarkSet.from_dict(ls)
     recipe["landmark_set"] = ls.name
@@ -215,7 +217,9 @@ def train(
 
     net = build_network(recipe["network"], out_channels=len(ls)).to(dev)
     loss_fn = LOSSES[recipe.get("loss", {}).get("name", "spatial_softmax_ce")]()
-    opt = torch.optim.AdamW(net.parameters(), lr=float(tcfg.get("lr", 1e-3)), weight_decay=float(tcfg.get("weight_decay", 0)))
+    opt = torch.optim.AdamW(
+        net.parameters(), lr=float(tcfg.get("lr", 1e-3)), weight_decay=float(tcfg.get("weight_decay", 0))
+    )
     steps_per_epoch = max(1, math.ceil(len(train_c) / int(tcfg.get("batch_size", 8))))
     base_lr = float(tcfg.get("lr", 1e-3))
     total_steps = n_epochs * steps_per_epoch

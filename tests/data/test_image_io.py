@@ -78,7 +78,11 @@ def test_nifti_and_nrrd_orientation_and_spacing(tmp_path, gradient):
     img = load_image(tmp_path / "a.nii.gz")
     assert img.shape == (40, 30) and img.array[39, 29] == 3929 and img.array[0, 5] == 5
     assert img.spacing == pytest.approx((0.2, 0.3))
-    nrrd.write(str(tmp_path / "a.nrrd"), gradient.T.copy(), {"space directions": np.diag([0.25, 0.5]), "space": "left-posterior"})
+    nrrd.write(
+        str(tmp_path / "a.nrrd"),
+        gradient.T.copy(),
+        {"space directions": np.diag([0.25, 0.5]), "space": "left-posterior"},
+    )
     img = load_image(tmp_path / "a.nrrd")
     assert img.shape == (40, 30) and img.array[39, 29] == 3929
     assert img.spacing == pytest.approx((0.25, 0.5)) and img.spacing_source == "file"

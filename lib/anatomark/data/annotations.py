@@ -143,7 +143,11 @@ def read_labelme(path: str | Path, names: Sequence[str]) -> np.ndarray:
 
 
 def write_labelme(
-    path: str | Path, points: np.ndarray, names: Sequence[str], image_path: str = "", image_size_hw: tuple[int, int] | None = None
+    path: str | Path,
+    points: np.ndarray,
+    names: Sequence[str],
+    image_path: str = "",
+    image_size_hw: tuple[int, int] | None = None,
 ) -> Path:
     """Write ``(K, 2)`` points as LabelMe JSON (missing landmarks are left out)."""
     points = _check_points(points, names, "LabelMe")
@@ -152,7 +156,13 @@ def write_labelme(
         for n, p in zip(names, points)
         if not np.isnan(p).any()
     ]
-    doc: dict[str, Any] = {"version": "5.2.1", "flags": {}, "shapes": shapes, "imagePath": image_path, "imageData": None}
+    doc: dict[str, Any] = {
+        "version": "5.2.1",
+        "flags": {},
+        "shapes": shapes,
+        "imagePath": image_path,
+        "imageData": None,
+    }
     if image_size_hw:
         doc["imageHeight"], doc["imageWidth"] = int(image_size_hw[0]), int(image_size_hw[1])
     return _atomic_write_text(path, json.dumps(doc, indent=2))
@@ -227,7 +237,11 @@ def slicer_markups_document(
     cps = []
     for k, (n, p) in enumerate(zip(names, points)):
         defined = not np.isnan(p).any()
-        pos = [origin[0] + float(p[0]) * spacing[0], origin[1] + float(p[1]) * spacing[1], 0.0] if defined else [0.0, 0.0, 0.0]
+        pos = (
+            [origin[0] + float(p[0]) * spacing[0], origin[1] + float(p[1]) * spacing[1], 0.0]
+            if defined
+            else [0.0, 0.0, 0.0]
+        )
         cps.append(
             {
                 "id": str(k + 1),

@@ -50,7 +50,9 @@ class LandmarkDataset:
         meta: dict[str, Any] = load_yaml(self.root / "dataset.yaml") if (self.root / "dataset.yaml").is_file() else {}
         ls = landmark_set or meta.get("landmark_set")
         if ls is None:
-            raise AnnotationError(f"Say which landmark set {self.root} uses (dataset.yaml 'landmark_set' or --landmark-set)")
+            raise AnnotationError(
+                f"Say which landmark set {self.root} uses (dataset.yaml 'landmark_set' or --landmark-set)"
+            )
         self.landmark_set = ls if isinstance(ls, LandmarkSet) else load_landmark_set(ls)
         sp = spacing or meta.get("spacing_mm") or self.landmark_set.default_spacing_mm
         self.spacing = (float(sp[0]), float(sp[1])) if sp is not None else None
@@ -76,7 +78,8 @@ class LandmarkDataset:
         if missing:
             raise AnnotationError(f"{len(missing)} image(s) of split {split!r} have no annotation, e.g. {missing[0]}")
         self.items = [
-            {"image": str(self.root / "images" / f), "landmarks": points[f], "spacing": self.spacing, "id": f} for f in files
+            {"image": str(self.root / "images" / f), "landmarks": points[f], "spacing": self.spacing, "id": f}
+            for f in files
         ]
 
     def _split_files(self, split: str) -> list[str]:

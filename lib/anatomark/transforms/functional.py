@@ -75,7 +75,9 @@ def transform_points(points: np.ndarray, matrix: np.ndarray) -> np.ndarray:
     return p @ matrix[:2, :2].T + matrix[:2, 2]
 
 
-def warp_image(image: np.ndarray, matrix: np.ndarray, out_hw: Sequence[int] | None = None, order: int = 1) -> np.ndarray:
+def warp_image(
+    image: np.ndarray, matrix: np.ndarray, out_hw: Sequence[int] | None = None, order: int = 1
+) -> np.ndarray:
     """Warp ``(H, W)`` or ``(C, H, W)`` so that input pixel p lands at ``matrix @ p`` (zero padding)."""
     from scipy.ndimage import affine_transform
 
@@ -90,7 +92,9 @@ def warp_image(image: np.ndarray, matrix: np.ndarray, out_hw: Sequence[int] | No
     return np.stack([affine_transform(c, lin, offset=off, output_shape=hw, order=order, mode="constant") for c in arr])
 
 
-def points_to_heatmaps(points: np.ndarray, spatial_hw: Sequence[int], sigma: float | Sequence[float] = 2.0) -> np.ndarray:
+def points_to_heatmaps(
+    points: np.ndarray, spatial_hw: Sequence[int], sigma: float | Sequence[float] = 2.0
+) -> np.ndarray:
     """Encode ``(K, 2)`` points as ``(K, H, W)`` Gaussian heatmaps with peak 1 (zeros for missing points).
 
     Args:
@@ -130,7 +134,11 @@ def heatmaps_to_points(
     """
     if method not in ("argmax", "local_mean"):
         raise ValueError(f"Unknown heatmap decoding {method!r}; use 'argmax' or 'local_mean'")
-    hm = heatmaps.detach().float().cpu().numpy() if isinstance(heatmaps, torch.Tensor) else np.asarray(heatmaps, np.float32)
+    hm = (
+        heatmaps.detach().float().cpu().numpy()
+        if isinstance(heatmaps, torch.Tensor)
+        else np.asarray(heatmaps, np.float32)
+    )
     k, h, w = hm.shape
     flat = hm.reshape(k, -1)
     idx = flat.argmax(axis=1)

@@ -1,0 +1,146 @@
+"""The ``anatomark`` command line on real files: infer, evaluate and the errors users cause."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from anatomark.cli import main
+from anatomark.config import LandmarkSet, load_landmark_set
+from anatomark.data.annotations import read_landmark_csv, write_landmark_csv
+from anatomark.model import save_model_file
+from anatomark.networks import build_network
+
+TWO = LandmarkSet(name="two", names=["a", "b"], default_spacing_mm=(0.5, 0.5))
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    """An untrained two-landmark model: enough to exercise file handling, not accuracy."""
+    recipe = {
+        "name": "tiny",
+        "landmark_set": "two",
+        "network": {"name": "heatmap_unet", "spatial_dims": 2, "features": [4, 4, 8, 8, 8, 4]},
+        "input": {"size_hw": [32, 32]},
+        "train": {},
+    }
+    net = build_network(recipe["network"], out_channels=2)
+    return save_model_file(tmp_path_factory.mktemp("m") / "tiny.pt", net, recipe, TWO)
+
+
+@pytest.fixture
+def images(tmp_path):
+    good = tmp_path / "good.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (48, 40), dtype=np.uint8)).save(good)
+    data = good.read_bytes()
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(data[: len(data) // 3])
+    return good, bad
+
+
+def test_infer_writes_json_and_overlay(tiny_model, images, tmp_path, capsys):
+    good, _ = images
+    out = tmp_path / "out"
+    assert main(["infer", str(good), "--model", str(tiny_model), "--out", str(out), "--markups"]) == 0
+    doc = json.loads((out / "good.json").read_text())
+    assert doc["size_wh"] == [40, 48] and doc["spacing_mm"] == [0.5, 0.5] and doc["spacing_source"] == "default"
+    lm = doc["landmarks"]
+    assert [p["name"] for p in lm] == ["a", "b"] and [p["index"] for p in lm] == [1, 2]
+    for p in lm:
+        assert 0 <= p["x"] <= 39 and 0 <= p["y"] <= 47
+        assert p["x_mm"] == pytest.approx(p["x"] * 0.5, abs=1e-2) and 0 <= p["confidence"] <= 1
+    assert Image.open(out / "good_overlay.png").size == (40, 48)
+    assert json.loads((out / "good.mrk.json").read_text())["markups"][0]["coordinateSystem"] == "LPS"
+
+
+def test_infer_bad_images_fail_clearly_and_write_nothing(tiny_model, images, tmp_path, capsys):
+    good, bad = images
+    odd = tmp_path / "scan.xyz"
+    odd.write_bytes(b"123")
+    out = tmp_path / "out"
+    code = main(["infer", str(bad), str(odd), str(good), "--model", str(tiny_model), "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "Cannot read image bad.png: the file is corrupt or truncated" in err
+    assert "Unsupported image type '.xyz'" in err
+    assert sorted(p.name for p in out.iterdir()) == ["good.json", "good_overlay.png"]
+
+
+def test_unknown_model_name(images, tmp_path, capsys):
+    good, _ = images
+    code = main(["infer", str(good), "--model", "no_such_model", "--out", str(tmp_path / "o")])
+    assert code == 2
+    assert "Unknown model 'no_such_model'; available:" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+    assert main(["infer", str(good), "--model", str(tmp_path / "missing.pt"), "--out", str(tmp_path / "o")]) == 2
+    (tmp_path / "junk.pt").write_bytes(b"not a model")
+    assert main(["infer", str(good), "--model", str(tmp_path / "junk.pt"), "--out", str(tmp_path / "o")]) == 2
+    assert "not a readable anatomark model" in capsys.readouterr().err
+
+
+def _dataset(root, names, good):
+    (root / "images").mkdir(parents=True)
+    (root / "images" / "good.png").write_bytes(good.read_bytes())
+    (root / "splits.json").write_text(json.dumps({"test1": ["good.png"]}))
+    write_landmark_csv(root / "landmarks_senior.csv", {"good.png": np.full((len(names), 2), 10.0)}, names)
+    return root
+
+
+def test_evaluate_wrong_landmark_count(tiny_model, images, tmp_path, capsys):
+    # a dataset annotated with 3 landmarks, evaluated with a 2-landmark model
+    root = _dataset(tmp_path / "ds", ["p", "q", "r"], images[0])
+    js = tmp_path / "m.json"
+    code = main(["evaluate", "--model", str(tiny_model), "--dataset", str(root), "--split", "test1", "--json", str(js)])
+    assert code == 2
+    assert "lacks 4 required column(s): a_x, a_y, b_x, b_y" in capsys.readouterr().err
+    assert not js.exists()
+
+
+def test_evaluate_json(tiny_model, images, tmp_path):
+    root = _dataset(tmp_path / "ds", ["a", "b"], images[0])
+    js = tmp_path / "m.json"
+    assert (
+        main(["evaluate", "--model", str(tiny_model), "--dataset", str(root), "--json", str(js), "--radii", "1,50"])
+        == 0
+    )
+    m = json.loads(js.read_text())
+    assert set(m["sdr"]) == {"1.0", "50.0"} and len(m["per_landmark"]) == 2 and m["mre_mm"] >= 0
+
+
+def test_console_script_help():
+    exe = os.path.join(os.path.dirname(sys.executable), "anatomark")
+    out = subprocess.run([exe, "--help"], capture_output=True, text=True, check=True).stdout
+    assert "train" in out and "infer" in out and "evaluate" in out
+
+
+# ------------------------------------------------------------------ real data, shipped model
+def test_isbi_smoke_two_images_with_shipped_model(isbi_dir, tmp_path):
+    names = load_landmark_set("isbi2015_cephalometric").names
+    truth = read_landmark_csv(isbi_dir / "landmarks_senior.csv", names)
+    imgs = [str(isbi_dir / "images" / n) for n in ("151.jpg", "152.jpg")]
+    out = tmp_path / "out"
+    assert main(["infer", *imgs, "--out", str(out)]) == 0  # --model default is implied
+    for n in ("151", "152"):
+        doc = json.loads((out / f"{n}.json").read_text())
+        assert doc["spacing_mm"] == [0.1, 0.1] and doc["model"] == "isbi2015_heatmap_unet"
+        pts = np.array([[p["x"], p["y"]] for p in doc["landmarks"]])
+        err = np.linalg.norm(pts - truth[f"{n}.jpg"], axis=1) * 0.1
+        assert err.mean() < 4.0, f"{n}: MRE {err.mean():.2f} mm"
+        assert (out / f"{n}_overlay.png").is_file()
+    # evaluate on a two-image folder in the dataset layout (symlinks to the real files)
+    root = tmp_path / "two"
+    (root / "images").mkdir(parents=True)
+    for n in ("151.jpg", "152.jpg"):
+        (root / "images" / n).symlink_to(isbi_dir / "images" / n)
+    write_landmark_csv(root / "landmarks_senior.csv", {n: truth[n] for n in ("151.jpg", "152.jpg")}, names)
+    (root / "dataset.yaml").write_text("landmark_set: isbi2015_cephalometric\n")
+    js = tmp_path / "m.json"
+    assert main(["evaluate", "--dataset", str(root), "--split", "all", "--json", str(js)]) == 0
+    m = json.loads(js.read_text())
+    assert m["n_images"] == 2 and m["mre_mm"] < 4.0 and "2.0" in m["sdr"] and len(m["per_landmark"]) == 19
