@@ -1,0 +1,245 @@
+"""anatomark MONAI Label app: automatic anatomical landmarks on 2D X-rays, labels from the viewer, retraining.
+
+Start it with ``python -m monailabel.main start_server --app apps/landmarks --studies <dir> --conf models all``
+(see the README's *Server* section). Conf options (``--conf key value``):
+
+- ``models``: ``all`` (every ``<name>.pt`` in the model folder) or comma-separated names (``default`` allowed).
+- ``published_model_dir``: where fine-tuned weights are published (default ``<studies>/.anatomark/models``);
+  served in preference to the shipped weights, which are never overwritten.
+- ``train_epochs`` (10), ``val_fraction`` (0.2): fine-tuning defaults.
+- ``auto_train_every_n_labels`` (0 = off): start a fine-tuning after every N saved ``final`` labels.
+- ``auto_train_interval`` (seconds, 0 = off): start a fine-tuning on this schedule when new final labels arrived.
+- ``label_radius_mm`` (2.0), ``device`` (default ``cuda`` when available), ``auto_update_scoring`` (false).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from fastapi import HTTPException
+from monailabel.config import settings
+from monailabel.interfaces.app import MONAILabelApp
+from monailabel.interfaces.datastore import Datastore, DefaultLabelTag
+from monailabel.tasks.activelearning.first import First
+from monailabel.tasks.activelearning.random import Random
+from monailabel.utils.async_tasks.task import AsyncTask
+from monailabel.utils.async_tasks.utils import processes, tasks
+from monailabel.utils.others.generic import strtobool
+
+import anatomark
+from anatomark.config import load_yaml
+from anatomark.errors import AnatomarkError
+from anatomark.monailabel import LandmarkDatastore, LandmarkMRE, LandmarkTaskConfig, LowestConfidence
+from anatomark.paths import CONFIG_DIR, model_dir
+
+logger = logging.getLogger(__name__)
+
+EXTRA_EXTENSIONS = ["*.jpeg", "*.bmp", "*.tiff", "*.dcm"]
+
+
+def _select_models(spec: str) -> list[str]:
+    shipped = sorted(p.stem for p in model_dir().glob("*.pt")) if model_dir().is_dir() else []
+    aliases = load_yaml(CONFIG_DIR / "app.yaml").get("models") or {}
+    if not spec or spec == "all":
+        return shipped
+    out = []
+    for name in (s.strip() for s in spec.split(",") if s.strip()):
+        name = aliases.get(name, name)
+        if name not in shipped:
+            raise ValueError(f"Unknown model {name!r} in --conf models; available: {', '.join(shipped) or '(none)'}")
+        if name not in out:
+            out.append(name)
+    return out
+
+
+class LandmarkApp(MONAILabelApp):
+    """MONAI Label app serving anatomark landmark models (one landmark set per app instance)."""
+
+    def __init__(self, app_dir: str, studies: str, conf: dict[str, str]):
+        self.model_names = _select_models(conf.get("models", "all"))
+        local = not studies.startswith(("http://", "https://"))
+        state = Path(studies) / ".anatomark" if local else Path(app_dir) / "state"
+        published = Path(conf.get("published_model_dir") or state / "models")
+        self.work_dir = state / "train"
+        self.models: dict[str, LandmarkTaskConfig] = {}
+        for name in self.model_names:
+            c = LandmarkTaskConfig()
+            c.init(name, str(model_dir()), conf, None, published_dir=published, work_dir=self.work_dir)
+            self.models[name] = c
+        if not self.model_names:
+            logger.warning(f"No landmark model weights found in {model_dir()}; the app serves no model")
+        self.handles = {n: c.handle for n, c in self.models.items()}
+        sets = {}
+        for n, h in self.handles.items():
+            try:
+                sets[n] = h.get()[0].landmark_set
+            except AnatomarkError as e:
+                logger.error(f"Model {n}: {e}")
+        if len({s.name for s in sets.values()}) > 1:
+            raise ValueError(
+                f"Serve models of one landmark set per app; got { ({n: s.name for n, s in sets.items()}) }"
+            )
+        self.landmark_set = next(iter(sets.values()), None)
+
+        self.auto_every = int(conf.get("auto_train_every_n_labels", 0))
+        self.auto_interval = float(conf.get("auto_train_interval", 0))
+        self.auto_epochs = int(conf.get("auto_train_epochs", conf.get("train_epochs", 10)))
+        self._auto_lock = threading.Lock()
+        self._saves_since_train = 0
+        self._label_signature: tuple = ()
+        self._stop = threading.Event()
+        self.auto_train_log: list[dict[str, Any]] = []
+
+        super().__init__(
+            app_dir=app_dir,
+            studies=studies,
+            conf=conf,
+            name="anatomark",
+            description="Anatomical landmark detection on 2D X-rays",
+            version=anatomark.__version__,
+            labels=self.landmark_set.labels if self.landmark_set else None,
+        )
+        self._auto_update_scoring = bool(strtobool(conf.get("auto_update_scoring", "false")))
+
+    # ------------------------------------------------------------------ tasks
+    def init_datastore(self) -> Datastore:
+        if self.studies.startswith(("http://", "https://")) or self.landmark_set is None:
+            return super().init_datastore()
+        exts = list(settings.MONAI_LABEL_DATASTORE_FILE_EXT) + [e for e in EXTRA_EXTENSIONS]
+        return LandmarkDatastore(
+            self.studies,
+            self.landmark_set,
+            on_label_saved=self._on_label_saved,
+            label_radius_mm=float(self.conf.get("label_radius_mm", 2.0)),
+            extensions=list(dict.fromkeys(exts)),
+            auto_reload=settings.MONAI_LABEL_DATASTORE_AUTO_RELOAD,
+            read_only=settings.MONAI_LABEL_DATASTORE_READ_ONLY,
+        )
+
+    def init_infers(self) -> dict[str, Any]:
+        return {n: c.infer() for n, c in self.models.items()}
+
+    def init_trainers(self) -> dict[str, Any]:
+        return {n: c.trainer() for n, c in self.models.items()}
+
+    def init_strategies(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"random": Random(), "first": First()}
+        if self.handles:
+            out = {"lowest_confidence": LowestConfidence(self.handles), **out}
+        return out
+
+    def init_scoring_methods(self) -> dict[str, Any]:
+        return {"landmark_mre": LandmarkMRE()} if self.handles else {}
+
+    def info(self) -> dict[str, Any]:
+        meta = super().info()
+        meta["anatomark"] = {
+            "landmark_set": self.landmark_set.name if self.landmark_set else None,
+            "auto_train_every_n_labels": self.auto_every,
+            "auto_train_interval": self.auto_interval,
+            "auto_train_log": self.auto_train_log[-20:],
+            "published": {n: str(h.published_path) for n, h in self.handles.items()},
+        }
+        return meta
+
+    # ------------------------------------------------------------------ requests: user errors -> 4xx
+    def infer(self, request: dict[str, Any], datastore: Datastore | None = None) -> dict[str, Any]:
+        model = request.get("model")
+        if model not in self._infers:
+            raise HTTPException(
+                status_code=404, detail=f"Unknown model {model!r}; available: {', '.join(self._infers)}"
+            )
+        image = request.get("image")
+        if isinstance(image, str) and not os.path.exists(image):
+            ds = datastore if datastore else self.datastore()
+            if not image or not ds.get_image_uri(image):
+                raise HTTPException(status_code=404, detail=f"Image {image!r} is not in the datastore")
+        try:
+            return super().infer(request, datastore)
+        except AnatomarkError as e:
+            raise HTTPException(status_code=422, detail=str(e)) from e
+
+    def next_sample(self, request: dict[str, Any]) -> dict[str, Any]:
+        strategy = request.get("strategy") or "random"
+        if strategy not in self._strategies:
+            raise HTTPException(
+                status_code=404, detail=f"Unknown strategy {strategy!r}; available: {', '.join(self._strategies)}"
+            )
+        try:
+            return super().next_sample(request)
+        except AnatomarkError as e:
+            raise HTTPException(status_code=422, detail=str(e)) from e
+
+    def bundle_path(self, model: str | None) -> None:
+        # MONAI Label calls this (in the server process) before starting any background train/infer task: the one
+        # place to refuse an unknown model with a 404 instead of a 200 followed by a failing subprocess.
+        if model and model not in self._trainers and model not in self._infers:
+            raise HTTPException(
+                status_code=404, detail=f"Unknown model {model!r}; available: {', '.join(self._trainers)}"
+            )
+        return None
+
+    # ------------------------------------------------------------------ automatic retraining
+    def _final_signature(self) -> tuple:
+        ds = self.datastore()
+        return tuple(
+            sorted((i, ds.get_label_info(i, DefaultLabelTag.FINAL.value).get("ts", 0)) for i in ds.get_labeled_images())
+        )
+
+    def _on_label_saved(self, image_id: str, tag: str) -> None:
+        if tag != DefaultLabelTag.FINAL.value or self.auto_every <= 0:
+            return
+        with self._auto_lock:
+            self._saves_since_train += 1
+            if self._saves_since_train < self.auto_every:
+                return
+            self._saves_since_train = 0
+        self.trigger_training(f"{self.auto_every} new final label(s)")
+
+    def trigger_training(self, reason: str) -> list[str]:
+        """Queue one fine-tuning per served model (skipped for a model that already has one waiting)."""
+        if not self._server_mode:
+            return []
+        started = []
+        for m in self._trainers:
+            queued = [t for t in tasks("train") if t.get("status") == "SUBMITTED" and t["request"].get("model") == m]
+            if queued:
+                logger.info(f"Auto-train of {m} skipped: a training is already queued")
+                continue
+            request = {"model": m, "max_epochs": self.auto_epochs, "trigger": f"auto: {reason}"}
+            task, _ = AsyncTask.run("train", request=request, params={}, enqueue=True)
+            running = bool(processes("train"))
+            self.auto_train_log.append(
+                {
+                    "model": m,
+                    "reason": reason,
+                    "ts": int(time.time()),
+                    "task": task["id"] if task else None,
+                    "queued_behind_running": running,
+                }
+            )
+            logger.info(f"Auto-train {m}: {reason}")
+            started.append(m)
+        with self._auto_lock:
+            self._label_signature = self._final_signature()
+        return started
+
+    def on_init_complete(self) -> None:
+        super().on_init_complete()
+        self._label_signature = self._final_signature()
+        if self.auto_interval > 0 and self._trainers:
+            threading.Thread(target=self._interval_loop, name="anatomark-auto-train", daemon=True).start()
+
+    def _interval_loop(self) -> None:
+        while not self._stop.wait(self.auto_interval):
+            try:
+                sig = self._final_signature()
+                if sig and sig != self._label_signature:
+                    self.trigger_training(f"schedule every {self.auto_interval:g} s with new final labels")
+            except Exception:  # noqa: BLE001 - the scheduler must survive
+                logger.exception("auto-train schedule failed")

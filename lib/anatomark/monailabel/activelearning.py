@@ -1,0 +1,126 @@
+"""Active learning for landmark models: next-sample strategy and per-image scoring (MONAI Label glue)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import numpy as np
+from monailabel.interfaces.datastore import Datastore, DefaultLabelTag
+from monailabel.interfaces.tasks.scoring import ScoringMethod
+from monailabel.interfaces.tasks.strategy import Strategy
+
+from anatomark.data.image_io import load_image
+from anatomark.errors import AnatomarkError
+from anatomark.metrics import radial_errors
+from anatomark.monailabel.infer import PublishedModel
+
+logger = logging.getLogger(__name__)
+
+CONFIDENCE_KEY = "anatomark_confidence"
+MRE_KEY = "anatomark_mre_mm"
+
+
+class LowestConfidence(Strategy):
+    """Pick the unlabelled image the model is least sure about (lowest mean landmark confidence).
+
+    Confidence is the probability mass the model puts near each predicted point (see
+    :class:`anatomark.model.Prediction`). Scores are cached in the image info per model version, so each image is
+    predicted once per model; at most ``max_candidates`` new images are scored per request.
+
+    Request options: ``model`` (default: the first served model), ``max_candidates``.
+    """
+
+    def __init__(self, handles: dict[str, PublishedModel], max_candidates: int = 64):
+        super().__init__("Unlabelled image with the lowest model confidence (mean over landmarks)")
+        self.handles = handles
+        self.max_candidates = max_candidates
+
+    def __call__(self, request: dict[str, Any], datastore: Datastore) -> dict[str, Any]:
+        name = request.get("model") or next(iter(self.handles), None)
+        if name not in self.handles:
+            raise AnatomarkError(f"Unknown model {name!r} for the strategy; served: {', '.join(self.handles)}")
+        ids = sorted(datastore.get_unlabeled_images())
+        if not ids:
+            return {}
+        model, version = self.handles[name].get()
+        budget = int(request.get("max_candidates", self.max_candidates))
+        scores: dict[str, float] = {}
+        todo = []
+        for image_id in ids:
+            c = datastore.get_image_info(image_id).get(CONFIDENCE_KEY) or {}
+            if c.get("model") == name and c.get("model_version") == version and c.get("mean") is not None:
+                scores[image_id] = float(c["mean"])
+            else:
+                todo.append(image_id)
+        for image_id in todo[:budget]:
+            try:
+                img = load_image(
+                    datastore.get_image_uri(image_id), default_spacing=model.landmark_set.default_spacing_mm
+                )
+            except AnatomarkError as e:
+                logger.warning(f"Strategy skips {image_id}: {e}")
+                continue
+            conf = np.asarray(model.predict(img).confidence, dtype=np.float64)
+            scores[image_id] = float(conf.mean())
+            datastore.update_image_info(
+                image_id,
+                {
+                    CONFIDENCE_KEY: {
+                        "model": name,
+                        "model_version": version,
+                        "mean": round(float(conf.mean()), 5),
+                        "min": round(float(conf.min()), 5),
+                        "ts": int(time.time()),
+                    }
+                },
+            )
+        if not scores:
+            return {}
+        image_id = min(scores, key=lambda i: (scores[i], i))
+        return {
+            "id": image_id,
+            "confidence": scores[image_id],
+            "model": name,
+            "model_version": version,
+            "scored": len(scores),
+        }
+
+
+class LandmarkMRE(ScoringMethod):
+    """Per image: mean radial error (mm) between the model's ``original`` landmarks and the user's ``final`` ones.
+
+    Writes ``anatomark_mre_mm`` into each image's info and returns ``{"images": {id: {...}}, "mean_mre_mm"}``.
+    """
+
+    def __init__(self) -> None:
+        super().__init__("MRE (mm) between the model's original landmarks and the user's final landmarks")
+
+    def __call__(self, request: dict[str, Any], datastore: Datastore) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for image_id in sorted(datastore.list_images()):
+            try:
+                orig = datastore.label_points(image_id, DefaultLabelTag.ORIGINAL.value)  # type: ignore[attr-defined]
+                final = datastore.label_points(image_id, DefaultLabelTag.FINAL.value)  # type: ignore[attr-defined]
+            except AnatomarkError as e:
+                logger.warning(f"Scoring skips {image_id}: {e}")
+                continue
+            if orig is None or final is None:
+                continue
+            err = radial_errors(orig[0], final[0], final[1])
+            finite = err[np.isfinite(err)]
+            if not finite.size:
+                continue
+            info = datastore.get_label_info(image_id, DefaultLabelTag.ORIGINAL.value)
+            rec = {
+                "mre_mm": round(float(finite.mean()), 4),
+                "max_mm": round(float(finite.max()), 4),
+                "n_landmarks": int(finite.size),
+                "model": info.get("model"),
+                "ts": int(time.time()),
+            }
+            datastore.update_image_info(image_id, {MRE_KEY: rec})
+            out[image_id] = rec
+        mean = float(np.mean([r["mre_mm"] for r in out.values()])) if out else None
+        return {"method": "landmark_mre", "images": out, "mean_mre_mm": mean}

@@ -1,0 +1,39 @@
+"""MONAI Label TaskConfig for one landmark model: weights, infer task and train task."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from monailabel.interfaces.config import TaskConfig
+
+from anatomark.monailabel.infer import LandmarkInferTask, PublishedModel, default_device
+from anatomark.monailabel.train import LandmarkTrainTask
+
+
+class LandmarkTaskConfig(TaskConfig):
+    """One served landmark model.
+
+    ``init(name, model_dir, conf, planner, published_dir=..., work_dir=...)``: ``model_dir`` holds the shipped
+    ``<name>.pt``; fine-tuned weights are published to ``published_dir/<name>.pt`` and served in preference.
+    Conf keys used: ``train_epochs``, ``val_fraction``, ``label_radius_mm``, ``device``.
+    """
+
+    def init(self, name: str, model_dir: str, conf: dict[str, str], planner: Any, **kwargs: Any) -> None:
+        super().init(name, model_dir, conf, planner, **kwargs)
+        published_dir = Path(kwargs["published_dir"])
+        self.work_dir = Path(kwargs["work_dir"])
+        self.path = [str(Path(model_dir) / f"{name}.pt"), str(published_dir / f"{name}.pt")]
+        device = conf.get("device") or default_device()
+        self.handle = PublishedModel(name, Path(self.path[0]), Path(self.path[1]), device=device)
+
+    def infer(self) -> LandmarkInferTask:
+        return LandmarkInferTask(self.handle, label_radius_mm=float(self.conf.get("label_radius_mm", 2.0)))
+
+    def trainer(self) -> LandmarkTrainTask:
+        return LandmarkTrainTask(
+            self.handle,
+            self.work_dir,
+            epochs=int(self.conf.get("train_epochs", 10)),
+            val_fraction=float(self.conf.get("val_fraction", 0.2)),
+        )

@@ -1,0 +1,208 @@
+"""MONAI Label inference task for landmark models (glue: all landmark logic is in :mod:`anatomark.model`)."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from monailabel.interfaces.tasks.infer_v2 import InferTask, InferType
+
+from anatomark.data.image_io import load_image
+from anatomark.errors import AnatomarkError, ModelNotFoundError
+from anatomark.model import LandmarkModel, load_model
+from anatomark.monailabel.labels import (
+    RESULT_FORMATS,
+    draw_labelmap,
+    label_radius_px,
+    viewer_geometry,
+    write_labelmap_like,
+    write_markups_like,
+)
+
+logger = logging.getLogger(__name__)
+
+
+def default_device() -> str:
+    """``cuda`` when a GPU is visible, else ``cpu``."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def file_version(path: str | Path) -> str:
+    """Short content hash of a weights file: the model version reported with every result."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:12]
+
+
+class PublishedModel:
+    """A model whose weights may be replaced while the server runs.
+
+    Reads ``published_path`` when it exists (weights fine-tuned by the server), else ``shipped_path``; reloads
+    when the file (path, mtime or size) changes, so a training run that publishes new weights is served without
+    a restart. A broken new file is logged and the previous model kept.
+
+    Args:
+        name: model name (as in ``/info/``).
+        shipped_path: weights shipped with the app (read-only), may be ``None``.
+        published_path: where training publishes (atomically) the best fine-tuned weights.
+        device: torch device; default CUDA when available.
+    """
+
+    def __init__(self, name: str, shipped_path: Path | None, published_path: Path, device: str | None = None):
+        self.name = name
+        self.shipped_path = Path(shipped_path) if shipped_path else None
+        self.published_path = Path(published_path)
+        self.device = device or default_device()
+        self._lock = threading.Lock()
+        self._key: tuple[str, int, int] | None = None
+        self._model: LandmarkModel | None = None
+        self._version = ""
+
+    def path(self) -> Path | None:
+        if self.published_path.is_file():
+            return self.published_path
+        if self.shipped_path and self.shipped_path.is_file():
+            return self.shipped_path
+        return None
+
+    def exists(self) -> bool:
+        return self.path() is not None
+
+    def get(self) -> tuple[LandmarkModel, str]:
+        """The current model and its version (reloaded if the weights file changed)."""
+        with self._lock:
+            path = self.path()
+            if path is None:
+                raise ModelNotFoundError(f"Model {self.name!r} has no weights file ({self.shipped_path})")
+            st = path.stat()
+            key = (str(path), st.st_mtime_ns, st.st_size)
+            if key != self._key:
+                try:
+                    model = load_model(path, device=self.device)
+                    version = file_version(path)
+                except ModelNotFoundError:
+                    if self._model is None:
+                        raise
+                    logger.exception(f"Could not reload {path}; keeping model version {self._version}")
+                else:
+                    logger.info(f"Loaded model {self.name} version {version} from {path}")
+                    self._model, self._version = model, version
+                self._key = key
+            assert self._model is not None
+            return self._model, self._version
+
+    def publish(self, weights: str | Path) -> Path:
+        """Copy ``weights`` to the published path atomically (readers never see a half-written file)."""
+        dst = self.published_path
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
+        shutil.copyfile(weights, tmp)
+        os.replace(tmp, dst)
+        return dst
+
+
+class LandmarkInferTask(InferTask):
+    """``/infer/<model>``: landmarks of one 2D X-ray as a label map (landmark k = disk of value k) or markups.
+
+    Request options (``params``): ``result_format`` (``labelmap`` | ``slicer_markups``), ``label_radius_mm``
+    (disk radius, default 2 mm, at least 2 px), ``spacing`` (override mm/px).
+
+    The JSON result holds ``landmarks: [{index, name, x, y, x_mm, y_mm, confidence}]`` (x, y in original pixels),
+    ``spacing_mm``, ``model``/``model_version``, ``label_names`` and ``latencies``.
+    """
+
+    def __init__(self, handle: PublishedModel, description: str = "", label_radius_mm: float = 2.0):
+        model = None
+        try:
+            model, _ = handle.get()
+        except AnatomarkError as e:
+            logger.warning(f"{handle.name}: {e}")
+        self.handle = handle
+        self.landmark_set = model.landmark_set if model else None
+        labels = self.landmark_set.labels if self.landmark_set else {}
+        desc = description or (
+            f"{len(labels)} landmarks of {self.landmark_set.name}: {self.landmark_set.description}"
+            if self.landmark_set
+            else "landmark model"
+        )
+        super().__init__(
+            type=InferType.SEGMENTATION,
+            labels=labels,
+            dimension=2,
+            description=desc,
+            config={"result_format": list(RESULT_FORMATS), "label_radius_mm": float(label_radius_mm)},
+        )
+        self.label_radius_mm = float(label_radius_mm)
+
+    def is_valid(self) -> bool:
+        return self.handle.exists() and self.landmark_set is not None
+
+    def get_path(self, validate: bool = True) -> str | None:
+        p = self.handle.path()
+        return str(p) if p else None
+
+    def __call__(self, request: dict[str, Any]) -> tuple[str | None, dict[str, Any]]:
+        t0 = time.perf_counter()
+        image_path = request.get("image")
+        if not isinstance(image_path, str) or not image_path:
+            raise AnatomarkError("Provide an image id of the datastore or upload an image file")
+        fmt = request.get("result_format") or RESULT_FORMATS[0]
+        if isinstance(fmt, list):
+            fmt = fmt[0]
+        if fmt not in RESULT_FORMATS:
+            raise AnatomarkError(f"Unknown result_format {fmt!r}; use one of {', '.join(RESULT_FORMATS)}")
+        try:
+            radius_mm = float(request.get("label_radius_mm", self.label_radius_mm))
+        except (TypeError, ValueError) as e:
+            raise AnatomarkError("label_radius_mm must be a number") from e
+        model, version = self.handle.get()
+        ls = model.landmark_set
+        t1 = time.perf_counter()
+        image = load_image(image_path, spacing=request.get("spacing"), default_spacing=ls.default_spacing_mm)
+        t2 = time.perf_counter()
+        pred = model.predict(image)
+        t3 = time.perf_counter()
+        if fmt == "labelmap":
+            radius = label_radius_px(pred.points, image.spacing, radius_mm)
+            lm = draw_labelmap(pred.points, image, radius, len(ls))
+            t4 = time.perf_counter()
+            out = write_labelmap_like(lm, image_path)
+        else:
+            radius = None
+            t4 = time.perf_counter()
+            out = write_markups_like(pred.points, ls, viewer_geometry(image_path, image))
+        t5 = time.perf_counter()
+        conf = np.asarray(pred.confidence, dtype=np.float64)
+        result = {
+            "model": self.handle.name,
+            "model_version": version,
+            "model_info": {k: v for k, v in model.info.items() if isinstance(v, (int, float, str)) or v is None},
+            "landmark_set": ls.name,
+            "label_names": ls.labels,
+            "result_format": fmt,
+            "size_wh": list(image.size_wh),
+            "spacing_mm": [float(s) for s in image.spacing],
+            "spacing_source": image.spacing_source,
+            "label_radius_px": None if radius is None else round(float(radius), 2),
+            "mean_confidence": round(float(conf.mean()), 4),
+            "landmarks": pred.to_list(),
+            "latencies": {
+                "model_load": round(t1 - t0, 4),
+                "pre": round(t2 - t1 + pred.timings.get("preprocess", 0.0), 4),
+                "infer": round(pred.timings.get("network", 0.0), 4),
+                "post": round(t4 - t3, 4),
+                "write": round(t5 - t4, 4),
+                "total": round(t5 - t0, 4),
+            },
+        }
+        return out, result

@@ -1,0 +1,304 @@
+"""Label files <-> landmark points for the MONAI Label app (format glue; the point maths lives in the library).
+
+A label arriving at the server can be:
+
+- a label map (PNG/NIfTI/NRRD/...; what 3D Slicer sends when saving a segmentation) where landmark k is the
+  region of value k, or of the value ``idx`` given for its name in ``label_info=[{"name", "idx"}]``;
+- a 3D Slicer point-list markups JSON (LPS or RAS, in the image geometry the viewer uses);
+- our own JSON ``{"landmarks": [{"name", "x", "y"}, ...]}`` (the ``/infer`` result);
+- a LabelMe JSON.
+
+Every reader returns ``(K, 2)`` points (x, y) in original pixels in landmark-set order, NaN for missing landmarks.
+Results are written as label maps in the input's exact geometry (PNG for raster and DICOM inputs, NIfTI/NRRD for
+NIfTI/NRRD inputs) so that a viewer overlays them on the image without resampling.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from anatomark.config import LandmarkSet
+from anatomark.data.annotations import read_labelme, read_slicer_markups, slicer_markups_document
+from anatomark.data.image_io import (
+    NIFTI_EXTENSIONS,
+    NRRD_EXTENSIONS,
+    RASTER_EXTENSIONS,
+    XrayImage,
+    image_extension,
+    load_image,
+)
+from anatomark.errors import AnnotationError
+from anatomark.transforms import functional as Fn
+
+RESULT_FORMATS = ("labelmap", "slicer_markups")
+
+
+@dataclass
+class ViewerGeometry:
+    """Where pixel (x, y) of an image sits in a viewer's LPS world: ``origin + (x * sx, y * sy)``, z = 0.
+
+    For raster files this is the geometry ITK (hence 3D Slicer) gives them: origin 0 and a spacing of 1 mm unless
+    the file carries a resolution (``25.4 / dpi`` mm). It can differ from the physical spacing used for ``x_mm``.
+    """
+
+    spacing: tuple[float, float]
+    origin: tuple[float, float]
+
+
+def viewer_geometry(path: str | Path, image: XrayImage) -> ViewerGeometry:
+    """The LPS geometry a viewer (3D Slicer / ITK) assigns to ``path`` (axis-aligned 2D images)."""
+    ext = image_extension(path)
+    if ext in RASTER_EXTENSIONS:
+        from PIL import Image
+
+        with Image.open(path) as im:
+            dpi = im.info.get("dpi")
+        if dpi and len(dpi) == 2 and float(dpi[0]) > 0 and float(dpi[1]) > 0:
+            return ViewerGeometry((25.4 / float(dpi[0]), 25.4 / float(dpi[1])), (0.0, 0.0))
+        return ViewerGeometry((1.0, 1.0), (0.0, 0.0))
+    if ext in NIFTI_EXTENSIONS:
+        import nibabel as nib
+
+        lps = np.diag([-1.0, -1.0, 1.0, 1.0]) @ nib.load(str(path)).affine  # NIfTI affines are RAS
+        return ViewerGeometry((float(lps[0, 0]), float(lps[1, 1])), (float(lps[0, 3]), float(lps[1, 3])))
+    return ViewerGeometry(tuple(image.spacing), tuple(image.origin))  # type: ignore[arg-type]
+
+
+def label_radius_px(points: np.ndarray, spacing: Sequence[float], radius_mm: float, min_px: float = 2.0) -> float:
+    """Disk radius for drawing landmarks: ``radius_mm`` (at least ``min_px``), shrunk so that disks don't overlap.
+
+    Non-overlapping disks keep each disk's centroid (what label readers decode) on its landmark.
+    """
+    r = max(min_px, float(radius_mm) / float(np.mean(spacing)))
+    p = np.asarray(points, dtype=np.float64)
+    p = p[np.isfinite(p).all(axis=1)]
+    if len(p) > 1:
+        d = np.sqrt(((p[:, None, :] - p[None, :, :]) ** 2).sum(-1))
+        d[np.diag_indices(len(p))] = np.inf
+        r = min(r, max(min_px, (float(d.min()) - 1.0) / 2.0))
+    return r
+
+
+def draw_labelmap(points: np.ndarray, image: XrayImage, radius_px: float, num_landmarks: int) -> np.ndarray:
+    """``(H, W)`` label map of the image's size: landmark k = disk of value k."""
+    dtype = np.uint8 if num_landmarks < 256 else np.uint16
+    return Fn.points_to_labelmap(points, image.shape, radius=radius_px, dtype=dtype)
+
+
+def _tmp_path(suffix: str, directory: str | None = None) -> str:
+    fd, path = tempfile.mkstemp(suffix=suffix, prefix="anatomark-", dir=directory)
+    os.close(fd)
+    return path
+
+
+def write_labelmap_like(labelmap: np.ndarray, image_path: str | Path, directory: str | None = None) -> str:
+    """Write an ``(H, W)`` label map in the geometry and file family of ``image_path``; returns a new temp file.
+
+    PNG for raster/DICOM inputs (resolution copied, never JPEG), NIfTI with the input's affine for NIfTI inputs,
+    NRRD with the input's space fields for NRRD inputs.
+    """
+    ext = image_extension(image_path)
+    lm = np.asarray(labelmap)
+    if ext in NIFTI_EXTENSIONS:
+        import nibabel as nib
+
+        ref = nib.load(str(image_path))
+        data = lm.T.reshape(ref.shape[:2] + (1,) * (len(ref.shape) - 2)) if len(ref.shape) >= 2 else lm.T
+        if len(ref.shape) > 2 and ref.shape[2] != 1:  # RGB stored as a vector dimension
+            data = lm.T
+        out = _tmp_path(".nii.gz", directory)
+        hdr = ref.header.copy()
+        hdr.set_data_dtype(lm.dtype)
+        nib.save(nib.Nifti1Image(np.ascontiguousarray(data), ref.affine, hdr), out)
+        return out
+    if ext in NRRD_EXTENSIONS:
+        import nrrd
+
+        header = nrrd.read_header(str(image_path))
+        keep = {k: header[k] for k in ("space", "space directions", "space origin", "spacings", "kinds") if k in header}
+        sizes = [int(s) for s in header.get("sizes", [])]
+        data = lm.T
+        if len(sizes) > 2 and sizes[0] not in (3, 4):
+            data = data.reshape(data.shape + (1,) * (len(sizes) - 2))
+        elif len(sizes) > 2:  # a leading vector (RGB) axis: write a scalar 2D image with the spatial fields only
+            keep = {k: v for k, v in keep.items() if k in ("space", "space origin")}
+        out = _tmp_path(".nrrd", directory)
+        nrrd.write(out, np.ascontiguousarray(data), keep, index_order="F")
+        return out
+    from PIL import Image
+
+    dpi = None
+    if ext in RASTER_EXTENSIONS:
+        with Image.open(image_path) as im:
+            dpi = im.info.get("dpi")
+    out = _tmp_path(".png", directory)
+    kwargs: dict[str, Any] = {"format": "PNG", "compress_level": 1}
+    if dpi:
+        kwargs["dpi"] = dpi
+    Image.fromarray(np.ascontiguousarray(lm)).save(out, **kwargs)
+    return out
+
+
+def write_markups_like(
+    points: np.ndarray, landmark_set: LandmarkSet, geometry: ViewerGeometry, directory: str | None = None
+) -> str:
+    """Write a 3D Slicer point-list markups JSON (LPS) for ``points``; returns a new temp ``.mrk.json`` file."""
+    doc = slicer_markups_document(
+        points, landmark_set.names, geometry.spacing, geometry.origin, landmark_set.descriptions
+    )
+    out = _tmp_path(".mrk.json", directory)
+    Path(out).write_text(json.dumps(doc, indent=1))
+    return out
+
+
+# ---------------------------------------------------------------- reading labels
+def _label_values(label_info: Any, landmark_set: LandmarkSet) -> dict[int, int]:
+    """Map label-map value -> landmark index k (1..K) from Slicer's ``label_info`` (or identity)."""
+    k_max = len(landmark_set)
+    if not label_info:
+        return {k: k for k in range(1, k_max + 1)}
+    pairs: list[tuple[str, Any]] = []
+    if isinstance(label_info, Mapping):
+        pairs = [(str(n), v) for n, v in label_info.items()]
+    elif isinstance(label_info, list):
+        for e in label_info:
+            if not isinstance(e, Mapping) or "name" not in e:
+                raise AnnotationError("label_info must be a list of {name, idx} objects")
+            pairs.append((str(e["name"]), e.get("idx", e.get("value"))))
+    else:
+        raise AnnotationError("label_info must be a list of {name, idx} objects or a {name: idx} mapping")
+    labels = landmark_set.labels
+    out: dict[int, int] = {}
+    for name, idx in pairs:
+        if name.lower() == "background":
+            continue
+        if name not in labels:
+            raise AnnotationError(
+                f"label_info names {name!r}, which is not a landmark of the set {landmark_set.name!r} "
+                f"(expected names: {', '.join(landmark_set.names)})"
+            )
+        try:
+            v = int(idx)
+        except (TypeError, ValueError) as e:
+            raise AnnotationError(f"label_info entry {name!r} has no integer 'idx'") from e
+        out[v] = labels[name]
+    return out
+
+
+def labelmap_points(labelmap: np.ndarray, landmark_set: LandmarkSet, label_info: Any = None) -> np.ndarray:
+    """Centroid of each landmark's region in an ``(H, W)`` label map -> ``(K, 2)`` (NaN where absent).
+
+    Raises:
+        AnnotationError: values that are not integers or name no landmark of the set.
+    """
+    lm = np.asarray(labelmap)
+    if not np.all(np.isfinite(lm)) or not np.all(np.mod(lm, 1) == 0) or lm.min(initial=0) < 0:
+        raise AnnotationError("The label map must hold non-negative integer values (landmark k = value k)")
+    mapping = _label_values(label_info, landmark_set)
+    values = [int(v) for v in np.unique(lm) if v != 0]
+    unknown = [v for v in values if v not in mapping]
+    if unknown:
+        raise AnnotationError(
+            f"The label map has value(s) {unknown[:5]} that are not landmarks of the set {landmark_set.name!r} "
+            f"(values 1..{len(landmark_set)}, or as named in label_info)"
+        )
+    lmi = lm.astype(np.int64)
+    remap = np.zeros(int(lmi.max(initial=0)) + 1, dtype=np.int64)
+    for v, k in mapping.items():
+        if v < len(remap):
+            remap[v] = k
+    return Fn.labelmap_to_points(remap[lmi], len(landmark_set))
+
+
+def json_points(doc: Mapping[str, Any], landmark_set: LandmarkSet, geometry: ViewerGeometry) -> np.ndarray:
+    """Points from a JSON label: Slicer markups, our ``{"landmarks": [...]}`` (e.g. an infer result) -> ``(K, 2)``."""
+    if "markups" in doc:
+        return read_slicer_markups(doc, landmark_set.names, geometry.spacing, geometry.origin)
+    items = doc.get("landmarks")
+    if not isinstance(items, list):
+        raise AnnotationError(
+            "JSON label not understood: expected a 3D Slicer markups document ('markups') or "
+            "{'landmarks': [{'name', 'x', 'y'}, ...]}"
+        )
+    index = {n: i for i, n in enumerate(landmark_set.names)}
+    pts = np.full((len(landmark_set), 2), np.nan)
+    for e in items:
+        if not isinstance(e, Mapping) or "name" not in e:
+            raise AnnotationError("each entry of 'landmarks' must be an object with 'name', 'x' and 'y'")
+        name = str(e["name"])
+        if name not in index:
+            raise AnnotationError(
+                f"unknown landmark {name!r}; the set {landmark_set.name!r} has: {', '.join(landmark_set.names)}"
+            )
+        if e.get("x") is None or e.get("y") is None:
+            continue
+        try:
+            xy = (float(e["x"]), float(e["y"]))
+        except (TypeError, ValueError) as err:
+            raise AnnotationError(f"landmark {name!r} has non-numeric x/y") from err
+        if not np.isfinite(xy).all():
+            continue
+        if not np.isnan(pts[index[name], 0]):
+            raise AnnotationError(f"landmark {name!r} is given twice")
+        pts[index[name]] = xy
+    return pts
+
+
+def read_label_points(
+    label_path: str | Path,
+    image: XrayImage,
+    image_path: str | Path,
+    landmark_set: LandmarkSet,
+    label_info: Any = None,
+) -> np.ndarray:
+    """Read any accepted label file for ``image`` -> ``(K, 2)`` pixel points (NaN = missing).
+
+    Raises:
+        AnnotationError: unreadable label, wrong geometry, landmarks not in the set, or no landmark at all.
+    """
+    label_path = Path(label_path)
+    name = label_path.name.lower()
+    if name.endswith(".json"):
+        try:
+            doc = json.loads(label_path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise AnnotationError(f"The label is not valid JSON: {e}") from e
+        if not isinstance(doc, dict):
+            raise AnnotationError("A JSON label must be an object")
+        if "shapes" in doc:
+            pts = read_labelme(label_path, landmark_set.names)
+        else:
+            pts = json_points(doc, landmark_set, viewer_geometry(image_path, image))
+    else:
+        lm = load_image(label_path)  # raises ImageReadError (an AnatomarkError) on corrupt files
+        if lm.shape != image.shape:
+            raise AnnotationError(
+                f"The label map is {lm.shape[1]}x{lm.shape[0]} px but the image is {image.shape[1]}x{image.shape[0]}: "
+                "a label map must have the image's exact size and orientation"
+            )
+        pts = labelmap_points(lm.array, landmark_set, label_info)
+    if np.isnan(pts).all():
+        raise AnnotationError(
+            f"The label holds none of the {len(landmark_set)} landmarks of the set {landmark_set.name!r}"
+        )
+    return pts
+
+
+def points_to_json(points: np.ndarray) -> list[list[float] | None]:
+    """``(K, 2)`` -> JSON-able list, ``None`` for missing landmarks (never (0, 0))."""
+    return [None if not np.isfinite(p).all() else [round(float(p[0]), 3), round(float(p[1]), 3)] for p in points]
+
+
+def points_from_json(values: Sequence[Any], num_landmarks: int) -> np.ndarray:
+    """Inverse of :func:`points_to_json`."""
+    if not isinstance(values, (list, tuple)) or len(values) != num_landmarks:
+        raise AnnotationError(f"stored landmarks must be a list of {num_landmarks} [x, y] or null entries")
+    return np.array([[np.nan, np.nan] if v is None else [float(v[0]), float(v[1])] for v in values], dtype=np.float64)
