@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ class LandmarkTaskConfig(TaskConfig):
 
     ``init(name, model_dir, conf, planner, published_dir=..., work_dir=...)``: ``model_dir`` holds the shipped
     ``<name>.pt``; fine-tuned weights are published to ``published_dir/<name>.pt`` and served in preference.
-    Conf keys used: ``train_epochs``, ``val_fraction``, ``label_radius_mm``, ``device``.
+    Conf keys used: ``train_epochs``, ``val_fraction``, ``label_radius_mm``, ``infer_threads``, ``device``.
     """
 
     def init(self, name: str, model_dir: str, conf: dict[str, str], planner: Any, **kwargs: Any) -> None:
@@ -28,7 +29,11 @@ class LandmarkTaskConfig(TaskConfig):
         self.handle = PublishedModel(name, Path(self.path[0]), Path(self.path[1]), device=device)
 
     def infer(self) -> LandmarkInferTask:
-        return LandmarkInferTask(self.handle, label_radius_mm=float(self.conf.get("label_radius_mm", 2.0)))
+        return LandmarkInferTask(
+            self.handle,
+            label_radius_mm=float(self.conf.get("label_radius_mm", 2.0)),
+            threads=int(self.conf.get("infer_threads", max(1, (os.cpu_count() or 2) // 2))),
+        )
 
     def trainer(self) -> LandmarkTrainTask:
         return LandmarkTrainTask(

@@ -117,11 +117,17 @@ class LandmarkInferTask(InferTask):
     Request options (``params``): ``result_format`` (``labelmap`` | ``slicer_markups``), ``label_radius_mm``
     (disk radius, default 2 mm, at least 2 px), ``spacing`` (override mm/px).
 
+    ``threads`` > 0 sets torch's intra-op threads for inference. On a CPU shared with a training process, one
+    thread is much faster than two (measured: 0.16 s vs 1.5 s for the network while a training used both cores,
+    because OpenMP threads spin at barriers when the cores are oversubscribed).
+
     The JSON result holds ``landmarks: [{index, name, x, y, x_mm, y_mm, confidence}]`` (x, y in original pixels),
     ``spacing_mm``, ``model``/``model_version``, ``label_names`` and ``latencies``.
     """
 
-    def __init__(self, handle: PublishedModel, description: str = "", label_radius_mm: float = 2.0):
+    def __init__(
+        self, handle: PublishedModel, description: str = "", label_radius_mm: float = 2.0, threads: int = 0
+    ) -> None:
         model = None
         try:
             model, _ = handle.get()
@@ -143,6 +149,7 @@ class LandmarkInferTask(InferTask):
             config={"result_format": list(RESULT_FORMATS), "label_radius_mm": float(label_radius_mm)},
         )
         self.label_radius_mm = float(label_radius_mm)
+        self.threads = int(threads)
 
     def is_valid(self) -> bool:
         return self.handle.exists() and self.landmark_set is not None
@@ -153,6 +160,8 @@ class LandmarkInferTask(InferTask):
 
     def __call__(self, request: dict[str, Any]) -> tuple[str | None, dict[str, Any]]:
         t0 = time.perf_counter()
+        if self.threads > 0 and torch.get_num_threads() != self.threads:
+            torch.set_num_threads(self.threads)
         image_path = request.get("image")
         if not isinstance(image_path, str) or not image_path:
             raise AnatomarkError("Provide an image id of the datastore or upload an image file")
