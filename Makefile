@@ -4,8 +4,10 @@ VENV    ?= .venv
 VPY     := $(VENV)/bin/python
 DATASET ?= ../shared/datasets/isbi2015
 MODEL   ?= default
+STUDIES ?= runs/studies
+PORT    ?= 8000
 
-.PHONY: install run evaluate test lint clean-venv
+.PHONY: install run evaluate test lint clean-venv serve
 
 $(VENV)/.installed: requirements.txt constraints.txt setup.cfg
 	$(PY) -m venv $(VENV)
@@ -32,3 +34,13 @@ lint: install
 
 clean-venv:
 	rm -rf $(VENV)
+
+## Start the MONAI Label server on 127.0.0.1:$(PORT) (connect 3D Slicer's MONAILabel module to it).
+## An empty $(STUDIES) is seeded with ten ISBI test images copied from $(DATASET) (runs/ is not versioned).
+serve: install
+	@mkdir -p $(STUDIES)
+	@if [ -z "$$(ls -A $(STUDIES))" ] && [ -d $(DATASET)/images ]; then \
+		for i in 151 152 153 154 155 156 157 158 159 160; do cp $(DATASET)/images/$$i.jpg $(STUDIES)/; done; \
+		echo "Seeded $(STUDIES) with 10 images from $(DATASET)"; fi
+	$(VPY) -m monailabel.main start_server --app apps/landmarks --studies $(STUDIES) --conf models all \
+		--host 127.0.0.1 --port $(PORT)
