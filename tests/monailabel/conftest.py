@@ -18,14 +18,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from mlserver_constants import AUTO_TRAIN_EVERY, LABELLED, MODEL, SMALL, UNLABELLED
 
 REPO = Path(__file__).resolve().parents[2]
 ISBI = Path(os.environ.get("ANATOMARK_ISBI", REPO.parent / "shared" / "datasets" / "isbi2015"))
-MODEL = "isbi2015_heatmap_unet"
-LABELLED = ["151", "152", "153"]  # receive final labels in the tests
-UNLABELLED = ["154", "155"]
-SMALL = "small"  # a 387 x 480 PNG (W x H) with a 254 dpi resolution -> 0.1 mm/px in viewers
-AUTO_TRAIN_EVERY = 3
 
 
 def _free_port() -> int:

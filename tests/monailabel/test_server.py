@@ -14,10 +14,9 @@ import jsonschema
 import nibabel as nib
 import numpy as np
 import pytest
+from mlserver_constants import AUTO_TRAIN_EVERY, LABELLED, MODEL, SMALL, UNLABELLED
 from monailabel.client.client import MONAILabelClientException, MONAILabelUtils
 from PIL import Image
-
-from tests.monailabel.conftest import AUTO_TRAIN_EVERY, LABELLED, MODEL, SMALL, UNLABELLED
 
 # The structural part of 3D Slicer's markups schema v1.0.3 (Slicer/Slicer,
 # Modules/Loadable/Markups/Resources/Schema/markups-schema-v1.0.3.json), written out for the fields we emit.
