@@ -25,3 +25,16 @@ def isbi_dir() -> Path:
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(0)
+
+
+@pytest.fixture(scope="session")
+def dots_model(tmp_path_factory):
+    """A small heatmap model trained once per session on synthetic two-dot images (about a minute)."""
+    from tests.test_training import make_dot_images, tiny_recipe
+
+    from anatomark.training import train
+
+    root = tmp_path_factory.mktemp("dots")
+    items = make_dot_images(root / "train", 64, seed=1)
+    res = train(tiny_recipe(), items, root / "run", progress=False)
+    return root, res

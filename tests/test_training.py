@@ -6,63 +6,17 @@ import json
 
 import numpy as np
 import pytest
-from PIL import Image
 
-from anatomark.config import LandmarkSet
+from _synthetic import make_dot_images, tiny_recipe
 from anatomark.data.image_io import load_image
 from anatomark.errors import AnatomarkError
 from anatomark.metrics import radial_errors
 from anatomark.model import load_model
 from anatomark.training import split_train_val, train
 
-DOTS = LandmarkSet(name="dots", names=["left_dot", "right_dot"], default_spacing_mm=(1.0, 1.0))
 
-
-def make_dot_images(folder, n, seed, size=64):
-    """Noisy images with one bright 3x3 dot in the left half and one in the right half."""
-    rng = np.random.default_rng(seed)
-    items = []
-    folder.mkdir(parents=True, exist_ok=True)
-    for i in range(n):
-        img = rng.normal(60, 12, (size, size))
-        pts = np.array(
-            [
-                [rng.integers(6, size // 2 - 6), rng.integers(6, size - 6)],
-                [rng.integers(size // 2 + 6, size - 6), rng.integers(6, size - 6)],
-            ],
-            dtype=float,
-        )
-        for x, y in pts.astype(int):
-            img[y - 1 : y + 2, x - 1 : x + 2] = 230
-        path = folder / f"{i:03d}.png"
-        Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(path)
-        items.append({"image": str(path), "landmarks": pts, "spacing": (1.0, 1.0), "id": path.name})
-    return items
-
-
-def tiny_recipe(epochs=12):
-    return {
-        "name": "dots_test",
-        "landmark_set": DOTS.to_dict(),
-        "network": {"name": "heatmap_unet", "spatial_dims": 2, "in_channels": 1, "features": [8, 8, 16, 16, 32, 8]},
-        "input": {"size_hw": [64, 64]},
-        "target": {"sigma": 1.5},
-        "decode": {"method": "local_mean", "radius": 2},
-        "augment": {"rotate_deg": 5, "translate_px": 3, "prob": 0.5},
-        "train": {"epochs": epochs, "batch_size": 8, "lr": 0.01, "val_fraction": 0.1, "seed": 0},
-    }
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    root = tmp_path_factory.mktemp("dots")
-    items = make_dot_images(root / "train", 64, seed=1)
-    res = train(tiny_recipe(), items, root / "run", progress=False)
-    return root, res
-
-
-def test_synthetic_training_finds_bright_dots_within_2px(trained):
-    root, res = trained
+def test_synthetic_training_finds_bright_dots_within_2px(dots_model):
+    root, res = dots_model
     model = load_model(res["model_path"])
     assert model.landmark_set.names == ["left_dot", "right_dot"]
     test_items = make_dot_images(root / "test", 10, seed=99)

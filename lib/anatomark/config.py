@@ -125,7 +125,15 @@ def load_recipe(name_or_path: str | Path) -> dict[str, Any]:
     if not p.suffix:
         p = CONFIG_DIR / "models" / f"{name_or_path}.yaml"
     recipe = load_yaml(p)
-    for key in ("landmark_set", "network", "input", "train"):
+    required = {
+        "heatmap": ("landmark_set", "network", "input", "train"),
+        "local": ("landmark_set", "local", "train"),
+        "cascade": ("landmark_set", "global", "local", "train"),
+    }
+    kind = recipe.get("kind", "heatmap")
+    if kind not in required:
+        raise AnatomarkError(f"Model recipe {p}: unknown kind {kind!r}; use {', '.join(required)}")
+    for key in required[kind]:
         if key not in recipe:
             raise AnatomarkError(f"Model recipe {p} lacks the required section {key!r}")
     recipe.setdefault("name", p.stem)

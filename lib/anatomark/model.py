@@ -19,7 +19,7 @@ import torch
 
 from anatomark.config import LandmarkSet, load_yaml
 from anatomark.data.image_io import XrayImage
-from anatomark.errors import ModelNotFoundError
+from anatomark.errors import AnatomarkError, ModelNotFoundError
 from anatomark.networks import build_network
 from anatomark.paths import CONFIG_DIR, model_dir
 from anatomark.transforms import functional as Fn
@@ -103,7 +103,7 @@ class LandmarkModel:
         self.recipe = recipe
         self.landmark_set = landmark_set
         self.info = info or {}
-        self.size_hw = tuple(int(s) for s in recipe["input"]["size_hw"])
+        self.size_hw = tuple(int(s) for s in recipe.get("input", {}).get("size_hw", (0, 0)))
         dec = recipe.get("decode", {})
         self.decode_method = dec.get("method", "local_mean")
         self.decode_radius = int(dec.get("radius", 3))
@@ -135,6 +135,8 @@ class LandmarkModel:
 
     def predict(self, image: XrayImage) -> Prediction:
         """Find the landmarks on ``image``; points come back in its original pixels."""
+        if self.recipe.get("kind") == "local":
+            raise AnatomarkError(f"{self.name} is a local refiner (stage 2) only; predict with a cascade model")
         t0 = time.perf_counter()
         scaled = prepare_image(image, self.size_hw)
         t1 = time.perf_counter()
@@ -161,15 +163,22 @@ def save_model_file(
     landmark_set: LandmarkSet,
     info: dict | None = None,
     half: bool = True,
+    extra: dict[str, torch.nn.Module] | None = None,
 ) -> Path:
+    """Write a self-contained model file atomically: recipe, landmark set, weights (+ ``extra`` named networks)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    state = {k: (v.half() if half and v.is_floating_point() else v).cpu() for k, v in network.state_dict().items()}
+
+    def pack(net: torch.nn.Module) -> dict[str, torch.Tensor]:
+        return {k: (v.half() if half and v.is_floating_point() else v).cpu() for k, v in net.state_dict().items()}
+
+    state = pack(network)
     payload = {
         "format": MODEL_FORMAT,
         "recipe": recipe,
         "landmark_set": landmark_set.to_dict(),
         "state_dict": state,
+        "extra_state_dicts": {name: pack(net) for name, net in (extra or {}).items()},
         "info": info or {},
     }
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".pt")
@@ -221,8 +230,24 @@ def load_model(name_or_path: str | Path | None = None, device: str | torch.devic
     if not isinstance(payload, dict) or payload.get("format") != MODEL_FORMAT:
         raise ModelNotFoundError(f"{path} is not an anatomark model file (expected format {MODEL_FORMAT})")
     ls = LandmarkSet.from_dict(payload["landmark_set"])
-    net = build_network(payload["recipe"]["network"], out_channels=len(ls))
-    net.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in payload["state_dict"].items()})
-    model = LandmarkModel(net.float(), payload["recipe"], ls, payload.get("info"))
+    recipe = payload["recipe"]
+    kind = recipe.get("kind", "heatmap")
+
+    def unpack(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+
+    if kind == "local":
+        net = build_network(recipe["local"]["network"], out_channels=len(ls))
+    else:
+        net = build_network(recipe["network"], out_channels=len(ls))
+    net.load_state_dict(unpack(payload["state_dict"]))
+    if kind == "cascade":
+        from anatomark.cascade import CascadeModel
+
+        local = build_network(recipe["local"]["network"], out_channels=len(ls))
+        local.load_state_dict(unpack(payload["extra_state_dicts"]["local"]))
+        model: LandmarkModel = CascadeModel(net.float(), local.float(), recipe, ls, payload.get("info"))
+    else:
+        model = LandmarkModel(net.float(), recipe, ls, payload.get("info"))
     model.path = str(path)
     return model.to(device)

@@ -43,56 +43,82 @@ def set_determinism(seed: int) -> None:
 
 
 def cache_items(
-    items: Sequence[dict[str, Any]], size_hw: Sequence[int], landmark_set: LandmarkSet, progress: bool = True
+    items: Sequence[dict[str, Any]],
+    size_hw: Sequence[int] | None,
+    landmark_set: LandmarkSet,
+    progress: bool = True,
+    spacing_mm: float | None = None,
 ) -> list[dict[str, Any]]:
     """Load, intensity-scale and resize every image once; keep a ``.npz`` cache keyed by file, mtime and size.
 
-    Returns items with ``scaled`` ``(H, W)`` float32 at model size, ``points`` ``(K, 2)`` in the model grid,
-    ``orig_hw``, ``spacing`` and ``landmarks`` (original pixels).
+    Args:
+        items: ``{"image", "landmarks" (K, 2) px, "spacing"}`` dicts.
+        size_hw: resize every image to this ``(H, W)`` grid, or
+        spacing_mm: (when ``size_hw`` is None) resample every image to this isotropic spacing instead.
+
+    Returns:
+        items with ``scaled`` (float32 in [0, 1] on the new grid), ``points`` ``(K, 2)`` in that grid,
+        ``orig_hw``, ``spacing`` (original mm/px) and ``landmarks`` (original pixels).
     """
-    size_hw = tuple(int(s) for s in size_hw)
+    if (size_hw is None) == (spacing_mm is None):
+        raise ValueError("give exactly one of size_hw and spacing_mm")
+    size_hw = tuple(int(s) for s in size_hw) if size_hw is not None else None
     key = hashlib.sha1()
     for it in items:
         p = Path(it["image"])
         st = p.stat()
-        key.update(f"{p.resolve()}|{st.st_mtime_ns}|{st.st_size}".encode())
-    key.update(f"{size_hw}|v1".encode())
+        key.update(f"{p.resolve()}|{st.st_mtime_ns}|{st.st_size}|{it.get('spacing')}".encode())
+    key.update(f"{size_hw}|{spacing_mm}|v2".encode())
     cpath = cache_dir() / f"prep-{key.hexdigest()[:16]}.npz"
     cached = None
     if cpath.is_file():
         try:
             z = np.load(cpath)
-            cached = (z["images"].astype(np.float32), z["orig_hw"], z["spacing"])
+            cached = ([z[f"img{i}"].astype(np.float32) for i in range(len(items))], z["orig_hw"], z["spacing"])
         except Exception:  # noqa: BLE001 - a broken cache is rebuilt
             cached = None
     if cached is None:
         imgs, hws, sps = [], [], []
         for it in tqdm(items, desc="Caching images", disable=not progress, unit="img"):
             img = load_image(it["image"], spacing=it.get("spacing"), default_spacing=landmark_set.default_spacing_mm)
-            imgs.append(prepare_image(img, size_hw).astype(np.float16))
+            if size_hw is not None:
+                grid = size_hw
+            else:
+                grid = (
+                    max(16, round(img.shape[0] * img.spacing[1] / spacing_mm)),
+                    max(16, round(img.shape[1] * img.spacing[0] / spacing_mm)),
+                )
+            imgs.append(prepare_image(img, grid).astype(np.float16))
             hws.append(img.shape)
             sps.append(img.spacing)
-        cached = (np.stack(imgs).astype(np.float32), np.asarray(hws), np.asarray(sps, dtype=np.float64))
         cpath.parent.mkdir(parents=True, exist_ok=True)
         tmp = cpath.with_suffix(".tmp.npz")
-        np.savez(tmp, images=np.stack(imgs), orig_hw=cached[1], spacing=cached[2])
+        np.savez(
+            tmp,
+            orig_hw=np.asarray(hws),
+            spacing=np.asarray(sps, dtype=np.float64),
+            **{f"img{i}": a for i, a in enumerate(imgs)},
+        )
         tmp.replace(cpath)
+        cached = ([a.astype(np.float32) for a in imgs], np.asarray(hws), np.asarray(sps, dtype=np.float64))
     out = []
     for i, it in enumerate(items):
         lm = np.asarray(it["landmarks"], dtype=np.float64)
         if lm.shape != (len(landmark_set), 2):
             raise AnatomarkError(
-                f"{it.get('id', it['image'])}: {lm.shape[0]} landmarks but the set {landmark_set.name!r} has {len(landmark_set)}"
+                f"{it.get('id', it['image'])}: {lm.shape[0]} landmarks but the set {landmark_set.name!r} has "
+                f"{len(landmark_set)}"
             )
         hw = tuple(int(v) for v in cached[1][i])
+        scaled = cached[0][i]
         out.append(
             {
                 "id": it.get("id", Path(it["image"]).name),
-                "scaled": cached[0][i],
+                "scaled": scaled,
                 "orig_hw": hw,
                 "spacing": tuple(float(v) for v in cached[2][i]),
                 "landmarks": lm,
-                "points": Fn.resize_points(lm, hw, size_hw),
+                "points": Fn.resize_points(lm, hw, scaled.shape),
             }
         )
     return out
@@ -156,6 +182,36 @@ def split_train_val(n: int, val_fraction: float, seed: int) -> tuple[list[int], 
     return sorted(idx[n_val:]), sorted(idx[:n_val])
 
 
+class HeatmapStage:
+    """Training pieces for a whole-image heatmap model (``kind: heatmap``)."""
+
+    def __init__(self, recipe: dict[str, Any], ls: LandmarkSet, items, val_items, progress: bool) -> None:  # noqa: ANN001
+        tcfg = recipe["train"]
+        self.recipe, self.ls = recipe, ls
+        size_hw = tuple(int(s) for s in recipe["input"]["size_hw"])
+        if any(s % 16 for s in size_hw):
+            raise AnatomarkError(f"input.size_hw {size_hw} must be divisible by 16 (four 2x poolings)")
+        cached = cache_items(items, size_hw, ls, progress)
+        if val_items is not None:
+            self.train_c, self.val_c = cached, cache_items(val_items, size_hw, ls, progress)
+        else:
+            tr, va = split_train_val(len(cached), float(tcfg.get("val_fraction", 0.1)), int(tcfg.get("seed", 0)))
+            self.train_c, self.val_c = [cached[i] for i in tr], [cached[i] for i in va]
+        self.dataset = HeatmapTrainingSet(self.train_c, recipe, augment=True)
+
+    def build_network(self) -> torch.nn.Module:
+        return build_network(self.recipe["network"], out_channels=len(self.ls))
+
+    def set_random_state(self, seed: int) -> None:
+        self.dataset.affine.set_random_state(seed)
+
+    def evaluate(self, net: torch.nn.Module) -> np.ndarray:
+        return evaluate_items(LandmarkModel(net, self.recipe, self.ls), self.val_c)[0]
+
+    def save(self, path: Path, net: torch.nn.Module, meta: dict[str, Any]) -> None:
+        save_model_file(path, net, self.recipe, self.ls, meta)
+
+
 def train(
     recipe: dict[str, Any],
     items: Sequence[dict[str, Any]],
@@ -169,7 +225,7 @@ def train(
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
     info: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Train a landmark model.
+    """Train a landmark model (any ``kind``: ``heatmap``, ``local`` or ``cascade``).
 
     Args:
         recipe: model recipe (see ``configs/models/*.yaml``).
@@ -187,40 +243,63 @@ def train(
         ``{"best_val_mre_mm", "epochs", "model_path", "history", "train_seconds"}``.
     """
     recipe = copy.deepcopy(recipe)
-    tcfg = recipe["train"]
-    n_epochs = int(epochs if epochs is not None else tcfg.get("epochs", 10))
-    seed = int(tcfg.get("seed", 0))
-    set_determinism(seed)
-    if tcfg.get("num_threads"):
-        torch.set_num_threads(int(tcfg["num_threads"]))
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    kind = recipe.get("kind", "heatmap")
+    if len(items) == 0:
+        raise AnatomarkError("No training images: the split is empty")
     ls = (
         load_landmark_set(recipe["landmark_set"]) if isinstance(recipe["landmark_set"], str) else recipe["landmark_set"]
     )
     if not isinstance(ls, LandmarkSet):
         ls = LandmarkSet.from_dict(ls)
     recipe["landmark_set"] = ls.name
-    size_hw = tuple(int(s) for s in recipe["input"]["size_hw"])
-    if any(s % 16 for s in size_hw):
-        raise AnatomarkError(f"input.size_hw {size_hw} must be divisible by 16 (four 2x poolings)")
-    if len(items) == 0:
-        raise AnatomarkError("No training images: the split is empty")
+    tcfg = recipe["train"]
+    set_determinism(int(tcfg.get("seed", 0)))
+    if tcfg.get("num_threads"):
+        torch.set_num_threads(int(tcfg["num_threads"]))
+    if kind == "cascade":
+        from anatomark.cascade import train_cascade
 
-    cached = cache_items(items, size_hw, ls, progress)
-    if val_items is not None:
-        train_c, val_c = cached, cache_items(val_items, size_hw, ls, progress)
+        return train_cascade(recipe, ls, items, out_dir, resume, epochs, device, progress, val_items, on_epoch, info)
+    if kind == "heatmap":
+        stage: Any = HeatmapStage(recipe, ls, items, val_items, progress)
+    elif kind == "local":
+        from anatomark.cascade import LocalStage
+
+        stage = LocalStage(recipe, ls, items, val_items, progress)
     else:
-        tr, va = split_train_val(len(cached), float(tcfg.get("val_fraction", 0.1)), seed)
-        train_c, val_c = [cached[i] for i in tr], [cached[i] for i in va]
+        raise AnatomarkError(f"Unknown recipe kind {kind!r}; use heatmap, local or cascade")
+    return fit(stage, recipe, ls, out_dir, resume, init_weights, epochs, device, progress, on_epoch, info)
 
-    net = build_network(recipe["network"], out_channels=len(ls)).to(dev)
+
+def fit(
+    stage: Any,
+    recipe: dict[str, Any],
+    ls: LandmarkSet,
+    out_dir: str | Path,
+    resume: bool = False,
+    init_weights: str | Path | None = None,
+    epochs: int | None = None,
+    device: str | None = None,
+    progress: bool = True,
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
+    info: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The loop shared by every model kind. ``stage`` provides ``dataset``, ``build_network()``,
+    ``evaluate(net) -> (N, K) mm errors``, ``save(path, net, meta)``, ``set_random_state(seed)``, ``train_c``, ``val_c``."""
+    tcfg = recipe["train"]
+    n_epochs = int(epochs if epochs is not None else tcfg.get("epochs", 10))
+    seed = int(tcfg.get("seed", 0))
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    train_c, val_c = stage.train_c, stage.val_c
+    net = stage.build_network().to(dev)
     loss_fn = LOSSES[recipe.get("loss", {}).get("name", "spatial_softmax_ce")]()
     opt = torch.optim.AdamW(
         net.parameters(), lr=float(tcfg.get("lr", 1e-3)), weight_decay=float(tcfg.get("weight_decay", 0))
     )
-    steps_per_epoch = max(1, math.ceil(len(train_c) / int(tcfg.get("batch_size", 8))))
+    batch_size = int(tcfg.get("batch_size", 8))
+    steps_per_epoch = max(1, math.ceil(len(stage.dataset) / batch_size))
     base_lr = float(tcfg.get("lr", 1e-3))
     total_steps = n_epochs * steps_per_epoch
     use_cosine = tcfg.get("scheduler", "cosine") == "cosine"
@@ -252,11 +331,9 @@ def train(
             raise AnatomarkError(f"{init_weights} was trained for other landmarks; cannot fine-tune on {ls.name!r}")
         net.load_state_dict(init.network.state_dict())
 
-    ds = HeatmapTrainingSet(train_c, recipe, augment=True)
-    ds.affine.set_random_state(seed + start_epoch)
+    stage.set_random_state(seed + start_epoch)
     gen = torch.Generator().manual_seed(seed + start_epoch)
-    loader = DataLoader(ds, batch_size=int(tcfg.get("batch_size", 8)), shuffle=True, generator=gen, drop_last=False)
-    model = LandmarkModel(net, recipe, ls)
+    loader = DataLoader(stage.dataset, batch_size=batch_size, shuffle=True, generator=gen, drop_last=False)
     t_start = time.time()
     trained_before = sum(h.get("seconds", 0.0) for h in history)
     step = start_epoch * steps_per_epoch
@@ -278,7 +355,8 @@ def train(
         net.eval()
         rec: dict[str, Any] = {"epoch": epoch + 1, "loss": float(np.mean(losses)), "lr": opt.param_groups[0]["lr"]}
         if val_c:
-            err, _ = evaluate_items(model, val_c)
+            with torch.no_grad():
+                err = stage.evaluate(net)
             finite = err[np.isfinite(err)]
             rec["val_mre_mm"] = float(finite.mean()) if finite.size else float("nan")
             rec["val_sdr"] = sdr(err)
@@ -296,7 +374,7 @@ def train(
                 "n_val": len(val_c),
                 "train_seconds": trained_before + time.time() - t_start,
             }
-            save_model_file(out / "model.pt", net, recipe, ls, meta)
+            stage.save(out / "model.pt", net, meta)
         tmp = out / "last.pt.tmp"
         torch.save(
             {

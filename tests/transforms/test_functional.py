@@ -139,3 +139,18 @@ def test_affine_matrix_direction():
 def test_unknown_decoder_is_an_error():
     with pytest.raises(ValueError, match="local_mean"):
         Fn.heatmaps_to_points(np.zeros((1, 8, 8)), method="soft")
+
+
+def test_patch_sampling_carries_points(rng):
+    hw = (120, 100)
+    pts = _points(rng, 4, hw, margin=30)
+    img = Fn.points_to_heatmaps(pts, hw, 2.0).sum(0)
+    for rot, scale in ((0.0, 1.0), (17.0, 0.5), (-8.0, 1.5)):
+        m = Fn.patch_matrix(pts[0], 33, rotate_deg=rot, scale=scale)
+        patch = Fn.sample_patch(img, m, 33)
+        inside = Fn.transform_points(pts, np.linalg.inv(m))
+        assert np.allclose(inside[0], (16.0, 16.0))  # the centre lands on the patch centre
+        hm = np.zeros((1, 33, 33), np.float32)
+        hm[0, 10:23, 10:23] = patch[10:23, 10:23]
+        found = Fn.heatmaps_to_points(hm, "local_mean", 5)[0][0]
+        assert np.abs(found - inside[0]).max() < 0.5 * max(1.0, 1 / scale)

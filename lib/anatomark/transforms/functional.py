@@ -18,11 +18,13 @@ __all__ = [
     "heatmaps_to_points",
     "labelmap_to_points",
     "masks_to_points",
+    "patch_matrix",
     "points_to_heatmaps",
     "points_to_labelmap",
     "points_to_masks",
     "resize_image",
     "resize_points",
+    "sample_patch",
     "transform_points",
     "warp_image",
 ]
@@ -244,3 +246,28 @@ def labelmap_to_points(labelmap: np.ndarray, num_landmarks: int) -> np.ndarray:
     pts[ok, 0] = sx[ok] / cnt[ok]
     pts[ok, 1] = sy[ok] / cnt[ok]
     return pts
+
+
+def patch_matrix(center_xy: Sequence[float], size: int, rotate_deg: float = 0.0, scale: float = 1.0) -> np.ndarray:
+    """3x3 matrix mapping patch pixels ``(u, v)`` to image pixels ``(x, y)``.
+
+    The patch centre ``((size - 1) / 2, (size - 1) / 2)`` maps to ``center_xy``; one patch pixel spans ``scale``
+    image pixels and the patch axes are turned by ``rotate_deg`` (clockwise on screen).
+    """
+    a = math.radians(rotate_deg)
+    c, s = math.cos(a) * scale, math.sin(a) * scale
+    h = (size - 1) / 2.0
+    m = np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
+    m[0, 2] = center_xy[0] - (c * h - s * h)
+    m[1, 2] = center_xy[1] - (s * h + c * h)
+    return m
+
+
+def sample_patch(image: np.ndarray, matrix: np.ndarray, size: int, order: int = 1) -> np.ndarray:
+    """``(size, size)`` patch whose pixel ``(u, v)`` is ``image`` at ``matrix @ (u, v, 1)`` (bilinear, zero outside)."""
+    from scipy.ndimage import map_coordinates
+
+    v, u = np.mgrid[0:size, 0:size].astype(np.float64)
+    x = matrix[0, 0] * u + matrix[0, 1] * v + matrix[0, 2]
+    y = matrix[1, 0] * u + matrix[1, 1] * v + matrix[1, 2]
+    return map_coordinates(np.asarray(image, np.float32), [y, x], order=order, mode="constant", cval=0.0)

@@ -1,0 +1,333 @@
+"""Coarse-to-fine landmark detection.
+
+Stage 1 (``kind: heatmap``): a whole-image heatmap U-Net on a coarse grid finds every landmark roughly.
+Stage 2 (``kind: local``): one local U-Net shared by all landmarks looks at a fine-resolution patch centred on
+each stage-1 estimate and predicts the heatmaps of the landmarks in it; landmark k is read from output
+channel k of the patch centred on landmark k. Refinement can be iterated (re-centre, look again).
+
+Both stages train with the one loop in :mod:`anatomark.training`; a ``kind: cascade`` recipe trains (or reuses)
+stage 1, trains stage 2 and writes one self-contained model file holding both.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from anatomark.config import LandmarkSet, load_recipe
+from anatomark.data.image_io import XrayImage
+from anatomark.errors import AnatomarkError
+from anatomark.metrics import radial_errors
+from anatomark.model import LandmarkModel, Prediction, save_model_file, scale_intensity
+from anatomark.networks import build_network
+from anatomark.transforms import functional as Fn
+
+
+def _patch_input(patches: np.ndarray) -> torch.Tensor:
+    """``(N, P, P)`` [0, 1] patches -> ``(N, 1, P, P)`` z-scored per patch."""
+    t = torch.as_tensor(np.asarray(patches, np.float32))[:, None]
+    m = t.mean(dim=(2, 3), keepdim=True)
+    s = t.std(dim=(2, 3), keepdim=True).clamp_min(1e-6)
+    return (t - m) / s
+
+
+class LocalRefiner:
+    """Stage 2: refine ``(K, 2)`` points on a fine grid with a shared local network.
+
+    Args:
+        network: maps ``(N, 1, P, P)`` patches to ``(N, K, P, P)`` logits.
+        cfg: the recipe's ``local`` section (``spacing_mm``, ``patch_size``, ``iterations``, ``decode``).
+    """
+
+    def __init__(self, network: torch.nn.Module, cfg: dict[str, Any]) -> None:
+        self.network = network.eval()
+        self.cfg = cfg
+        self.spacing_mm = float(cfg["spacing_mm"])
+        self.patch_size = int(cfg["patch_size"])
+        self.iterations = int(cfg.get("iterations", 1))
+        dec = cfg.get("decode", {})
+        self.decode_method = dec.get("method", "local_mean")
+        self.decode_radius = int(dec.get("radius", 3))
+
+    @torch.no_grad()
+    def refine(
+        self, fine: np.ndarray, points: np.ndarray, iterations: int | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Refine points on the fine-grid image.
+
+        Args:
+            fine: ``(H, W)`` [0, 1] image at ``spacing_mm``.
+            points: ``(K, 2)`` (x, y) starting points in that grid (NaN rows are left alone).
+
+        Returns:
+            refined ``(K, 2)`` points in the fine grid and ``(K,)`` confidence (probability mass near the peak).
+        """
+        pts = np.asarray(points, np.float64).copy()
+        k = pts.shape[0]
+        conf = np.zeros(k)
+        ok = np.isfinite(pts).all(axis=1)
+        idx = np.nonzero(ok)[0]
+        if idx.size == 0:
+            return pts, conf
+        p = self.patch_size
+        dev = next(self.network.parameters()).device
+        for _ in range(iterations if iterations is not None else self.iterations):
+            mats = [Fn.patch_matrix(pts[i], p) for i in idx]
+            patches = np.stack([Fn.sample_patch(fine, m, p) for m in mats])
+            logits = self.network(_patch_input(patches).to(dev))  # (n, K, P, P)
+            own = logits[torch.arange(idx.size), torch.as_tensor(idx)]  # channel k of the patch centred on k
+            prob = torch.softmax(own.reshape(idx.size, -1).float(), -1).reshape(own.shape)
+            found, _, mass = Fn.heatmaps_to_points(prob, self.decode_method, self.decode_radius)
+            for j, i in enumerate(idx):
+                pts[i] = Fn.transform_points(found[j : j + 1], mats[j])[0]
+            conf[idx] = np.clip(mass, 0, 1)
+        return pts, conf
+
+
+class CascadeModel(LandmarkModel):
+    """Stage-1 :class:`LandmarkModel` + :class:`LocalRefiner`; ``predict`` returns refined points in original px."""
+
+    def __init__(
+        self,
+        network: torch.nn.Module,
+        local_network: torch.nn.Module,
+        recipe: dict[str, Any],
+        landmark_set: LandmarkSet,
+        info: dict | None = None,
+    ) -> None:
+        super().__init__(network, recipe, landmark_set, info)
+        self.refiner = LocalRefiner(local_network, recipe["local"])
+
+    def to(self, device: str | torch.device) -> CascadeModel:
+        super().to(device)
+        self.refiner.network.to(device)
+        return self
+
+    def predict(self, image: XrayImage) -> Prediction:
+        t0 = time.perf_counter()
+        scaled = scale_intensity(image.array)
+        coarse = Fn.resize_image(scaled, self.size_hw)
+        s = self.refiner.spacing_mm
+        fine_hw = (
+            max(16, round(image.shape[0] * image.spacing[1] / s)),
+            max(16, round(image.shape[1] * image.spacing[0] / s)),
+        )
+        fine = Fn.resize_image(scaled, fine_hw)
+        t1 = time.perf_counter()
+        pts, _ = self.predict_grid(coarse)
+        t2 = time.perf_counter()
+        with self._lock:
+            pts_fine, conf = self.refiner.refine(fine, Fn.resize_points(pts, self.size_hw, fine_hw))
+        t3 = time.perf_counter()
+        return Prediction(
+            points=Fn.resize_points(pts_fine, fine_hw, image.shape),
+            confidence=conf,
+            spacing=image.spacing,
+            names=list(self.landmark_set.names),
+            timings={"preprocess": t1 - t0, "network": t2 - t1, "refine": t3 - t2},
+        )
+
+    def save(self, path: str | Path, half: bool = True) -> Path:
+        return save_model_file(
+            path,
+            self.network,
+            self.recipe,
+            self.landmark_set,
+            self.info,
+            half=half,
+            extra={"local": self.refiner.network},
+        )
+
+
+# ------------------------------------------------------------------------------------------------ training
+class LocalPatchSet(Dataset):
+    """Random patches around true landmarks (with a random offset, as stage 1 would miss them).
+
+    Each item is ``(patch (1, P, P), target (K, P, P))``: the Gaussian heatmaps of every landmark inside the patch
+    (zeros = absent, ignored by the loss).
+    """
+
+    def __init__(self, items: list[dict[str, Any]], recipe: dict[str, Any], augment: bool = True) -> None:
+        self.items = items
+        lc = recipe["local"]
+        self.size = int(lc["patch_size"])
+        self.sigma = float(lc.get("sigma", 2.0))
+        sp = float(lc["spacing_mm"])
+        self.offset_sigma = float(lc.get("offset_sigma_mm", 2.0)) / sp
+        self.max_offset = float(lc.get("max_offset_mm", 6.0)) / sp
+        self.per_image = int(recipe["train"].get("patches_per_image", 8))
+        aug = recipe.get("augment", {}) if augment else {}
+        self.rotate = float(aug.get("rotate_deg", 0.0))
+        self.scale = tuple(aug.get("scale", (1.0, 1.0)))
+        self.gamma = tuple(aug.get("intensity_gamma", (1.0, 1.0)))
+        self.R = np.random.RandomState(0)
+
+    def set_random_state(self, seed: int) -> None:
+        self.R = np.random.RandomState(seed)
+
+    def __len__(self) -> int:
+        return len(self.items) * self.per_image
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        it = self.items[i // self.per_image]
+        pts = it["points"]
+        present = np.nonzero(np.isfinite(pts).all(axis=1))[0]
+        k = int(self.R.choice(present))
+        off = np.clip(self.R.normal(0.0, self.offset_sigma, 2), -self.max_offset, self.max_offset)
+        m = Fn.patch_matrix(
+            pts[k] + off,
+            self.size,
+            rotate_deg=self.R.uniform(-self.rotate, self.rotate),
+            scale=self.R.uniform(*self.scale),
+        )
+        patch = Fn.sample_patch(it["scaled"], m, self.size)
+        if self.gamma != (1.0, 1.0):
+            patch = np.clip(patch, 0, 1) ** math.exp(self.R.uniform(math.log(self.gamma[0]), math.log(self.gamma[1])))
+        inside = Fn.transform_points(pts, np.linalg.inv(m))
+        margin = 2.0
+        out = (inside < margin).any(axis=1) | (inside > self.size - 1 - margin).any(axis=1)
+        inside[out] = np.nan
+        target = Fn.points_to_heatmaps(inside, (self.size, self.size), self.sigma)
+        return _patch_input(patch[None])[0], torch.from_numpy(target)
+
+
+class LocalStage:
+    """Training pieces for the local refiner (``kind: local``) for :func:`anatomark.training.fit`.
+
+    Validation starts each landmark from a fixed, seeded offset around the truth (or from a stage-1 model's
+    predictions when ``local.val_from_model`` names one) and refines it.
+    """
+
+    def __init__(self, recipe: dict[str, Any], ls: LandmarkSet, items, val_items, progress: bool) -> None:  # noqa: ANN001
+        from anatomark.training import cache_items, split_train_val
+
+        self.recipe, self.ls = recipe, ls
+        lc = recipe["local"]
+        tcfg = recipe["train"]
+        sp = float(lc["spacing_mm"])
+        if int(lc["patch_size"]) % 16:
+            raise AnatomarkError(f"local.patch_size {lc['patch_size']} must be divisible by 16")
+        cached = cache_items(items, None, ls, progress, spacing_mm=sp)
+        seed = int(tcfg.get("seed", 0))
+        if val_items is not None:
+            self.train_c, self.val_c = cached, cache_items(val_items, None, ls, progress, spacing_mm=sp)
+            val_src = list(val_items)
+        else:
+            tr, va = split_train_val(len(cached), float(tcfg.get("val_fraction", 0.1)), seed)
+            self.train_c, self.val_c = [cached[i] for i in tr], [cached[i] for i in va]
+            val_src = [items[i] for i in va]
+        self.dataset = LocalPatchSet(self.train_c, recipe, augment=True)
+        # fixed starting points for validation
+        self.val_starts = []
+        stage1 = lc.get("val_from_model")
+        if stage1:
+            from anatomark.data.image_io import load_image
+            from anatomark.model import load_model
+
+            m1 = load_model(stage1)
+            for src, c in zip(val_src, self.val_c):
+                p = m1.predict(
+                    load_image(src["image"], spacing=src.get("spacing"), default_spacing=ls.default_spacing_mm)
+                )
+                self.val_starts.append(Fn.resize_points(p.points, c["orig_hw"], c["scaled"].shape))
+        else:
+            r = np.random.RandomState(seed + 12345)
+            sig = float(lc.get("offset_sigma_mm", 2.0)) / sp
+            for c in self.val_c:
+                self.val_starts.append(c["points"] + r.normal(0, sig, c["points"].shape))
+
+    def build_network(self) -> torch.nn.Module:
+        return build_network(self.recipe["local"]["network"], out_channels=len(self.ls))
+
+    def set_random_state(self, seed: int) -> None:
+        self.dataset.set_random_state(seed)
+
+    def evaluate(self, net: torch.nn.Module) -> np.ndarray:
+        ref = LocalRefiner(net, self.recipe["local"])
+        preds, gts, sps = [], [], []
+        for c, start in zip(self.val_c, self.val_starts):
+            p, _ = ref.refine(c["scaled"], start)
+            preds.append(Fn.resize_points(p, c["scaled"].shape, c["orig_hw"]))
+            gts.append(c["landmarks"])
+            sps.append(c["spacing"])
+        net.train(False)
+        return radial_errors(np.stack(preds), np.stack(gts), np.asarray(sps))
+
+    def save(self, path: Path, net: torch.nn.Module, meta: dict[str, Any]) -> None:
+        save_model_file(path, net, self.recipe, self.ls, meta)
+
+
+def train_cascade(
+    recipe: dict[str, Any],
+    ls: LandmarkSet,
+    items,  # noqa: ANN001
+    out_dir: str | Path,
+    resume: bool,
+    epochs: int | None,
+    device: str | None,
+    progress: bool,
+    val_items,  # noqa: ANN001
+    on_epoch,  # noqa: ANN001
+    info: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """Train (or reuse) stage 1, train stage 2, write ``out_dir/model.pt`` with both."""
+    from anatomark.model import load_model
+    from anatomark.training import train
+
+    out = Path(out_dir)
+    g = recipe.get("global", {})
+    t0 = time.time()
+    if g.get("weights"):
+        stage1_path = str(g["weights"])
+        stage1_result = None
+    else:
+        r1 = load_recipe(g["recipe"]) if isinstance(g.get("recipe"), str) else copy.deepcopy(g["recipe"])
+        r1["landmark_set"] = ls.to_dict()
+        stage1_result = train(
+            r1, items, out / "global", resume, None, None, device, progress, val_items, on_epoch, info
+        )
+        stage1_path = stage1_result["model_path"]
+    stage1 = load_model(stage1_path)
+    if stage1.landmark_set.names != ls.names:
+        raise AnatomarkError(f"Stage-1 model {stage1_path} has other landmarks than {ls.name!r}")
+    r2 = {
+        "name": f"{recipe['name']}_local",
+        "kind": "local",
+        "landmark_set": ls.to_dict(),
+        "local": {**recipe["local"], "val_from_model": recipe["local"].get("val_from_model", stage1_path)},
+        "augment": recipe.get("augment", {}),
+        "loss": recipe.get("loss", {}),
+        "train": recipe["train"],
+    }
+    r_local = train(r2, items, out / "local", resume, None, epochs, device, progress, val_items, on_epoch, info)
+    local = load_model(r_local["model_path"])
+    full = copy.deepcopy(stage1.recipe)
+    full.update({"name": recipe["name"], "kind": "cascade", "local": r2["local"]})
+    full["local"].pop("val_from_model", None)
+    full["local"]["network"] = recipe["local"]["network"]
+    meta = {
+        **(info or {}),
+        "stage1": {"path": stage1_path, **stage1.info},
+        "stage2": local.info,
+        "val_mre_mm": local.info.get("val_mre_mm"),
+        "n_train": local.info.get("n_train"),
+        "n_val": local.info.get("n_val"),
+        "epoch": local.info.get("epoch"),
+        "train_seconds": float(stage1.info.get("train_seconds", 0.0)) + float(local.info.get("train_seconds", 0.0)),
+    }
+    model = CascadeModel(stage1.network, local.network, full, ls, meta)
+    path = model.save(out / "model.pt")
+    return {
+        "best_val_mre_mm": r_local["best_val_mre_mm"],
+        "epochs": r_local["epochs"],
+        "model_path": str(path),
+        "history": r_local["history"],
+        "train_seconds": time.time() - t0,
+    }
