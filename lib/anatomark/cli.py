@@ -1,4 +1,4 @@
-"""``anatomark`` command line: train, infer, evaluate."""
+"""``anatomark`` command line: train, infer, evaluate, measure."""
 
 from __future__ import annotations
 
@@ -198,6 +198,10 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--json", default=None, help="write the metrics as JSON here")
     e.add_argument("--predictions", default=None, help="write predicted points as a landmark CSV here")
     e.set_defaults(func=cmd_evaluate)
+
+    from anatomark.measurements.command import add_parser as add_measure_parser
+
+    add_measure_parser(sub)  # anatomark measure: clinical measurements from points
     return p
 
 
