@@ -171,7 +171,7 @@ class Points:
         pixel-based scripts compute, bit for bit; :meth:`to_mm` turns lengths into mm.
         """
         p = self.px_of(name)
-        return np.array([p[0], p[1] * self.spacing[1] / self.spacing[0]])
+        return np.array([p[0], p[1] * (self.spacing[1] / self.spacing[0])])
 
     def to_mm(self, length_geo: float) -> float:
         """A length in :meth:`geo` units -> mm (divides by ``1 / sx``, exact for ISBI's 0.1 mm/px)."""

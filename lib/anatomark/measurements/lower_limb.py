@@ -72,6 +72,8 @@ def _knee_offset(p: Points, pre: str) -> tuple[float, str | None, np.ndarray]:
     """Signed offset (geometry units, + medial) of the knee from the line head-ankle, its side and the foot (px)."""
     h, k = p.geo(pre + HEAD), p.geo(pre + KNEE)
     a, _ = _ankle(p, pre)
+    vec(h, k, "femoral mechanical axis head-knee")  # coincident head and knee: no leg to measure
+    vec(k, a, "tibial mechanical axis knee-ankle")
     axis = vec(h, a, "mechanical axis head-ankle")
     t = float(np.dot(k - h, axis) / np.dot(axis, axis))
     foot = h + t * axis

@@ -134,7 +134,7 @@ def cobb_angles_array(
             "degenerate_chord": degenerate,
         }
     # pixel y of the lower-endplate midpoints (back from geometry units)
-    y_u, y_l = mid[2 * u + 1, 1] * sx / sy, mid[2 * low + 1, 1] * sx / sy
+    y_u, y_l = mid[2 * u + 1, 1] / (sy / sx), mid[2 * low + 1, 1] / (sy / sx)
     if y_u + y_l < float(image_height):
         k_down = low + int(np.argmax(m[low, low:]))
         return {
