@@ -193,7 +193,8 @@ def cobb_measurements(
                 not_computable(n, "deg", "S-shaped spine: the branch needs the image height (pass image_height)", d)
             )
             continue
-        lines = [(side_mid[0][i], side_mid[1][i]) for i in ev]
+        # end-vertebra direction lines, drawn twice the vertebra width so the angle is visible in reports
+        lines = [(1.5 * side_mid[0][i] - 0.5 * side_mid[1][i], 1.5 * side_mid[1][i] - 0.5 * side_mid[0][i]) for i in ev]
         details = {
             "end_vertebrae": [VERTEBRAE[i] for i in ev],
             "branch": res["branch"],
