@@ -232,6 +232,7 @@ def load_model(name_or_path: str | Path | None = None, device: str | torch.devic
     ls = LandmarkSet.from_dict(payload["landmark_set"])
     recipe = payload["recipe"]
     kind = recipe.get("kind", "heatmap")
+    from anatomark.zoo import ZOO_KINDS, ZooModel
 
     def unpack(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
@@ -247,6 +248,8 @@ def load_model(name_or_path: str | Path | None = None, device: str | torch.devic
         local = build_network(recipe["local"]["network"], out_channels=len(ls))
         local.load_state_dict(unpack(payload["extra_state_dicts"]["local"]))
         model: LandmarkModel = CascadeModel(net.float(), local.float(), recipe, ls, payload.get("info"))
+    elif kind in ZOO_KINDS:
+        model = ZooModel(net.float(), recipe, ls, payload.get("info"))
     else:
         model = LandmarkModel(net.float(), recipe, ls, payload.get("info"))
     model.path = str(path)

@@ -256,6 +256,8 @@ def train(
     set_determinism(int(tcfg.get("seed", 0)))
     if tcfg.get("num_threads"):
         torch.set_num_threads(int(tcfg["num_threads"]))
+    from anatomark.zoo import ZOO_KINDS
+
     if kind == "cascade":
         from anatomark.cascade import train_cascade
 
@@ -266,8 +268,12 @@ def train(
         from anatomark.cascade import LocalStage
 
         stage = LocalStage(recipe, ls, items, val_items, progress)
+    elif kind in ZOO_KINDS:
+        from anatomark.zoo import ZooStage
+
+        stage = ZooStage(recipe, ls, items, val_items, progress)
     else:
-        raise AnatomarkError(f"Unknown recipe kind {kind!r}; use heatmap, local or cascade")
+        raise AnatomarkError(f"Unknown recipe kind {kind!r}; use heatmap, local, cascade or {', '.join(ZOO_KINDS)}")
     return fit(stage, recipe, ls, out_dir, resume, init_weights, epochs, device, progress, on_epoch, info)
 
 
@@ -294,7 +300,8 @@ def fit(
     out.mkdir(parents=True, exist_ok=True)
     train_c, val_c = stage.train_c, stage.val_c
     net = stage.build_network().to(dev)
-    loss_fn = LOSSES[recipe.get("loss", {}).get("name", "spatial_softmax_ce")]()
+    loss_cfg = dict(recipe.get("loss", {}))
+    loss_fn = LOSSES[loss_cfg.pop("name", "spatial_softmax_ce")](**loss_cfg)
     opt = torch.optim.AdamW(
         net.parameters(), lr=float(tcfg.get("lr", 1e-3)), weight_decay=float(tcfg.get("weight_decay", 0))
     )
@@ -303,6 +310,13 @@ def fit(
     base_lr = float(tcfg.get("lr", 1e-3))
     total_steps = n_epochs * steps_per_epoch
     use_cosine = tcfg.get("scheduler", "cosine") == "cosine"
+    plateau = (
+        torch.optim.lr_scheduler.ReduceLROnPlateau(
+            opt, factor=float(tcfg.get("plateau_factor", 0.5)), patience=int(tcfg.get("plateau_patience", 10))
+        )
+        if tcfg.get("scheduler") == "plateau"
+        else None
+    )
 
     def lr_at(step: int) -> float:
         """Linear warm-up over 5 % of the steps, then cosine decay to 1 % (stretches when epochs are extended)."""
@@ -321,6 +335,8 @@ def fit(
         net.load_state_dict(state["net"])
         opt.load_state_dict(state["opt"])
         start_epoch, best, history = state["epoch"], state["best"], state["history"]
+        if plateau is not None and state.get("plateau"):
+            plateau.load_state_dict(state["plateau"])
         torch.set_rng_state(state["torch_rng"])
         np.random.set_state(state["np_rng"])
     elif init_weights:
@@ -342,12 +358,14 @@ def fit(
         t0, losses = time.time(), []
         bar = tqdm(loader, desc=f"Epoch {epoch + 1}/{n_epochs}", disable=not progress, unit="batch", leave=False)
         for x, y in bar:
-            x, y = x.to(dev), y.to(dev)
+            x = x.to(dev)
+            y = y.to(dev) if isinstance(y, torch.Tensor) else [t.to(dev) for t in y]  # zoo targets may be tuples
             opt.zero_grad(set_to_none=True)
             loss = loss_fn(net(x), y)
             loss.backward()
-            for g in opt.param_groups:
-                g["lr"] = lr_at(step)
+            if plateau is None:
+                for g in opt.param_groups:
+                    g["lr"] = lr_at(step)
             opt.step()
             step += 1
             losses.append(float(loss.detach()))
@@ -363,6 +381,8 @@ def fit(
         rec["seconds"] = time.time() - t0
         history.append(rec)
         score = rec.get("val_mre_mm", rec["loss"])
+        if plateau is not None:
+            plateau.step(score if math.isfinite(score) else float("inf"))
         improved = score < best
         if improved:
             best = score
@@ -386,6 +406,7 @@ def fit(
                 "torch_rng": torch.get_rng_state(),
                 "np_rng": np.random.get_state(),
                 "recipe": recipe,
+                "plateau": plateau.state_dict() if plateau is not None else None,
             },
             tmp,
         )

@@ -7,9 +7,21 @@ from typing import Any
 from torch import nn
 
 from anatomark.errors import AnatomarkError
+from anatomark.networks.appearance_context import AppearanceContextNet
+from anatomark.networks.farnet import FARNet
+from anatomark.networks.fpn_seg import FPNSeg
 from anatomark.networks.heatmap_unet import HeatmapUNet
+from anatomark.networks.seg_regression import SegRegressionNet
+from anatomark.networks.unet_seg import UNetSeg
 
-NETWORKS: dict[str, type[nn.Module]] = {"heatmap_unet": HeatmapUNet}
+NETWORKS: dict[str, type[nn.Module]] = {
+    "heatmap_unet": HeatmapUNet,
+    "unet_seg": UNetSeg,
+    "fpn_seg": FPNSeg,
+    "appearance_context": AppearanceContextNet,
+    "seg_regression": SegRegressionNet,
+    "farnet": FARNet,
+}
 
 
 def build_network(cfg: dict[str, Any], out_channels: int) -> nn.Module:
@@ -21,4 +33,13 @@ def build_network(cfg: dict[str, Any], out_channels: int) -> nn.Module:
     return NETWORKS[name](out_channels=out_channels, **cfg)
 
 
-__all__ = ["NETWORKS", "HeatmapUNet", "build_network"]
+__all__ = [
+    "NETWORKS",
+    "AppearanceContextNet",
+    "FARNet",
+    "FPNSeg",
+    "HeatmapUNet",
+    "SegRegressionNet",
+    "UNetSeg",
+    "build_network",
+]

@@ -1,0 +1,77 @@
+"""Segmentation-guided coordinate regression (Amador Sanchez et al. 2024).
+
+A U-Net segments a disk per landmark; its mask probabilities, concatenated with the image, feed a VGG-style CNN
+whose fully connected head regresses the 2K coordinates. The regressor always returns exactly one point per
+landmark, even where the segmentation misses.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from monai.networks.layers.factories import Pool
+from torch import nn
+
+from anatomark.networks.unet_seg import ConvBlock, UNetSeg
+
+
+class SegRegressionNet(nn.Module):
+    """U-Net masks + image -> VGG-style CNN -> FC head -> coordinates.
+
+    Args:
+        spatial_dims: 2 (the coordinate head is written for 2D).
+        in_channels: image channels.
+        out_channels: number of landmarks K.
+        unet_features: widths of the segmentation U-Net (see :class:`~anatomark.networks.unet_seg.UNetSeg`).
+        vgg_features: widths of the VGG stages (each: two 3x3 conv + BN + ReLU, then 2x max-pooling).
+        pool_size: the last VGG stage is average-pooled to this ``(h, w)`` grid before the FC head (makes the head
+            independent of the input size; the paper flattens a fixed-size map).
+        fc_features: width of the hidden fully connected layer.
+        dropout: dropout probability in the U-Net and before the last FC layer.
+
+    Shapes:
+        input ``(B, in_channels, H, W)``, H and W divisible by ``2 ** (len(unet_features) - 1)`` -> tuple of
+        mask logits ``(B, K, H, W)`` and coordinates ``(B, K, 2)`` as (x, y) normalised to [0, 1]
+        (``x_px = x * (W - 1)``, ``y_px = y * (H - 1)``).
+    """
+
+    def __init__(
+        self,
+        spatial_dims: int = 2,
+        in_channels: int = 1,
+        out_channels: int = 19,
+        unet_features: Sequence[int] = (16, 32, 64, 128, 256),
+        vgg_features: Sequence[int] = (16, 32, 64, 128, 128),
+        pool_size: Sequence[int] = (4, 4),
+        fc_features: int = 256,
+        dropout: float = 0.1,
+    ) -> None:
+        super().__init__()
+        if spatial_dims != 2:
+            raise ValueError("SegRegressionNet regresses (x, y): spatial_dims must be 2")
+        self.k = out_channels
+        self.unet = UNetSeg(spatial_dims, in_channels, out_channels, unet_features, dropout)
+        stages: list[nn.Module] = []
+        prev = in_channels + out_channels
+        for c in vgg_features:
+            stages += [ConvBlock(spatial_dims, prev, int(c)), Pool[Pool.MAX, spatial_dims](kernel_size=2)]
+            prev = int(c)
+        self.vgg = nn.Sequential(*stages)
+        self.squeeze = nn.AdaptiveAvgPool2d(tuple(int(s) for s in pool_size))
+        n_flat = prev * int(pool_size[0]) * int(pool_size[1])
+        self.head = nn.Sequential(
+            nn.Flatten(),
+            nn.Linear(n_flat, fc_features),
+            nn.ReLU(inplace=True),
+            nn.Dropout(dropout),
+            nn.Linear(fc_features, 2 * out_channels),
+        )
+        nn.init.zeros_(self.head[-1].weight)
+        nn.init.constant_(self.head[-1].bias, 0.5)  # start at the image centre
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        masks = self.unet(x)
+        feats = self.vgg(torch.cat([x, torch.sigmoid(masks)], dim=1))
+        coords = self.head(self.squeeze(feats)).reshape(x.shape[0], self.k, 2)
+        return masks, coords
