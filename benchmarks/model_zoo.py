@@ -1,0 +1,194 @@
+"""Model zoo benchmark: train every family with the same budget, evaluate on one test split, write a report.
+
+Usage:
+    .venv/bin/python benchmarks/model_zoo.py --minutes-per-model 60
+    .venv/bin/python benchmarks/model_zoo.py --epochs 30 --dataset ../shared/datasets/isbi2015 \
+        --out benchmarks/results/model_zoo.md
+
+Trains the five ``configs/models/isbi2015_{unet_seg,fpn_seg,appearance_context,seg_regression,farnet}.yaml``
+recipes (or ``--recipes``) on the training split (10 % held out for model selection, as every recipe says),
+evaluates each best model on the test split (ISBI Test1, senior annotation by default) and writes a markdown report
+(MRE, SDR 2/2.5/3/4 mm, missed and extra detections of the segmentation masks, parameters, CPU inference ms per
+image, training time, command, date, commit, machine) and a JSON file next to it.
+
+With ``--minutes-per-model`` each training stops after the first epoch that ends past the budget (the learning-rate
+schedule planned for the recipe's epochs is then cut short); ``--epochs`` overrides every recipe's epochs instead.
+Runs go to ``--runs-dir`` (default ``runs/model_zoo/<recipe>``); ``--resume`` continues them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+FAMILIES = ("unet_seg", "fpn_seg", "appearance_context", "seg_regression", "farnet")
+SEG_KINDS = ("unet_seg", "fpn_seg", "seg_regression")
+
+
+class _OutOfTime(Exception):
+    pass
+
+
+def _load_recipe(name_or_path: str) -> dict[str, Any]:
+    from anatomark.config import load_yaml
+
+    p = Path(name_or_path)
+    if not p.suffix:
+        p = REPO / "configs" / "models" / f"{name_or_path}.yaml"
+    recipe = load_yaml(p)
+    recipe.setdefault("name", p.stem)
+    return recipe
+
+
+def train_one(recipe: dict[str, Any], items: list[dict[str, Any]], out: Path, args: argparse.Namespace) -> dict:
+    """Train one recipe within the budget; returns ``{"model_path", "train_seconds", "epochs"}``."""
+    from anatomark.training import train
+
+    t0 = time.time()
+    budget = args.minutes_per_model * 60.0 if args.minutes_per_model else None
+
+    def on_epoch(rec: dict[str, Any]) -> None:
+        if budget is not None and time.time() - t0 > budget:
+            raise _OutOfTime
+
+    try:
+        train(recipe, items, out, resume=args.resume, epochs=args.epochs, progress=not args.quiet, on_epoch=on_epoch)
+    except _OutOfTime:
+        pass
+    history = json.loads((out / "history.json").read_text())
+    return {
+        "model_path": str(out / "model.pt"),
+        "train_seconds": float(sum(h.get("seconds", 0.0) for h in history)),
+        "epochs": len(history),
+    }
+
+
+def evaluate_one(model_path: str, items: list[dict[str, Any]]) -> dict[str, Any]:
+    """Predict every test image; errors in mm, mask diagnostics, latency."""
+    from anatomark.data.image_io import load_image
+    from anatomark.metrics import DEFAULT_RADII_MM, radial_errors, sdr
+    from anatomark.model import load_model
+
+    model = load_model(model_path)
+    preds, gts, sps, lat, n_regions = [], [], [], [], []
+    for it in items:
+        img = load_image(it["image"], spacing=it.get("spacing"))
+        t = time.perf_counter()
+        pred = model.predict(img)
+        lat.append(time.perf_counter() - t)
+        preds.append(pred.points)
+        gts.append(it["landmarks"])
+        sps.append(img.spacing)
+        if getattr(pred, "n_regions", None) is not None:
+            n_regions.append(pred.n_regions)
+    err = radial_errors(np.stack(preds), np.stack(gts), np.asarray(sps))
+    annotated = ~np.isnan(err)
+    finite = err[np.isfinite(err)]
+    out: dict[str, Any] = {
+        "mre_mm": float(finite.mean()) if finite.size else float("nan"),
+        "sd_mm": float(finite.std()) if finite.size else float("nan"),
+        "sdr": sdr(err, DEFAULT_RADII_MM),
+        "no_point": int((np.isinf(err) & annotated).sum()),
+        "n_landmarks": int(annotated.sum()),
+        "params": int(sum(p.numel() for p in model.network.parameters())),
+        "ms_per_image": float(np.median(lat) * 1000.0),
+        "n_images": len(items),
+    }
+    if n_regions:
+        nr = np.stack(n_regions)
+        out["missed"] = int((nr == 0).sum())
+        out["extra"] = int((nr > 1).sum())
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--dataset", default=str(REPO.parent / "shared" / "datasets" / "isbi2015"))
+    ap.add_argument("--train-split", default="train")
+    ap.add_argument("--test-split", default="test1")
+    ap.add_argument("--annotator", default="senior")
+    budget = ap.add_mutually_exclusive_group(required=True)
+    budget.add_argument("--minutes-per-model", type=float, help="training time budget per model")
+    budget.add_argument("--epochs", type=int, help="epochs per model (overrides the recipes)")
+    ap.add_argument("--recipes", nargs="+", default=[f"isbi2015_{f}" for f in FAMILIES], help="names or YAML paths")
+    ap.add_argument("--runs-dir", default=str(REPO / "runs" / "model_zoo"))
+    ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "model_zoo.md"))
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--resume", action="store_true")
+    ap.add_argument("--quiet", action="store_true", help="no progress bars")
+    args = ap.parse_args()
+    if not (Path(args.dataset) / "images").is_dir():
+        print(f"SKIP: dataset not found at {args.dataset}")
+        return 0
+
+    import torch
+
+    from anatomark.cli import _git_commit
+    from anatomark.config import LandmarkSet, load_landmark_set
+    from anatomark.data.dataset import LandmarkDataset
+
+    torch.set_num_threads(args.threads)
+    rows = []
+    for name in args.recipes:
+        recipe = _load_recipe(name)
+        recipe.setdefault("train", {})["num_threads"] = args.threads
+        ls_ref = recipe["landmark_set"]
+        ls = ls_ref if isinstance(ls_ref, LandmarkSet) else load_landmark_set(ls_ref)
+        train_ds = LandmarkDataset(args.dataset, args.train_split, args.annotator, ls)
+        test_ds = LandmarkDataset(args.dataset, args.test_split, args.annotator, ls)
+        print(f"== {recipe['name']} ({recipe.get('kind', 'heatmap')}): {len(train_ds)} training images")
+        res = train_one(recipe, train_ds.items, Path(args.runs_dir) / recipe["name"], args)
+        ev = evaluate_one(res["model_path"], test_ds.items)
+        rows.append({"recipe": recipe["name"], "kind": recipe.get("kind", "heatmap"), **res, **ev})
+        print(f"   MRE {ev['mre_mm']:.3f} mm, SDR2 {ev['sdr']['2.0']:.1f} %, {res['train_seconds'] / 60:.1f} min")
+
+    cmd = " ".join(shlex.quote(a) for a in [".venv/bin/python", "benchmarks/model_zoo.py", *sys.argv[1:]])
+    budget_txt = f"{args.minutes_per_model:g} min per model" if args.minutes_per_model else f"{args.epochs} epochs"
+    lines = [
+        "# Model zoo: five landmark-detection families, same data, same budget",
+        "",
+        f"- Command: `{cmd}`",
+        f"- Date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; commit `{_git_commit()}`",
+        f"- Machine: {platform.machine()}, {os.cpu_count()} cores, no GPU, torch {torch.__version__} "
+        f"({args.threads} threads)",
+        f"- Data: `{args.dataset}`; trained on `{args.train_split}` (10 % held out for model selection), evaluated on "
+        f"`{args.test_split}`, ground truth = **{args.annotator}**",
+        f"- Budget: {budget_txt}; recipes in `configs/models/` (each says how it differs from its paper)",
+        "- Missed / extra: landmark masks with no region / more than one region above 0.5 (segmentation families; for "
+        "seg_regression these are the mask branch's, its regressed point is always there). A missed mask falls back "
+        "to the probability maximum, so MRE and SDR still count a point for every landmark.",
+        "",
+        "| model | kind | params | epochs | train min | MRE mm | SD mm | SDR 2 mm | 2.5 mm | 3 mm | 4 mm "
+        "| missed | extra | CPU ms/img |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        s = r["sdr"]
+        lines.append(
+            f"| {r['recipe']} | {r['kind']} | {r['params'] / 1e6:.2f} M | {r['epochs']} | {r['train_seconds'] / 60:.1f} "
+            f"| {r['mre_mm']:.3f} | {r['sd_mm']:.3f} | {s['2.0']:.2f} | {s['2.5']:.2f} | {s['3.0']:.2f} | {s['4.0']:.2f} "
+            f"| {r.get('missed', '-')} | {r.get('extra', '-')} | {r['ms_per_image']:.0f} |"
+        )
+    n_lm = rows[0]["n_landmarks"] if rows else 0
+    lines += ["", f"Landmarks evaluated per model: {n_lm} ({rows[0]['n_images'] if rows else 0} images).", ""]
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n".join(lines))
+    out.with_suffix(".json").write_text(json.dumps(rows, indent=1))
+    print("\n".join(lines))
+    print(f"Wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

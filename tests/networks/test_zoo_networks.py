@@ -1,0 +1,104 @@
+"""Forward/backward shapes of the model-zoo networks at two input sizes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from anatomark.networks import NETWORKS, build_network
+from anatomark.networks.appearance_context import CBAM
+from anatomark.networks.fpn_seg import FPNBlock
+
+K = 3
+SMALL = {
+    "unet_seg": {"name": "unet_seg", "spatial_dims": 2, "features": [4, 8, 8, 16], "dropout": 0.1},
+    "fpn_seg": {"name": "fpn_seg", "spatial_dims": 2, "features": [4, 8, 8, 16], "dropout": 0.1},
+    "appearance_context": {
+        "name": "appearance_context",
+        "spatial_dims": 2,
+        "features": [4, 8, 8, 16],
+        "context_features": 8,
+        "context_downscale": 4,
+    },
+    "seg_regression": {
+        "name": "seg_regression",
+        "spatial_dims": 2,
+        "unet_features": [4, 8, 8, 16],
+        "vgg_features": [4, 8, 8],
+        "fc_features": 16,
+    },
+    "farnet": {
+        "name": "farnet",
+        "spatial_dims": 2,
+        "init_features": 8,
+        "growth_rate": 4,
+        "block_config": [2, 2, 2, 2],
+        "msfa_channels": [8, 8, 4, 4],
+        "refine_channels": [8, 4],
+    },
+}
+
+
+def test_every_family_is_registered():
+    assert set(SMALL) <= set(NETWORKS)
+
+
+@pytest.mark.parametrize("hw", [(64, 64), (96, 128)])
+@pytest.mark.parametrize("name", sorted(SMALL))
+def test_forward_backward_shapes(name, hw):
+    torch.manual_seed(0)
+    net = build_network(SMALL[name], out_channels=K)
+    x = torch.randn(2, 1, *hw, requires_grad=True)
+    out = net(x)
+    outs = out if isinstance(out, tuple) else (out,)
+    h, w = hw
+    if name == "seg_regression":
+        assert outs[0].shape == (2, K, h, w)
+        assert outs[1].shape == (2, K, 2)
+    elif name == "farnet":
+        assert outs[0].shape == (2, K, h, w)
+        assert outs[1].shape == (2, K, h // 4, w // 4)
+    else:
+        assert len(outs) == 1 and outs[0].shape == (2, K, h, w)
+    sum(o.square().mean() for o in outs).backward()
+    assert x.grad is not None and x.grad.shape == x.shape and torch.isfinite(x.grad).all()
+    no_grad = [n for n, p in net.named_parameters() if p.requires_grad and p.grad is None]
+    assert not no_grad, f"parameters without gradient: {no_grad[:5]}"
+
+
+def test_default_farnet_uses_densenet121_encoder():
+    net = build_network({"name": "farnet"}, out_channels=19)
+    # DenseNet-121: 6/12/24/16 dense layers, 1024 channels after the last block
+    assert [len(b) for b in net.blocks] == [6, 12, 24, 16]
+    assert net.norm5.num_features == 1024
+
+
+def test_appearance_context_output_is_local_times_context():
+    torch.manual_seed(0)
+    net = build_network(SMALL["appearance_context"], out_channels=K).eval()
+    x = torch.randn(1, 1, 64, 64)
+    with torch.no_grad():
+        local = net.local_appearance(x)
+        out = net(x)
+    ratio = out / local
+    # the context map is smooth (computed at 1/4 resolution and upsampled), so the ratio varies slowly
+    assert torch.isfinite(ratio).all()
+    assert not torch.allclose(out, local)
+    assert len([m for m in net.context if m.__class__.__name__ == "Convolution"]) == 8  # 7 dilated + 1x1 head
+
+
+def test_cbam_and_fpn_block_shapes():
+    x = torch.randn(2, 6, 16, 20)
+    assert CBAM(2, 6)(x).shape == x.shape
+    blk = FPNBlock(2, top_channels=12, skip_channels=6, out_channels=6, dropout=0.0)
+    assert blk(torch.randn(2, 12, 8, 10), x).shape == (2, 6, 16, 20)
+
+
+def test_unet_seg_uses_batchnorm_dropout_and_he_init():
+    net = build_network({"name": "unet_seg", "features": [8, 16, 32], "dropout": 0.2}, out_channels=2)
+    mods = list(net.modules())
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in mods)
+    assert any(isinstance(m, torch.nn.Dropout) and m.p == 0.2 for m in mods)
+    conv = net.down[1][0].conv
+    fan_in = conv.weight[0].numel()
+    assert abs(conv.weight.std().item() - (2.0 / fan_in) ** 0.5) < 0.3 * (2.0 / fan_in) ** 0.5
