@@ -1,0 +1,275 @@
+"""Model zoo: every family overfits bright dots, saves/reloads and predicts K points; losses, decoding,
+pre-alignment, plateau schedule, alpha grid search and the benchmark script on a tiny synthetic dataset."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from _synthetic import DOTS, make_dot_images
+from anatomark.data.image_io import load_image
+from anatomark.losses import LOSSES, coarse_target
+from anatomark.metrics import radial_errors
+from anatomark.model import load_model, save_model_file
+from anatomark.training import train
+from anatomark.transforms import functional as Fn
+from anatomark.zoo import ZOO_KINDS, ZooModel, ZooPrediction, encode_target, grid_search_alpha, register_affine
+
+REPO = __import__("pathlib").Path(__file__).resolve().parents[1]
+
+NETS = {
+    "unet_seg": {"name": "unet_seg", "features": [8, 16, 16, 32, 32], "dropout": 0.0},
+    "fpn_seg": {"name": "fpn_seg", "features": [8, 16, 16, 32], "dropout": 0.0},
+    "appearance_context": {
+        "name": "appearance_context",
+        "features": [8, 16, 16, 32],
+        "context_features": 16,
+        "context_downscale": 4,
+    },
+    "seg_regression": {
+        "name": "seg_regression",
+        "unet_features": [8, 16, 16, 32],
+        "vgg_features": [8, 16, 16, 32],
+        "fc_features": 64,
+        "dropout": 0.0,
+    },
+    "farnet": {
+        "name": "farnet",
+        "init_features": 8,
+        "growth_rate": 8,
+        "block_config": [2, 2, 2, 2],
+        "msfa_channels": [16, 8, 8, 8],
+        "refine_channels": [8, 8],
+    },
+}
+TARGETS = {
+    "unet_seg": {"radius": 3, "shape": "square"},
+    "fpn_seg": {"radius": 3, "shape": "disk"},
+    "appearance_context": {"sigma": 1.5},
+    "seg_regression": {"radius": 3},
+    "farnet": {"sigma": 1.5},
+}
+LOSS = {
+    "unet_seg": {"name": "dice"},
+    "fpn_seg": {"name": "dice"},
+    "appearance_context": {"name": "heatmap_mse"},
+    "seg_regression": {"name": "seg_regression", "alpha": 0.2},
+    "farnet": {"name": "ewc", "alpha": 40.0},
+}
+LR = {"seg_regression": 0.003}
+EPOCHS = {"farnet": 90}  # 60 epochs left one of 64 dots on the wrong side
+
+
+def zoo_recipe(kind: str, epochs: int = 60, val_fraction: float = 0.0) -> dict:
+    return {
+        "name": f"dots_{kind}",
+        "kind": kind,
+        "landmark_set": DOTS.to_dict(),
+        "network": {"spatial_dims": 2, **NETS[kind]},
+        "input": {"size_hw": [64, 64]},
+        "target": dict(TARGETS[kind]),
+        "loss": dict(LOSS[kind]),
+        "decode": {"method": "local_mean", "radius": 2},
+        "train": {"epochs": epochs, "batch_size": 8, "lr": LR.get(kind, 0.01), "val_fraction": val_fraction, "seed": 0},
+    }
+
+
+@pytest.fixture(scope="module")
+def dots(tmp_path_factory):
+    return make_dot_images(tmp_path_factory.mktemp("zoo_dots"), 32, seed=3)
+
+
+@pytest.mark.parametrize("kind", ZOO_KINDS)
+def test_family_overfits_dots_saves_and_reloads(kind, dots, tmp_path):
+    torch.set_num_threads(1)
+    res = train(zoo_recipe(kind, epochs=EPOCHS.get(kind, 60)), dots, tmp_path / "run", progress=False)
+    model = load_model(res["model_path"])
+    assert isinstance(model, ZooModel) and model.kind == kind
+    errs = []
+    for it in dots:
+        pred = model.predict(load_image(it["image"], spacing=1.0))
+        assert isinstance(pred, ZooPrediction)
+        assert pred.points.shape == (2, 2) and np.isfinite(pred.points).all()
+        errs.append(radial_errors(pred.points, it["landmarks"], (1.0, 1.0)))
+    errs = np.array(errs)
+    assert errs.max() < 2.0, f"{kind}: max error {errs.max():.2f} px, mean {errs.mean():.2f} px"
+    # explicit round trip through save_model_file / load_model gives the same points
+    path = save_model_file(tmp_path / "again.pt", model.network, model.recipe, model.landmark_set, model.info)
+    again = load_model(path)
+    img = load_image(dots[0]["image"], spacing=1.0)
+    np.testing.assert_allclose(again.predict(img).points, model.predict(img).points, atol=1e-6)
+
+
+def test_dice_loss_ignores_missing_landmarks_and_rewards_overlap():
+    dice = LOSSES["dice"]()
+    target = torch.zeros(1, 2, 16, 16)
+    target[0, 0, 4:8, 4:8] = 1  # channel 1 empty = missing landmark
+    good = torch.full((1, 2, 16, 16), -20.0)
+    good[0, 0, 4:8, 4:8] = 20.0
+    assert dice(good, target) < 1e-3  # whatever channel 1 predicts is ignored
+    bad = torch.full((1, 2, 16, 16), -20.0)
+    bad[0, 0, 10:14, 10:14] = 20.0
+    assert dice(bad, target) > 0.99
+
+
+def test_ewc_weights_the_centre_by_alpha_and_supervises_coarse_output():
+    ewc = LOSSES["ewc"](alpha=40.0)
+    target = torch.zeros(1, 1, 8, 8)
+    target[0, 0, 4, 4] = 1.0
+    miss_centre = target.clone()
+    miss_centre[0, 0, 4, 4] = 0.0
+    miss_bg = target.clone()
+    miss_bg[0, 0, 0, 0] = 1.0
+    assert ewc(miss_centre, target).item() == pytest.approx(40.0 * ewc(miss_bg, target).item())
+    hm = torch.from_numpy(Fn.points_to_heatmaps(np.array([[17.0, 9.0]]), (32, 32), 3.0))[None]
+    small = coarse_target(hm, (8, 8))
+    assert small.shape == (1, 1, 8, 8) and small.max().item() == pytest.approx(1.0)
+    assert divmod(int(small.argmax()), 8) == (2, 4)
+    # a tuple (fine, coarse) output: both terms count
+    assert ewc((hm, small), hm).item() == pytest.approx(0.0, abs=1e-6)
+    assert ewc((hm, torch.zeros_like(small)), hm).item() > 0
+
+
+def test_seg_regression_loss_and_target_encoding():
+    pts = np.array([[10.0, 20.0], [np.nan, np.nan]])
+    masks, coords = encode_target("seg_regression", pts, (32, 48), {"radius": 4})
+    assert masks.shape == (2, 32, 48) and masks[1].sum() == 0 and masks[0, 20, 10] == 1
+    np.testing.assert_allclose(coords[0].numpy(), [10 / 47, 20 / 31], rtol=1e-6)
+    assert torch.isnan(coords[1]).all()
+    loss = LOSSES["seg_regression"](alpha=0.2)
+    logits = (masks * 40 - 20)[None]
+    perfect = loss((logits, torch.nan_to_num(coords)[None]), (masks[None], coords[None]))
+    assert torch.isfinite(perfect) and perfect.item() < 0.01
+    shifted = coords.clone()
+    shifted[0, 0] += 0.1
+    worse = loss((logits, torch.nan_to_num(shifted)[None]), (masks[None], coords[None]))
+    assert worse.item() == pytest.approx(perfect.item() + 0.01, abs=1e-4)
+
+
+class _Constant(torch.nn.Module):
+    def __init__(self, maps: torch.Tensor) -> None:
+        super().__init__()
+        self.maps = maps
+        self.p = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.maps[None].expand(x.shape[0], -1, -1, -1) + self.p
+
+
+def test_segmentation_decoding_counts_missed_and_extra_regions():
+    maps = torch.full((3, 32, 32), -10.0)
+    maps[0, 5:9, 20:24] = 10.0  # one region -> its centroid
+    maps[1, 2:4, 2:4] = 10.0  # two regions -> the larger one wins
+    maps[1, 20:26, 10:16] = 10.0
+    maps[2, 12, 7] = -1.0  # nothing above 0.5 -> missed, falls back to the maximum
+    from anatomark.config import LandmarkSet
+
+    ls = LandmarkSet(name="three", names=["a", "b", "c"], default_spacing_mm=(1.0, 1.0))
+    recipe = {"kind": "unet_seg", "input": {"size_hw": [32, 32]}}
+    model = ZooModel(_Constant(maps), recipe, ls)
+    pts, conf, n_regions, missed = model.decode(np.zeros((32, 32), np.float32))
+    np.testing.assert_allclose(pts[0], [21.5, 6.5])
+    np.testing.assert_allclose(pts[1], [12.5, 22.5])
+    np.testing.assert_allclose(pts[2], [7.0, 12.0])
+    assert n_regions.tolist() == [1, 2, 0] and missed.tolist() == [False, False, True]
+    assert conf[2] < 0.5 < conf[0]
+    model_nan = ZooModel(_Constant(maps), {**recipe, "decode": {"missed": "nan"}}, ls)
+    assert np.isnan(model_nan.decode(np.zeros((32, 32), np.float32))[0][2]).all()
+
+
+def _structured_image(size: int = 96) -> np.ndarray:
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float64)
+    img = np.zeros((size, size))
+    for cx, cy, s, a in [(30, 35, 6, 1.0), (62, 28, 4, 0.7), (48, 66, 9, 0.8), (25, 70, 3, 0.9)]:
+        img += a * np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / (2 * s**2))
+    img[15:80, 75:82] += 0.6
+    return img.astype(np.float32)
+
+
+def test_register_affine_recovers_a_known_transform():
+    fixed = _structured_image()
+    true = Fn.affine_matrix((47.5, 47.5), rotate_deg=4.0, scale=1.05, translate_xy=(3.0, -2.0))
+    moving = Fn.warp_image(fixed, true)  # fixed pixel p lands at true @ p in the moving image
+    m = register_affine(moving, fixed, seed=0)
+    probe = np.array([[30.0, 35.0], [62.0, 28.0], [48.0, 66.0], [78.0, 50.0]])
+    back = Fn.transform_points(Fn.transform_points(probe, true), m)
+    assert np.abs(back - probe).max() < 1.0, back - probe
+
+
+def test_appearance_context_with_prealignment_trains_and_maps_back(dots, tmp_path):
+    torch.set_num_threads(1)
+    recipe = zoo_recipe("appearance_context", epochs=2, val_fraction=0.25)
+    recipe["prealign"] = {"enabled": True, "iterations": 30}
+    res = train(recipe, dots[:12], tmp_path / "run", progress=False)
+    model = load_model(res["model_path"])
+    assert model.template is not None and model.template.shape == (64, 64)
+    img = load_image(dots[0]["image"], spacing=1.0)
+    pred = model.predict(img)
+    assert "align" in pred.timings and pred.points.shape == (2, 2) and np.isfinite(pred.points).all()
+    # with the identity as alignment the decoded points are unchanged
+    scaled = Fn.resize_image(np.asarray(img.array, np.float32) / 255.0, (64, 64))
+    a = model.predict_details(scaled, np.eye(3))[0]
+    b = model.decode(Fn.warp_image(scaled, np.eye(3)))[0]
+    np.testing.assert_allclose(a, b)
+
+
+def test_plateau_scheduler_halves_the_learning_rate(dots, tmp_path):
+    torch.set_num_threads(1)
+    recipe = zoo_recipe("unet_seg", epochs=6, val_fraction=0.25)
+    recipe["train"].update({"lr": 1e-7, "scheduler": "plateau", "plateau_patience": 0, "plateau_factor": 0.5})
+    res = train(recipe, dots[:16], tmp_path / "run", progress=False)
+    lrs = [h["lr"] for h in res["history"]]
+    assert lrs[0] == pytest.approx(1e-7)
+    assert all(b <= a for a, b in zip(lrs, lrs[1:]))
+    assert lrs[-1] <= 0.5e-7 + 1e-15
+    assert {round(v / 1e-7, 6) for v in lrs} <= {0.5**i for i in range(7)}
+
+
+def test_grid_search_alpha_picks_the_best_validation_mre(dots, tmp_path):
+    torch.set_num_threads(1)
+    recipe = zoo_recipe("seg_regression", epochs=1, val_fraction=0.25)
+    out = grid_search_alpha(recipe, dots[:12], tmp_path, alphas=(0.2, 1.0), progress=False)
+    assert set(out["val_mre_mm"]) == {0.2, 1.0}
+    assert out["best_alpha"] == min(out["val_mre_mm"], key=out["val_mre_mm"].get)
+    assert load_model(out["model_path"]).recipe["loss"]["alpha"] == out["best_alpha"]
+
+
+def test_benchmark_script_on_a_tiny_synthetic_dataset(dots, tmp_path):
+    ds = tmp_path / "ds"
+    (ds / "images").mkdir(parents=True)
+    rows = ["image," + ",".join(f"{n}_{c}" for n in DOTS.names for c in "xy")]
+    for it in dots[:12]:
+        name = os.path.basename(it["image"])
+        (ds / "images" / name).write_bytes(open(it["image"], "rb").read())
+        rows.append(name + "," + ",".join(f"{v:.1f}" for v in np.asarray(it["landmarks"]).ravel()))
+    (ds / "landmarks_senior.csv").write_text("\n".join(rows) + "\n")
+    names = sorted(os.listdir(ds / "images"))
+    (ds / "splits.json").write_text(json.dumps({"train": names[:8], "test1": names[8:]}))
+    (tmp_path / "dots.yaml").write_text(yaml.safe_dump(DOTS.to_dict()))
+    recipes = []
+    for kind in ZOO_KINDS:
+        r = copy.deepcopy(zoo_recipe(kind, val_fraction=0.25))
+        r["landmark_set"] = str(tmp_path / "dots.yaml")
+        p = tmp_path / f"tiny_{kind}.yaml"
+        p.write_text(yaml.safe_dump(r))
+        recipes.append(str(p))
+    out = tmp_path / "model_zoo.md"
+    cmd = [sys.executable, str(REPO / "benchmarks" / "model_zoo.py"), "--epochs", "1", "--dataset", str(ds)]
+    cmd += ["--recipes", *recipes, "--out", str(out), "--runs-dir", str(tmp_path / "runs"), "--threads", "1"]
+    proc = subprocess.run([*cmd, "--quiet"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    text = out.read_text()
+    for kind in ZOO_KINDS:
+        assert f"| dots_{kind} | {kind} |" in text
+    rows = json.loads(out.with_suffix(".json").read_text())
+    assert len(rows) == 5 and all(r["epochs"] == 1 and r["n_images"] == 4 for r in rows)
+    assert all("missed" in r for r in rows if r["kind"] in ("unet_seg", "fpn_seg", "seg_regression"))
+    assert "Command:" in text and "commit" in text and "Machine:" in text
