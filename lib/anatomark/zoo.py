@@ -316,7 +316,8 @@ class ZooStage:
             if kind != "appearance_context":
                 raise AnatomarkError("prealign is implemented for the appearance_context family only")
             template = np.mean([c["scaled"] for c in self.train_c], axis=0).astype(np.float32)
-            recipe["prealign"] = {**pa, "template": template.astype(np.float16)}
+            # a nested list keeps the recipe JSON-serialisable (the MONAI Label train task copies it through JSON)
+            recipe["prealign"] = {**pa, "template": np.round(template, 4).tolist()}
             train_items = []
             for c in self.train_c:
                 m = _align_matrix(c["scaled"], template, pa)
