@@ -34,3 +34,13 @@ def test_duplicate_names_rejected(tmp_path):
     (tmp_path / "dup.yaml").write_text("landmarks: [a, b, a]\n")
     with pytest.raises(AnatomarkError, match="duplicate"):
         load_landmark_set(tmp_path / "dup.yaml")
+
+
+def test_every_shipped_recipe_loads():
+    from anatomark.paths import CONFIG_DIR
+
+    names = sorted(p.stem for p in (CONFIG_DIR / "models").glob("*.yaml"))
+    assert len(names) >= 7
+    for n in names:
+        r = load_recipe(n)
+        assert r["landmark_set"] == "isbi2015_cephalometric", n

@@ -130,6 +130,9 @@ def load_recipe(name_or_path: str | Path) -> dict[str, Any]:
         "local": ("landmark_set", "local", "train"),
         "cascade": ("landmark_set", "global", "local", "train"),
     }
+    from anatomark.zoo import ZOO_KINDS
+
+    required.update({k: ("landmark_set", "network", "input", "train") for k in ZOO_KINDS})
     kind = recipe.get("kind", "heatmap")
     if kind not in required:
         raise AnatomarkError(f"Model recipe {p}: unknown kind {kind!r}; use {', '.join(required)}")
