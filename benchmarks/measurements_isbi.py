@@ -26,7 +26,9 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-PUBLISHED = "appearance-context network (Lindner/Wang comparison, reported in the issue): 83.59 % average on Test1"
+PUBLISHED = (
+    "appearance-context paper, as cited in issue 6: 83.59 % average on Test1 (its averaging is not stated there)"
+)
 
 
 def types_of(points: np.ndarray) -> tuple[dict[str, int | None], dict[str, float | None]]:
@@ -117,8 +119,8 @@ def main() -> int:
         "",
         f"- Command: `{shlex.join(['.venv/bin/python', *sys.argv])}` (from the repo root)",
         f"- Date: {time.strftime('%Y-%m-%d %H:%M:%S %Z')}; git commit {_git_commit()}",
-        f"- Machine: {platform.machine()} {platform.processor() or ''} {os.cpu_count()} cores (shared with a "
-        f"training run), Python {platform.python_version()}",
+        f"- Machine: {platform.machine()} {platform.processor() or ''} {os.cpu_count()} cores (shared with "
+        f"other jobs), Python {platform.python_version()}",
         f"- Model: `{model_name}` ({model_path}); landmark MRE vs senior on this split: {mre:.2f} mm; "
         f"inference {infer_s:.0f} s for {len(ids)} images",
         "- Ground truth: types from the senior annotation; reference: the junior annotation vs senior. "
