@@ -128,7 +128,10 @@ def test_isbi_smoke_two_images_with_shipped_model(isbi_dir, tmp_path):
     assert main(["infer", *imgs, "--out", str(out)]) == 0  # --model default is implied
     for n in ("151", "152"):
         doc = json.loads((out / f"{n}.json").read_text())
-        assert doc["spacing_mm"] == [0.1, 0.1] and doc["model"] == "isbi2015_heatmap_unet"
+        assert doc["spacing_mm"] == [0.1, 0.1] and doc["model"].startswith("isbi2015_")
+        ms = {m["name"]: m for m in doc["measurements"]}
+        assert {"SNA", "SNB", "ANB", "FHI"} <= set(ms) and ms["SNA"]["unit"] == "deg"
+        assert 60 < ms["SNA"]["value"] < 100
         pts = np.array([[p["x"], p["y"]] for p in doc["landmarks"]])
         err = np.linalg.norm(pts - truth[f"{n}.jpg"], axis=1) * 0.1
         assert err.mean() < 4.0, f"{n}: MRE {err.mean():.2f} mm"

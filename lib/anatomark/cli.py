@@ -70,6 +70,7 @@ def cmd_infer(args: argparse.Namespace) -> int:
 
     from anatomark.data.annotations import write_slicer_markups
     from anatomark.data.image_io import load_image
+    from anatomark.measurements import measurements_for
     from anatomark.model import load_model
     from anatomark.visualize import save_overlay
 
@@ -95,6 +96,7 @@ def cmd_infer(args: argparse.Namespace) -> int:
             "model": model.name,
             "landmark_set": ls.name,
             "landmarks": pred.to_list(),
+            "measurements": measurements_for(ls.name, pred.points, img.spacing, img.size_wh),
             "latency_s": round(time.perf_counter() - t0, 4),
         }
         from anatomark.data.annotations import _atomic_write_text

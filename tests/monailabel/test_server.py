@@ -158,6 +158,9 @@ def test_infer_isbi_labelmap_geometry_and_accuracy(client, senior, landmark_set)
     pred = np.array([[e["x"], e["y"]] for e in res["landmarks"]])
     mre = float(np.linalg.norm((pred - senior["151.jpg"]) * 0.1, axis=1).mean())
     assert mre < 5.0, f"MRE {mre:.2f} mm against the senior annotation"
+    ms = {m["name"]: m for m in res["measurements"]}  # clinical measurements come with the points
+    assert {"SNA", "SNB", "ANB", "ODI", "APDI", "FHI", "FMA", "MW"} <= set(ms)
+    assert ms["ANB"]["computable"] and ms["ANB"]["unit"] == "deg"
 
 
 def test_infer_upload_non_square_png(client, server):

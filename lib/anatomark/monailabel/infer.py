@@ -17,6 +17,7 @@ from monailabel.interfaces.tasks.infer_v2 import InferTask, InferType
 
 from anatomark.data.image_io import load_image
 from anatomark.errors import AnatomarkError, ModelNotFoundError
+from anatomark.measurements import measurements_for
 from anatomark.model import LandmarkModel, load_model
 from anatomark.monailabel.labels import (
     RESULT_FORMATS,
@@ -205,6 +206,7 @@ class LandmarkInferTask(InferTask):
             "label_radius_px": None if radius is None else round(float(radius), 2),
             "mean_confidence": round(float(conf.mean()), 4),
             "landmarks": pred.to_list(),
+            "measurements": measurements_for(ls.name, pred.points, image.spacing, image.size_wh),
             "latencies": {
                 "model_load": round(t1 - t0, 4),
                 "pre": round(t2 - t1 + pred.timings.get("preprocess", 0.0), 4),
