@@ -58,7 +58,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--dataset", default=str(REPO.parent / "shared" / "datasets" / "isbi2015"))
     ap.add_argument("--image", default="151.jpg", help="ISBI image file (1935 x 2400)")
-    ap.add_argument("--model", default="isbi2015_heatmap_unet")
+    ap.add_argument("--model", default="isbi2015_cascade")
     ap.add_argument("--requests", type=int, default=20)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--format", default="labelmap", choices=["labelmap", "slicer_markups"])

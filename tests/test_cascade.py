@@ -48,3 +48,10 @@ def test_cascade_trains_saves_loads_and_refines(dots_model, tmp_path):
     e1, e2 = np.array(e1), np.array(e2)
     assert e2.max() < 2.0, f"refined max error {e2.max():.2f} px"
     assert e2.mean() < e1.mean(), f"refinement did not help: {e2.mean():.2f} vs {e1.mean():.2f} px"
+
+    # fine-tuning from the cascade file itself (what the server's Train button does): both stages, then one file
+    ft = train(model.recipe, items[:16], tmp_path / "ft", init_weights=res["model_path"], epochs=1, progress=False)
+    tuned = load_model(ft["model_path"])
+    assert isinstance(tuned, CascadeModel) and tuned.landmark_set.names == DOTS.names
+    p1 = tuned.predict(load_image(test[0]["image"], spacing=1.0)).points
+    assert radial_errors(p1, test[0]["landmarks"], (1, 1)).max() < 3.0

@@ -276,24 +276,43 @@ def train_cascade(
     val_items,  # noqa: ANN001
     on_epoch,  # noqa: ANN001
     info: dict[str, Any] | None,
+    init_weights: str | Path | None = None,
 ) -> dict[str, Any]:
-    """Train (or reuse) stage 1, train stage 2, write ``out_dir/model.pt`` with both."""
+    """Train (or reuse) stage 1, train stage 2, write ``out_dir/model.pt`` with both.
+
+    With ``init_weights`` (a cascade model file, e.g. the one a server is serving) both stages are fine-tuned from
+    its weights for ``epochs``; ``recipe`` may then be the recipe stored in that file (no ``global`` section).
+    """
     from anatomark.model import load_model
     from anatomark.training import train
 
     out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
     g = recipe.get("global", {})
+    local_cfg = recipe.get("local")
     t0 = time.time()
+    init1 = init2 = None
+    if init_weights is not None:
+        init = load_model(init_weights)
+        if not isinstance(init, CascadeModel):
+            raise AnatomarkError(f"{init_weights} is not a cascade model; cannot fine-tune a cascade from it")
+        if init.landmark_set.names != ls.names:
+            raise AnatomarkError(f"{init_weights} was trained for other landmarks; cannot fine-tune on {ls.name!r}")
+        r1 = {k: v for k, v in init.recipe.items() if k not in ("local", "global")}
+        r1.update({"kind": "heatmap", "name": f"{recipe['name']}_global", "train": recipe["train"]})
+        init1 = save_model_file(out / "init_global.pt", init.network, r1, ls, init.info.get("stage1", {}))
+        local_cfg = copy.deepcopy(init.recipe["local"])
+        r_init2 = {"name": f"{recipe['name']}_local", "kind": "local", "landmark_set": ls.name, "local": local_cfg}
+        init2 = save_model_file(out / "init_local.pt", init.refiner.network, r_init2, ls, init.info.get("stage2", {}))
+        g = {"recipe": r1}
     if g.get("weights"):
         stage1_path = str(g["weights"])
-        stage1_result = None
     else:
         r1 = load_recipe(g["recipe"]) if isinstance(g.get("recipe"), str) else copy.deepcopy(g["recipe"])
         r1["landmark_set"] = ls.to_dict()
-        stage1_result = train(
-            r1, items, out / "global", resume, None, None, device, progress, val_items, on_epoch, info
-        )
-        stage1_path = stage1_result["model_path"]
+        e1 = epochs if init1 is not None else None
+        res1 = train(r1, items, out / "global", resume, init1, e1, device, progress, val_items, on_epoch, info)
+        stage1_path = res1["model_path"]
     stage1 = load_model(stage1_path)
     if stage1.landmark_set.names != ls.names:
         raise AnatomarkError(f"Stage-1 model {stage1_path} has other landmarks than {ls.name!r}")
@@ -301,17 +320,16 @@ def train_cascade(
         "name": f"{recipe['name']}_local",
         "kind": "local",
         "landmark_set": ls.to_dict(),
-        "local": {**recipe["local"], "val_from_model": recipe["local"].get("val_from_model", stage1_path)},
+        "local": {**local_cfg, "val_from_model": stage1_path},
         "augment": recipe.get("augment", {}),
         "loss": recipe.get("loss", {}),
         "train": recipe["train"],
     }
-    r_local = train(r2, items, out / "local", resume, None, epochs, device, progress, val_items, on_epoch, info)
+    r_local = train(r2, items, out / "local", resume, init2, epochs, device, progress, val_items, on_epoch, info)
     local = load_model(r_local["model_path"])
     full = copy.deepcopy(stage1.recipe)
     full.update({"name": recipe["name"], "kind": "cascade", "local": r2["local"]})
     full["local"].pop("val_from_model", None)
-    full["local"]["network"] = recipe["local"]["network"]
     meta = {
         **(info or {}),
         "stage1": {"path": stage1_path, **stage1.info},

@@ -261,7 +261,9 @@ def train(
     if kind == "cascade":
         from anatomark.cascade import train_cascade
 
-        return train_cascade(recipe, ls, items, out_dir, resume, epochs, device, progress, val_items, on_epoch, info)
+        return train_cascade(
+            recipe, ls, items, out_dir, resume, epochs, device, progress, val_items, on_epoch, info, init_weights
+        )
     if kind == "heatmap":
         stage: Any = HeatmapStage(recipe, ls, items, val_items, progress)
     elif kind == "local":

@@ -33,7 +33,7 @@ class XrayImage:
     """A 2D X-ray.
 
     Attributes:
-        array: ``(H, W)`` float32 intensities (gray; RGB inputs are averaged).
+        array: ``(H, W)`` float32 intensities (gray; 8-bit RGB is converted to luma, other colour data averaged).
         spacing: ``(sx, sy)`` mm per pixel along x (columns) and y (rows).
         spacing_source: where the spacing came from: ``override``, ``file``, ``default`` or ``none``
             (``none`` means 1.0 was assumed and mm values are really pixels).
@@ -147,7 +147,8 @@ def _read_raster(path: Path) -> XrayImage:
                 raise ImageReadError(f"Image {path.name} has {im.n_frames} frames; anatomark needs a single 2D X-ray")
             if mode in ("P", "PA", "1", "LA", "CMYK", "YCbCr", "HSV", "LAB"):
                 im = im.convert("RGB") if mode not in ("1", "LA") else im.convert("L")
-                mode = im.mode
+            if im.mode in ("RGB", "RGBA"):
+                im = im.convert("L")  # ITU-R 601 luma in C (fast); exact for gray stored as R=G=B
             arr = np.asarray(im)
     bits = 16 if arr.dtype in (np.uint16, np.int32) and arr.max(initial=0) > 255 else 8
     if arr.ndim == 3:

@@ -128,6 +128,10 @@ class LandmarkTrainTask(TrainTask):
             on_epoch=on_epoch,
             info={"fine_tuned_from": version, "train_images": [it["id"] for it in train_items]},
         )
+        best = self.run_dir / "model.pt"  # a cascade assembles its model file after the last stage's last epoch
+        if best.is_file() and (not published or os.path.getmtime(best) > float(published[-1].split("@")[1])):
+            self.handle.publish(best)
+            published.append(f"{epochs}@{os.path.getmtime(best)}")
         new_version = file_version(self.handle.published_path) if self.handle.published_path.is_file() else version
         stats = {
             "model": self.handle.name,
