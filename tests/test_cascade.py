@@ -50,7 +50,8 @@ def test_cascade_trains_saves_loads_and_refines(dots_model, tmp_path):
     assert e2.mean() < e1.mean(), f"refinement did not help: {e2.mean():.2f} vs {e1.mean():.2f} px"
 
     # fine-tuning from the cascade file itself (what the server's Train button does): both stages, then one file
-    ft = train(model.recipe, items[:16], tmp_path / "ft", init_weights=res["model_path"], epochs=1, progress=False)
+    ft_recipe = {**model.recipe, "landmark_set": model.landmark_set.to_dict()}
+    ft = train(ft_recipe, items[:16], tmp_path / "ft", init_weights=res["model_path"], epochs=1, progress=False)
     tuned = load_model(ft["model_path"])
     assert isinstance(tuned, CascadeModel) and tuned.landmark_set.names == DOTS.names
     p1 = tuned.predict(load_image(test[0]["image"], spacing=1.0)).points

@@ -75,7 +75,7 @@ def server(isbi: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ser
     cmd = [
         sys.executable, "-m", "monailabel.main", "start_server",
         "--app", str(REPO / "apps" / "landmarks"), "--studies", str(studies),
-        "--conf", "models", "all", "--conf", "train_epochs", "1",
+        "--conf", "models", MODEL, "--conf", "train_epochs", "1",
         "--conf", "auto_train_every_n_labels", str(AUTO_TRAIN_EVERY),
         "--host", "127.0.0.1", "--port", str(port),
     ]  # fmt: skip

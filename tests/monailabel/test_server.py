@@ -246,7 +246,7 @@ def test_strategy_picks_lowest_confidence(client):
     for i in LABELLED + UNLABELLED + [SMALL]:
         _, res = client.infer(MODEL, i, {"result_format": "slicer_markups"})
         expected[i] = float(np.mean([e["confidence"] for e in res["landmarks"]]))
-    res = client.next_sample("lowest_confidence", {})
+    res = client.next_sample("lowest_confidence", {"model": MODEL})
     assert res["id"] == min(expected, key=expected.get)
     assert res["confidence"] == pytest.approx(expected[res["id"]], abs=1e-3)
     info = client.datastore()["objects"][res["id"]]["image"]["info"]

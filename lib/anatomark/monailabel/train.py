@@ -95,6 +95,7 @@ class LandmarkTrainTask(TrainTask):
         if not train_items:  # every labelled image hashed into validation: train on them rather than on nothing
             train_items, val_items = val_items, []
         recipe = json.loads(json.dumps(model.recipe))
+        recipe["landmark_set"] = model.landmark_set.to_dict()  # the set travels with the model, not only its name
         recipe["train"]["val_fraction"] = 0.0
         for key in ("lr", "batch_size"):
             if key in request:
