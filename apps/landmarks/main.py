@@ -9,8 +9,8 @@ Start it with ``python -m monailabel.main start_server --app apps/landmarks --st
 - ``train_epochs`` (10), ``val_fraction`` (0.2): fine-tuning defaults.
 - ``auto_train_every_n_labels`` (0 = off): start a fine-tuning after every N saved ``final`` labels.
 - ``auto_train_interval`` (seconds, 0 = off): start a fine-tuning on this schedule when new final labels arrived.
-- ``infer_threads`` (half the CPU cores, at least 1; 0 = torch default): torch threads for inference, leaving
-  cores to a concurrent training (oversubscribed OpenMP threads make inference ~8x slower).
+- ``infer_threads`` (``auto``: every core, half of them while a training subprocess runs; or a number; 0 = torch
+  default): oversubscribed OpenMP threads made inference ~8x slower beside a training.
 - ``label_radius_mm`` (2.0), ``device`` (default ``cuda`` when available), ``auto_update_scoring`` (false).
 """
 

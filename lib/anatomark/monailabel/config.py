@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +31,7 @@ class LandmarkTaskConfig(TaskConfig):
         return LandmarkInferTask(
             self.handle,
             label_radius_mm=float(self.conf.get("label_radius_mm", 2.0)),
-            threads=int(self.conf.get("infer_threads", max(1, (os.cpu_count() or 2) // 2))),
+            threads=_threads(self.conf.get("infer_threads", "auto")),
         )
 
     def trainer(self) -> LandmarkTrainTask:
@@ -42,3 +41,13 @@ class LandmarkTaskConfig(TaskConfig):
             epochs=int(self.conf.get("train_epochs", 10)),
             val_fraction=float(self.conf.get("val_fraction", 0.2)),
         )
+
+
+def _threads(value: str | int) -> int:
+    """``auto`` -> -1 (all cores, half of them while a training runs); a number -> that many; 0 -> torch default."""
+    if str(value).lower() == "auto":
+        return -1
+    try:
+        return max(0, int(value))
+    except ValueError as e:
+        raise ValueError(f"infer_threads must be 'auto' or a number, got {value!r}") from e
