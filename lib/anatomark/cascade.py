@@ -206,7 +206,7 @@ class LocalStage:
     """
 
     def __init__(self, recipe: dict[str, Any], ls: LandmarkSet, items, val_items, progress: bool) -> None:  # noqa: ANN001
-        from anatomark.training import cache_items, split_train_val
+        from anatomark.training import cache_and_split
 
         self.recipe, self.ls = recipe, ls
         lc = recipe["local"]
@@ -214,15 +214,8 @@ class LocalStage:
         sp = float(lc["spacing_mm"])
         if int(lc["patch_size"]) % 16:
             raise AnatomarkError(f"local.patch_size {lc['patch_size']} must be divisible by 16")
-        cached = cache_items(items, None, ls, progress, spacing_mm=sp)
+        self.train_c, self.val_c, val_src = cache_and_split(items, val_items, ls, tcfg, progress, spacing_mm=sp)
         seed = int(tcfg.get("seed", 0))
-        if val_items is not None:
-            self.train_c, self.val_c = cached, cache_items(val_items, None, ls, progress, spacing_mm=sp)
-            val_src = list(val_items)
-        else:
-            tr, va = split_train_val(len(cached), float(tcfg.get("val_fraction", 0.1)), seed)
-            self.train_c, self.val_c = [cached[i] for i in tr], [cached[i] for i in va]
-            val_src = [items[i] for i in va]
         self.dataset = LocalPatchSet(self.train_c, recipe, augment=True)
         # fixed starting points for validation
         self.val_starts = []

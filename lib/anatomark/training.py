@@ -125,11 +125,14 @@ def cache_items(
 
 
 class HeatmapTrainingSet(Dataset):
-    """Cached items -> ``(image (1, H, W), target heatmaps (K, H, W))`` with point-carrying augmentation."""
+    """Cached items -> ``(image (1, H, W), target heatmaps (K, H, W))`` with point-carrying augmentation.
+
+    Subclasses change the target by overriding :meth:`encode` (see :class:`anatomark.zoo.ZooTrainingSet`).
+    """
 
     def __init__(self, items: list[dict[str, Any]], recipe: dict[str, Any], augment: bool = True) -> None:
         self.items = items
-        self.size_hw = tuple(recipe["input"]["size_hw"])
+        self.size_hw = tuple(int(s) for s in recipe["input"]["size_hw"])
         self.sigma = recipe.get("target", {}).get("sigma", 2.0)
         aug = recipe.get("augment", {}) if augment else {}
         self.aug = aug
@@ -144,7 +147,9 @@ class HeatmapTrainingSet(Dataset):
     def __len__(self) -> int:
         return len(self.items)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def augmented(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        """Item ``i`` after the random affine and gamma: ``(H, W)`` image and ``(K, 2)`` points, NaN where a
+        landmark was pushed outside the grid (it is then treated as missing)."""
         it = self.items[i]
         img, pts = it["scaled"], it["points"]
         if self.aug:
@@ -152,13 +157,19 @@ class HeatmapTrainingSet(Dataset):
             if self.gamma != (1.0, 1.0):
                 g = math.exp(self.affine.R.uniform(math.log(self.gamma[0]), math.log(self.gamma[1])))
                 img = np.clip(img, 0.0, 1.0) ** g
-        # landmarks pushed outside the grid by augmentation are treated as missing
         h, w = self.size_hw
+        pts = np.asarray(pts, np.float64).copy()
         out = (pts[:, 0] < 0) | (pts[:, 0] > w - 1) | (pts[:, 1] < 0) | (pts[:, 1] > h - 1)
-        pts = pts.copy()
         pts[out] = np.nan
-        target = Fn.points_to_heatmaps(pts, self.size_hw, self.sigma)
-        return to_model_input(img)[0], torch.from_numpy(target)
+        return img, pts
+
+    def encode(self, points: np.ndarray) -> Any:
+        """Training target of ``(K, 2)`` points in the model grid."""
+        return torch.from_numpy(Fn.points_to_heatmaps(points, self.size_hw, self.sigma))
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, Any]:
+        img, pts = self.augmented(i)
+        return to_model_input(img)[0], self.encode(pts)
 
 
 def evaluate_items(model: LandmarkModel, items: list[dict[str, Any]]) -> tuple[np.ndarray, np.ndarray]:
@@ -182,6 +193,29 @@ def split_train_val(n: int, val_fraction: float, seed: int) -> tuple[list[int], 
     return sorted(idx[n_val:]), sorted(idx[:n_val])
 
 
+def cache_and_split(
+    items: Sequence[dict[str, Any]],
+    val_items: Sequence[dict[str, Any]] | None,
+    landmark_set: LandmarkSet,
+    tcfg: dict[str, Any],
+    progress: bool = True,
+    size_hw: Sequence[int] | None = None,
+    spacing_mm: float | None = None,
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
+    """:func:`cache_items`, then the validation split every stage uses: ``val_items`` when given, else the
+    recipe's ``val_fraction`` of ``items`` (seeded by ``tcfg["seed"]``, see :func:`split_train_val`).
+
+    Returns:
+        cached training items, cached validation items and the validation items as given (with their paths).
+    """
+    cached = cache_items(items, size_hw, landmark_set, progress, spacing_mm=spacing_mm)
+    if val_items is not None:
+        val_c = cache_items(val_items, size_hw, landmark_set, progress, spacing_mm=spacing_mm)
+        return cached, val_c, list(val_items)
+    tr, va = split_train_val(len(cached), float(tcfg.get("val_fraction", 0.1)), int(tcfg.get("seed", 0)))
+    return [cached[i] for i in tr], [cached[i] for i in va], [items[i] for i in va]
+
+
 class HeatmapStage:
     """Training pieces for a whole-image heatmap model (``kind: heatmap``)."""
 
@@ -191,12 +225,7 @@ class HeatmapStage:
         size_hw = tuple(int(s) for s in recipe["input"]["size_hw"])
         if any(s % 16 for s in size_hw):
             raise AnatomarkError(f"input.size_hw {size_hw} must be divisible by 16 (four 2x poolings)")
-        cached = cache_items(items, size_hw, ls, progress)
-        if val_items is not None:
-            self.train_c, self.val_c = cached, cache_items(val_items, size_hw, ls, progress)
-        else:
-            tr, va = split_train_val(len(cached), float(tcfg.get("val_fraction", 0.1)), int(tcfg.get("seed", 0)))
-            self.train_c, self.val_c = [cached[i] for i in tr], [cached[i] for i in va]
+        self.train_c, self.val_c, _ = cache_and_split(items, val_items, ls, tcfg, progress, size_hw=size_hw)
         self.dataset = HeatmapTrainingSet(self.train_c, recipe, augment=True)
 
     def build_network(self) -> torch.nn.Module:

@@ -22,7 +22,6 @@ mutual-information affine registration (:func:`register_affine`, SimpleITK) and 
 from __future__ import annotations
 
 import copy
-import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -31,7 +30,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
 
 from anatomark.config import LandmarkSet
 from anatomark.data.image_io import XrayImage
@@ -39,8 +37,8 @@ from anatomark.errors import AnatomarkError
 from anatomark.metrics import radial_errors
 from anatomark.model import LandmarkModel, Prediction, prepare_image, save_model_file, to_model_input
 from anatomark.networks import build_network
+from anatomark.training import HeatmapTrainingSet
 from anatomark.transforms import functional as Fn
-from anatomark.transforms.array import RandAffineWithPoints
 
 ZOO_KINDS = ("unet_seg", "fpn_seg", "appearance_context", "seg_regression", "farnet")
 MASK_KINDS = ("unet_seg", "fpn_seg")
@@ -246,43 +244,19 @@ def encode_target(kind: str, points: np.ndarray, size_hw: Sequence[int], tcfg: d
     return masks_t, torch.from_numpy(coords)
 
 
-class ZooTrainingSet(Dataset):
-    """Cached items -> ``(image (1, H, W), target)`` with point-carrying affine and gamma augmentation.
+class ZooTrainingSet(HeatmapTrainingSet):
+    """Cached items -> ``(image (1, H, W), target)`` with the same point-carrying augmentation as heatmap models.
 
     ``target`` is :func:`encode_target` of the (augmented) points; landmarks pushed out of the grid become missing.
     """
 
     def __init__(self, items: list[dict[str, Any]], recipe: dict[str, Any], augment: bool = True) -> None:
-        self.items = items
+        super().__init__(items, recipe, augment)
         self.kind = recipe["kind"]
-        self.size_hw = tuple(int(s) for s in recipe["input"]["size_hw"])
         self.tcfg = recipe.get("target", {})
-        aug = recipe.get("augment", {}) if augment else {}
-        self.aug = aug
-        self.affine = RandAffineWithPoints(
-            prob=float(aug.get("prob", 0.0)),
-            rotate_deg=float(aug.get("rotate_deg", 0.0)),
-            scale=tuple(aug.get("scale", (1.0, 1.0))),
-            translate_px=float(aug.get("translate_px", 0.0)),
-        )
-        self.gamma = tuple(aug.get("intensity_gamma", (1.0, 1.0)))
 
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, Any]:
-        it = self.items[i]
-        img, pts = it["scaled"], it["points"]
-        if self.aug:
-            img, pts = self.affine(img, pts)
-            if self.gamma != (1.0, 1.0):
-                g = math.exp(self.affine.R.uniform(math.log(self.gamma[0]), math.log(self.gamma[1])))
-                img = np.clip(img, 0.0, 1.0) ** g
-        h, w = self.size_hw
-        pts = np.asarray(pts, np.float64).copy()
-        out = (pts[:, 0] < 0) | (pts[:, 0] > w - 1) | (pts[:, 1] < 0) | (pts[:, 1] > h - 1)
-        pts[out] = np.nan
-        return to_model_input(img)[0], encode_target(self.kind, pts, self.size_hw, self.tcfg)
+    def encode(self, points: np.ndarray) -> Any:
+        return encode_target(self.kind, points, self.size_hw, self.tcfg)
 
 
 class ZooStage:
@@ -294,7 +268,7 @@ class ZooStage:
     """
 
     def __init__(self, recipe: dict[str, Any], ls: LandmarkSet, items, val_items, progress: bool) -> None:  # noqa: ANN001
-        from anatomark.training import cache_items, split_train_val
+        from anatomark.training import cache_and_split
 
         self.recipe, self.ls = recipe, ls
         kind = recipe["kind"]
@@ -303,12 +277,7 @@ class ZooStage:
         div = _DIVISOR.get(kind, 16)
         if any(s % div for s in size_hw):
             raise AnatomarkError(f"input.size_hw {size_hw} must be divisible by {div} for kind {kind!r}")
-        cached = cache_items(items, size_hw, ls, progress)
-        if val_items is not None:
-            self.train_c, self.val_c = cached, cache_items(val_items, size_hw, ls, progress)
-        else:
-            tr, va = split_train_val(len(cached), float(tcfg.get("val_fraction", 0.1)), int(tcfg.get("seed", 0)))
-            self.train_c, self.val_c = [cached[i] for i in tr], [cached[i] for i in va]
+        self.train_c, self.val_c, _ = cache_and_split(items, val_items, ls, tcfg, progress, size_hw=size_hw)
         self.val_align: list[np.ndarray | None] = [None] * len(self.val_c)
         train_items = self.train_c
         pa = recipe.get("prealign") or {}
