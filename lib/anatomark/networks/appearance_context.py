@@ -16,6 +16,8 @@ from monai.networks.blocks import Convolution, UpSample
 from monai.networks.layers.factories import Pool
 from torch import nn
 
+from anatomark.networks.unet_seg import encode_decode
+
 
 class ChannelAttention(nn.Module):
     """CBAM channel attention: a shared MLP on global average- and max-pooled features, sigmoid gate.
@@ -135,14 +137,7 @@ class AppearanceContextNet(nn.Module):
 
     def local_appearance(self, x: torch.Tensor) -> torch.Tensor:
         """Local-appearance heatmaps ``(B, K, H, W)`` from the image ``(B, C, H, W)``."""
-        skips = []
-        for i, block in enumerate(self.down):
-            x = block(x if i == 0 else self.pool(x))
-            skips.append(x)
-        y = skips.pop()
-        for up, block in zip(self.ups, self.up_blocks):
-            y = block(torch.cat([up(y), skips.pop()], dim=1))
-        return self.local_head(y)
+        return self.local_head(encode_decode(x, self.down, self.pool, self.ups, self.up_blocks))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         local = self.local_appearance(x)

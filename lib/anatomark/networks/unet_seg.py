@@ -22,6 +22,25 @@ def he_normal_init(module: nn.Module) -> None:
                 nn.init.zeros_(m.bias)
 
 
+def encode_decode(
+    x: torch.Tensor, down: nn.ModuleList, pool: nn.Module, ups: nn.ModuleList, up_blocks: nn.ModuleList
+) -> torch.Tensor:
+    """The U-Net pass shared by the U-Net families: encoder blocks with pooling between them, then for each level
+    upsample, concatenate the skip and convolve.
+
+    Shapes:
+        ``x`` ``(B, C, H, W)`` -> ``(B, F0, H, W)`` with ``F0`` the first encoder width.
+    """
+    skips = []
+    for i, block in enumerate(down):
+        x = block(x if i == 0 else pool(x))
+        skips.append(x)
+    x = skips.pop()
+    for up, block in zip(ups, up_blocks):
+        x = block(torch.cat([up(x), skips.pop()], dim=1))
+    return x
+
+
 class ConvBlock(nn.Sequential):
     """Two ``3x3 conv -> batch norm -> ReLU`` layers, dropout after the first (MONAI ``Convolution`` ``NDA`` order).
 
@@ -101,11 +120,4 @@ class UNetSeg(nn.Module):
         he_normal_init(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        skips = []
-        for i, block in enumerate(self.down):
-            x = block(x if i == 0 else self.pool(x))
-            skips.append(x)
-        x = skips.pop()
-        for up, block in zip(self.ups, self.up_blocks):
-            x = block(torch.cat([up(x), skips.pop()], dim=1))
-        return self.head(x)
+        return self.head(encode_decode(x, self.down, self.pool, self.ups, self.up_blocks))
