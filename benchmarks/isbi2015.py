@@ -42,29 +42,20 @@ def main() -> int:
         return 0
 
     import torch
-    from tqdm import tqdm
 
     from anatomark.cli import _git_commit
     from anatomark.data.dataset import LandmarkDataset
     from anatomark.data.image_io import load_image
-    from anatomark.metrics import DEFAULT_RADII_MM, format_summary, radial_errors, sdr, summarize
-    from anatomark.model import load_model
+    from anatomark.metrics import DEFAULT_RADII_MM, format_summary, sdr, summarize
+    from anatomark.model import load_model, predict_items
     from anatomark.visualize import save_overlay
 
     torch.set_num_threads(2)
     model = load_model(args.model)
     ls = model.landmark_set
     ds = LandmarkDataset(args.dataset, args.split, args.annotator, ls)
-    preds, gts, sps, lat = [], [], [], []
-    for it in tqdm(ds.items, desc=f"{model.name} on {args.split}", unit="img"):
-        t0 = time.perf_counter()
-        img = load_image(it["image"], spacing=it["spacing"])
-        pred = model.predict(img)
-        lat.append(time.perf_counter() - t0)
-        preds.append(pred.points)
-        gts.append(it["landmarks"])
-        sps.append(img.spacing)
-    err = radial_errors(np.stack(preds), np.stack(gts), np.asarray(sps))
+    res = predict_items(model, ds.items, desc=f"{model.name} on {args.split}")
+    preds, gts, lat, err = res.points, res.truth, res.seconds, res.errors
     summ = summarize(err, ls.names, DEFAULT_RADII_MM)
 
     out = Path(args.out)

@@ -75,18 +75,14 @@ def main() -> int:
         preds = {i: table[i] for i in ids}
     else:
         import torch
-        from tqdm import tqdm
 
-        from anatomark.data.image_io import load_image
-        from anatomark.model import load_model
+        from anatomark.model import load_model, predict_items
 
         torch.set_num_threads(1)  # the machine is shared with training
         model = load_model(args.model)
         model_name, model_path = model.name, model.path
-        preds = {}
-        for it in tqdm(senior.items, desc=f"{model.name} on {args.split}", unit="img"):
-            img = load_image(it["image"], spacing=it["spacing"], default_spacing=ls.default_spacing_mm)
-            preds[it["id"]] = model.predict(img).points
+        res = predict_items(model, senior.items, desc=f"{model.name} on {args.split}")
+        preds = dict(zip(res.ids, res.points))
         if args.predictions:
             write_landmark_csv(args.predictions, preds, ls.names)
     infer_s = time.perf_counter() - t0

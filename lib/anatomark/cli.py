@@ -9,7 +9,6 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -53,16 +52,6 @@ def cmd_train(args: argparse.Namespace) -> int:
     )
     print(f"Best validation MRE: {res['best_val_mre_mm']} mm; model written to {res['model_path']}")
     return 0
-
-
-def _predict_files(model: Any, paths: list[str], spacing: Any) -> list[tuple[str, Any, Any]]:
-    from anatomark.data.image_io import load_image
-
-    out = []
-    for p in paths:
-        img = load_image(p, spacing=spacing, default_spacing=model.landmark_set.default_spacing_mm)
-        out.append((p, img, model.predict(img)))
-    return out
 
 
 def cmd_infer(args: argparse.Namespace) -> int:
@@ -113,28 +102,16 @@ def cmd_infer(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
     from anatomark.data.dataset import LandmarkDataset
-    from anatomark.data.image_io import load_image
-    from anatomark.metrics import format_summary, radial_errors, summarize
-    from anatomark.model import load_model
+    from anatomark.metrics import format_summary, summarize
+    from anatomark.model import load_model, predict_items
 
     model = load_model(args.model)
     ls = model.landmark_set
     ds = LandmarkDataset(args.dataset, split=args.split, annotator=args.annotator, landmark_set=ls)
     radii = [float(r) for r in args.radii.split(",")]
-    preds, gts, sps, ids, lat = [], [], [], [], []
-    for it in tqdm(ds.items, desc=f"Evaluating {model.name} on {args.split}", unit="img"):
-        t0 = time.perf_counter()
-        img = load_image(it["image"], spacing=it["spacing"], default_spacing=ls.default_spacing_mm)
-        pred = model.predict(img)
-        lat.append(time.perf_counter() - t0)
-        preds.append(pred.points)
-        gts.append(it["landmarks"])
-        sps.append(img.spacing)
-        ids.append(it["id"])
-    err = radial_errors(np.stack(preds), np.stack(gts), np.asarray(sps))
+    res = predict_items(model, ds.items, desc=f"Evaluating {model.name} on {args.split}")
+    err = res.errors
     summ = summarize(err, ls.names, radii)
     summ.update(
         {
@@ -143,9 +120,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             "dataset": str(args.dataset),
             "split": args.split,
             "annotator": args.annotator,
-            "median_latency_s": float(np.median(lat)),
+            "median_latency_s": float(np.median(res.seconds)),
             "per_image": [
-                {"id": i, "mre_mm": float(np.nanmean(np.where(np.isinf(e), np.nan, e)))} for i, e in zip(ids, err)
+                {"id": i, "mre_mm": float(np.nanmean(np.where(np.isinf(e), np.nan, e)))} for i, e in zip(res.ids, err)
             ],
             "date": time.strftime("%Y-%m-%d %H:%M:%S"),
             "commit": _git_commit(),
@@ -161,7 +138,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.predictions:
         from anatomark.data.annotations import write_landmark_csv
 
-        write_landmark_csv(args.predictions, dict(zip(ids, preds)), ls.names)
+        write_landmark_csv(args.predictions, dict(zip(res.ids, res.points)), ls.names)
     return 0
 
 

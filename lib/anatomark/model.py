@@ -156,6 +156,59 @@ class LandmarkModel:
         return save_model_file(path, self.network, self.recipe, self.landmark_set, self.info, half=half)
 
 
+@dataclass
+class ItemPredictions:
+    """Predictions of one model on dataset items (see :func:`predict_items`).
+
+    Attributes:
+        ids: item ids in order.
+        points: ``(N, K, 2)`` predicted (x, y) in original pixels.
+        truth: ``(N, K, 2)`` annotated (x, y) (NaN = not annotated).
+        spacing: ``(N, 2)`` mm/px used for each image.
+        seconds: ``(N,)`` wall time per image, reading the file included.
+    """
+
+    ids: list[str]
+    points: np.ndarray
+    truth: np.ndarray
+    spacing: np.ndarray
+    seconds: np.ndarray
+
+    @property
+    def errors(self) -> np.ndarray:
+        """``(N, K)`` radial errors in mm (see :func:`anatomark.metrics.radial_errors`)."""
+        from anatomark.metrics import radial_errors
+
+        return radial_errors(self.points, self.truth, self.spacing)
+
+
+def predict_items(
+    model: LandmarkModel, items: list[dict[str, Any]], progress: bool = True, desc: str | None = None
+) -> ItemPredictions:
+    """Load every item's image (its spacing, else the landmark set's default) and predict, with a progress bar.
+
+    Args:
+        model: the model.
+        items: ``{"image", "landmarks", "spacing", "id"}`` dicts, e.g. :class:`anatomark.data.LandmarkDataset` items.
+        progress: show a progress bar.
+        desc: progress-bar label.
+    """
+    from tqdm.auto import tqdm
+
+    from anatomark.data.image_io import load_image
+
+    ids, pts, gts, sps, secs = [], [], [], [], []
+    for it in tqdm(items, desc=desc or f"{model.name}", unit="img", disable=not progress):
+        t0 = time.perf_counter()
+        img = load_image(it["image"], spacing=it.get("spacing"), default_spacing=model.landmark_set.default_spacing_mm)
+        pts.append(model.predict(img).points)
+        secs.append(time.perf_counter() - t0)
+        gts.append(np.asarray(it["landmarks"], dtype=np.float64))
+        sps.append(img.spacing)
+        ids.append(it.get("id", Path(it["image"]).name))
+    return ItemPredictions(ids, np.stack(pts), np.stack(gts), np.asarray(sps, dtype=np.float64), np.asarray(secs))
+
+
 def save_model_file(
     path: str | Path,
     network: torch.nn.Module,
