@@ -6,8 +6,6 @@ Use :func:`load_model` with a weights path or a model name (``default`` = the sh
 
 from __future__ import annotations
 
-import os
-import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -21,7 +19,7 @@ from anatomark.config import LandmarkSet, load_yaml
 from anatomark.data.image_io import XrayImage
 from anatomark.errors import AnatomarkError, ModelNotFoundError
 from anatomark.networks import build_network
-from anatomark.paths import CONFIG_DIR, model_dir
+from anatomark.paths import CONFIG_DIR, atomic_write, model_dir
 from anatomark.transforms import functional as Fn
 
 MODEL_FORMAT = "anatomark-model/1"
@@ -220,7 +218,6 @@ def save_model_file(
 ) -> Path:
     """Write a self-contained model file atomically: recipe, landmark set, weights (+ ``extra`` named networks)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
 
     def pack(net: torch.nn.Module) -> dict[str, torch.Tensor]:
         return {k: (v.half() if half and v.is_floating_point() else v).cpu() for k, v in net.state_dict().items()}
@@ -234,14 +231,8 @@ def save_model_file(
         "extra_state_dicts": {name: pack(net) for name, net in (extra or {}).items()},
         "info": info or {},
     }
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".pt")
-    os.close(fd)
-    try:
+    with atomic_write(path) as tmp:
         torch.save(payload, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return path
 
 

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 #: Repository root (the library is installed in editable mode from ``lib/``).
@@ -24,3 +27,21 @@ def model_dir() -> Path:
 def cache_dir() -> Path:
     """Directory for cached preprocessed data (``ANATOMARK_CACHE`` overrides)."""
     return Path(os.environ.get("ANATOMARK_CACHE", Path.home() / ".cache" / "anatomark"))
+
+
+@contextmanager
+def atomic_write(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success it replaces ``path`` in one step, on error it is removed.
+
+    Readers never see a half-written file, and a failed write leaves the old file (or none) in place.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix="".join(path.suffixes[-1:]))
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)

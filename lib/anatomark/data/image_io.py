@@ -8,7 +8,6 @@ whose ``spacing`` is ``(sx, sy)`` in mm per pixel. Landmark coordinates everywhe
 from __future__ import annotations
 
 import os
-import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from anatomark.errors import ImageReadError
+from anatomark.paths import atomic_write
 
 RASTER_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 DICOM_EXTENSIONS = (".dcm", ".dicom")
@@ -251,13 +251,6 @@ def save_png(array: np.ndarray, path: str | Path) -> Path:
         arr = arr.astype(np.uint16 if arr.max(initial=0) > 255 else np.uint8)
     else:
         arr = arr.astype(np.uint8)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".png", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_write(path) as tmp:
         Image.fromarray(arr).save(tmp, format="PNG")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return path
