@@ -11,8 +11,9 @@ evaluates each best model on the test split (ISBI Test1, senior annotation by de
 (MRE, SDR 2/2.5/3/4 mm, missed and extra detections of the segmentation masks, parameters, CPU inference ms per
 image, training time, command, date, commit, machine) and a JSON file next to it.
 
-With ``--minutes-per-model`` each training stops after the first epoch that ends past the budget (the learning-rate
-schedule planned for the recipe's epochs is then cut short); ``--epochs`` overrides every recipe's epochs instead.
+With ``--minutes-per-model`` the first epoch is timed and the training resumes with as many epochs as fit the budget
+(the learning-rate schedule is planned for that number, so it completes); ``--epochs`` overrides every recipe's epochs
+instead.
 Runs go to ``--runs-dir`` (default ``runs/model_zoo/<recipe>``); ``--resume`` continues them.
 """
 
@@ -35,10 +36,6 @@ FAMILIES = ("unet_seg", "fpn_seg", "appearance_context", "seg_regression", "farn
 SEG_KINDS = ("unet_seg", "fpn_seg", "seg_regression")
 
 
-class _OutOfTime(Exception):
-    pass
-
-
 def _load_recipe(name_or_path: str) -> dict[str, Any]:
     from anatomark.config import load_yaml
 
@@ -51,25 +48,37 @@ def _load_recipe(name_or_path: str) -> dict[str, Any]:
 
 
 def train_one(recipe: dict[str, Any], items: list[dict[str, Any]], out: Path, args: argparse.Namespace) -> dict:
-    """Train one recipe within the budget; returns ``{"model_path", "train_seconds", "epochs"}``."""
+    """Train one recipe within the budget; returns ``{"model_path", "train_seconds", "epochs"}``.
+
+    With a time budget the first epoch is timed (planned with the recipe's epochs), then the run resumes with as
+    many epochs as fit the budget, so the learning-rate schedule (warm-up + cosine, computed from the total number
+    of epochs) completes instead of being cut off part-way.
+    """
     from anatomark.training import train
 
-    t0 = time.time()
     budget = args.minutes_per_model * 60.0 if args.minutes_per_model else None
 
-    def on_epoch(rec: dict[str, Any]) -> None:
-        if budget is not None and time.time() - t0 > budget:
-            raise _OutOfTime
+    def history() -> list[dict[str, Any]]:
+        h = out / "history.json"
+        return json.loads(h.read_text()) if h.is_file() else []
 
-    try:
-        train(recipe, items, out, resume=args.resume, epochs=args.epochs, progress=not args.quiet, on_epoch=on_epoch)
-    except _OutOfTime:
-        pass
-    history = json.loads((out / "history.json").read_text())
+    if budget is None:
+        train(recipe, items, out, resume=args.resume, epochs=args.epochs, progress=not args.quiet)
+    else:
+        done = history()
+        if not (args.resume and done):
+            train(recipe, items, out, resume=False, epochs=1, progress=not args.quiet)
+            done = history()
+        per_epoch = float(np.mean([h.get("seconds", 0.0) for h in done]))
+        n_epochs = max(len(done), int(budget // max(per_epoch, 1e-6)))
+        print(f"{recipe['name']}: {per_epoch:.3f} s per epoch -> {n_epochs} epochs in {args.minutes_per_model} min")
+        if n_epochs > len(done):
+            train(recipe, items, out, resume=True, epochs=n_epochs, progress=not args.quiet)
+    hist = history()
     return {
         "model_path": str(out / "model.pt"),
-        "train_seconds": float(sum(h.get("seconds", 0.0) for h in history)),
-        "epochs": len(history),
+        "train_seconds": float(sum(h.get("seconds", 0.0) for h in hist)),
+        "epochs": len(hist),
     }
 
 

@@ -8,6 +8,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 ISBI = Path(os.environ.get("ANATOMARK_ISBI", REPO.parent / "shared" / "datasets" / "isbi2015"))
+AASCE = Path(os.environ.get("ANATOMARK_AASCE", REPO.parent / "shared" / "datasets" / "aasce2019-spine"))
 
 
 @pytest.fixture(autouse=True)
@@ -20,6 +21,13 @@ def isbi_dir() -> Path:
     if not (ISBI / "images").is_dir():
         pytest.skip(f"ISBI 2015 dataset not found at {ISBI} (set ANATOMARK_ISBI or place ../shared/datasets)")
     return ISBI
+
+
+@pytest.fixture
+def aasce_dir() -> Path:
+    if not (AASCE / "labels" / "angles.csv").is_file():
+        pytest.skip(f"AASCE 2019 dataset not found at {AASCE} (set ANATOMARK_AASCE or place ../shared/datasets)")
+    return AASCE
 
 
 @pytest.fixture

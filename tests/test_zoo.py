@@ -273,3 +273,35 @@ def test_benchmark_script_on_a_tiny_synthetic_dataset(dots, tmp_path):
     assert len(rows) == 5 and all(r["epochs"] == 1 and r["n_images"] == 4 for r in rows)
     assert all("missed" in r for r in rows if r["kind"] in ("unet_seg", "fpn_seg", "seg_regression"))
     assert "Command:" in text and "commit" in text and "Machine:" in text
+
+
+def test_benchmark_time_budget_plans_the_schedule_from_a_timed_first_epoch(dots, tmp_path):
+    """``--minutes-per-model``: the first epoch is timed, then the run resumes with the epochs that fit the budget."""
+    ds = tmp_path / "ds"
+    (ds / "images").mkdir(parents=True)
+    rows = ["image," + ",".join(f"{n}_{c}" for n in DOTS.names for c in "xy")]
+    for it in dots[:6]:
+        name = os.path.basename(it["image"])
+        (ds / "images" / name).write_bytes(open(it["image"], "rb").read())
+        rows.append(name + "," + ",".join(f"{v:.1f}" for v in np.asarray(it["landmarks"]).ravel()))
+    (ds / "landmarks_senior.csv").write_text("\n".join(rows) + "\n")
+    names = sorted(os.listdir(ds / "images"))
+    (ds / "splits.json").write_text(json.dumps({"train": names[:4], "test1": names[4:]}))
+    (tmp_path / "dots.yaml").write_text(yaml.safe_dump(DOTS.to_dict()))
+    r = copy.deepcopy(zoo_recipe("unet_seg", val_fraction=0.25))
+    r["landmark_set"] = str(tmp_path / "dots.yaml")
+    recipe = tmp_path / "tiny_unet_seg.yaml"
+    recipe.write_text(yaml.safe_dump(r))
+    out = tmp_path / "model_zoo.md"
+    cmd = [sys.executable, str(REPO / "benchmarks" / "model_zoo.py"), "--minutes-per-model", "0.05"]
+    cmd += ["--dataset", str(ds), "--recipes", str(recipe), "--out", str(out), "--runs-dir", str(tmp_path / "runs")]
+    proc = subprocess.run([*cmd, "--threads", "1", "--quiet"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    line = next(x for x in proc.stdout.splitlines() if "s per epoch ->" in x)
+    per_epoch = float(line.split(": ")[1].split(" s per epoch")[0])
+    planned = int(line.split("-> ")[1].split(" epochs")[0])
+    assert abs(planned - max(1.0, 3.0 / per_epoch)) <= 1.0, line  # 0.05 min = 3 s of training
+    history = json.loads((tmp_path / "runs" / r["name"] / "history.json").read_text())
+    assert len(history) == planned
+    row = json.loads(out.with_suffix(".json").read_text())[0]
+    assert row["epochs"] == planned

@@ -67,3 +67,26 @@ def test_isbi_layout(isbi_dir):
     # the README's inter-observer figure: mean senior-junior distance about 2.15 mm
     d = np.concatenate([np.linalg.norm(s["landmarks"] - j["landmarks"], axis=1) for s, j in zip(senior, junior)]) * 0.1
     assert 1.5 < d.mean() < 2.8
+
+
+def test_aasce_folder_reads_as_a_dataset_with_a_fixed_name_hashed_holdout(aasce_dir):
+    from anatomark.data.dataset import LandmarkDataset, aasce_split_of
+
+    train = LandmarkDataset(aasce_dir, split="train", landmark_set="aasce2019_spine")
+    hold = LandmarkDataset(aasce_dir, split="holdout", landmark_set="aasce2019_spine")
+    every = LandmarkDataset(aasce_dir, split="all", landmark_set="aasce2019_spine")
+    ids_t, ids_h = {it["id"] for it in train.items}, {it["id"] for it in hold.items}
+    assert not ids_t & ids_h and ids_t | ids_h == {it["id"] for it in every.items}
+    assert len(every) == 481 and 0.15 < len(hold) / len(every) < 0.25
+    assert all(aasce_split_of(i) == "holdout" for i in ids_h)
+    it = hold.items[0]
+    assert it["landmarks"].shape == (68, 2) and it["spacing"] is None and it["angles"].shape == (3,)
+
+
+def test_aasce_folder_refuses_a_wrong_landmark_set_or_split(aasce_dir):
+    from anatomark.data.dataset import LandmarkDataset
+
+    with pytest.raises(AnnotationError, match="aasce2019_spine"):
+        LandmarkDataset(aasce_dir, split="train", landmark_set="isbi2015_cephalometric")
+    with pytest.raises(AnnotationError, match="holdout"):
+        LandmarkDataset(aasce_dir, split="test1", landmark_set="aasce2019_spine")

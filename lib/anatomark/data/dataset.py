@@ -6,10 +6,16 @@
     <root>/landmarks_<annotator>.csv one CSV per annotator (see :func:`read_landmark_csv`)
     <root>/splits.json              {"train": [files], "test1": [files], ...}   (optional: one split "all")
     <root>/dataset.yaml             optional: {landmark_set: <name>, spacing_mm: [sx, sy]}
+
+The AASCE 2019 spine layout (:mod:`anatomark.data.aasce`) is read too. Its public part has no test split (the
+challenge's test images are withheld), so it gets a fixed, content-independent one: ``holdout`` = the images
+whose name hashes to 0 mod 5 (about 20 %), ``train`` = the rest, ``all`` = every image. The hash of the name
+(not a shuffled order) keeps an image in the same split when images are added or removed.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -47,6 +53,11 @@ class LandmarkDataset:
         self.root = Path(root)
         if not (self.root / "images").is_dir():
             raise AnnotationError(f"{self.root} is not a landmark dataset: it has no images/ folder")
+        from anatomark.data.aasce import is_aasce_dataset
+
+        if is_aasce_dataset(self.root):
+            self._init_aasce(split, landmark_set or "aasce2019_spine", spacing)
+            return
         meta: dict[str, Any] = load_yaml(self.root / "dataset.yaml") if (self.root / "dataset.yaml").is_file() else {}
         ls = landmark_set or meta.get("landmark_set")
         if ls is None:
@@ -82,6 +93,36 @@ class LandmarkDataset:
             for f in files
         ]
 
+    def _init_aasce(self, split: str, landmark_set: str | LandmarkSet, spacing: tuple[float, float] | None) -> None:
+        from anatomark.data.aasce import load_aasce
+
+        self.landmark_set = landmark_set if isinstance(landmark_set, LandmarkSet) else load_landmark_set(landmark_set)
+        if len(self.landmark_set) != 68:
+            raise AnnotationError(
+                f"{self.root} is an AASCE spine dataset (68 points); landmark set {self.landmark_set.name!r} has "
+                f"{len(self.landmark_set)} landmarks - use aasce2019_spine"
+            )
+        if split not in AASCE_SPLITS:
+            raise AnnotationError(
+                f"Unknown split {split!r} for the AASCE dataset {self.root}; use one of {AASCE_SPLITS}"
+            )
+        self.spacing = (float(spacing[0]), float(spacing[1])) if spacing is not None else None
+        self.annotator = "aasce"
+        self.split = split
+        items = load_aasce(self.root)
+        self.all_points = {it["id"]: it["landmarks"] for it in items}
+        self.items = [
+            {
+                "image": it["image"],
+                "landmarks": it["landmarks"],
+                "spacing": self.spacing,
+                "id": it["id"],
+                "angles": it["angles"],
+            }
+            for it in items
+            if split == "all" or (aasce_split_of(it["id"]) == split)
+        ]
+
     def _split_files(self, split: str) -> list[str]:
         sp = self.root / "splits.json"
         if split == "all":
@@ -98,3 +139,11 @@ class LandmarkDataset:
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         return self.items[i]
+
+
+AASCE_SPLITS = ("train", "holdout", "all")
+
+
+def aasce_split_of(name: str) -> str:
+    """``holdout`` for about one image in five (by a hash of its file name), else ``train``."""
+    return "holdout" if int(hashlib.sha1(name.encode()).hexdigest(), 16) % 5 == 0 else "train"
