@@ -142,6 +142,42 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_to_dicom(args: argparse.Namespace) -> int:
+    from pydicom.uid import generate_uid
+
+    from anatomark.data.dicom_write import write_dicom
+
+    out = Path(args.out)
+    study = args.study_uid or (generate_uid() if args.one_study else None)
+    series = args.series_uid or (generate_uid() if args.one_series else None)
+    if series and not study:
+        study = generate_uid()
+    rows = []
+    for n, p in enumerate(args.images, start=1):
+        stem = Path(p).name.split(".")[0]
+        ids = write_dicom(
+            p,
+            out / f"{stem}.dcm",
+            spacing=args.spacing,
+            modality=args.modality,
+            patient_id=args.patient_id,
+            patient_name=args.patient_name,
+            study_instance_uid=study,
+            series_instance_uid=series,
+            instance_number=n if series else 1,
+            body_part=args.body_part,
+        )
+        rows.append({"image": str(p), "dicom": str(ids.path), "patient_id": ids.patient_id,
+                     "study_instance_uid": ids.study_instance_uid, "series_instance_uid": ids.series_instance_uid,
+                     "sop_instance_uid": ids.sop_instance_uid})  # fmt: skip
+        print(f"{p} -> {ids.path} ({args.modality}, series {ids.series_instance_uid})")
+    if args.json:
+        from anatomark.data.annotations import _atomic_write_text
+
+        _atomic_write_text(args.json, json.dumps(rows, indent=2))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="anatomark", description="Anatomical landmarks on X-rays")
     sub = p.add_subparsers(dest="command", required=True)
@@ -177,6 +213,21 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--json", default=None, help="write the metrics as JSON here")
     e.add_argument("--predictions", default=None, help="write predicted points as a landmark CSV here")
     e.set_defaults(func=cmd_evaluate)
+
+    d = sub.add_parser("to-dicom", help="write PNG/JPG/... X-rays as single-frame DICOM DX, CR or secondary capture")
+    d.add_argument("images", nargs="+")
+    d.add_argument("--out", required=True, help="output folder (<stem>.dcm per image)")
+    d.add_argument("--spacing", type=float, nargs="+", default=None, help="mm/px: one value or sx sy (else the file's)")
+    d.add_argument("--modality", default="DX", choices=["DX", "CR", "SC"])
+    d.add_argument("--patient-id", default=None, help="default: the file's stem")
+    d.add_argument("--patient-name", default=None)
+    d.add_argument("--study-uid", default=None, help="put every image into this study")
+    d.add_argument("--series-uid", default=None, help="put every image into this series")
+    d.add_argument("--one-study", action="store_true", help="one new study for all images (else one per image)")
+    d.add_argument("--one-series", action="store_true", help="one new series for all images (else one per image)")
+    d.add_argument("--body-part", default="SKULL")
+    d.add_argument("--json", default=None, help="write the UIDs of every file as JSON here")
+    d.set_defaults(func=cmd_to_dicom)
 
     from anatomark.measurements.command import add_parser as add_measure_parser
 
