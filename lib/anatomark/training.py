@@ -13,6 +13,7 @@ import copy
 import hashlib
 import json
 import math
+import os
 import random
 import time
 from collections.abc import Callable, Sequence
@@ -21,9 +22,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
+from anatomark import distributed as dist
 from anatomark.config import LandmarkSet, load_landmark_set
 from anatomark.data.image_io import load_image
 from anatomark.errors import AnatomarkError
@@ -92,7 +94,7 @@ def cache_items(
             hws.append(img.shape)
             sps.append(img.spacing)
         cpath.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cpath.with_suffix(".tmp.npz")
+        tmp = cpath.with_suffix(f".{os.getpid()}.tmp.npz")  # several training processes may cache at once
         np.savez(
             tmp,
             orig_hw=np.asarray(hws),
@@ -326,7 +328,7 @@ def fit(
     tcfg = recipe["train"]
     n_epochs = int(epochs if epochs is not None else tcfg.get("epochs", 10))
     seed = int(tcfg.get("seed", 0))
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dev = dist.device() or torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     train_c, val_c = stage.train_c, stage.val_c
@@ -337,7 +339,7 @@ def fit(
         net.parameters(), lr=float(tcfg.get("lr", 1e-3)), weight_decay=float(tcfg.get("weight_decay", 0))
     )
     batch_size = int(tcfg.get("batch_size", 8))
-    steps_per_epoch = max(1, math.ceil(len(stage.dataset) / batch_size))
+    steps_per_epoch = max(1, math.ceil(dist.shard_size(len(stage.dataset)) / batch_size))
     base_lr = float(tcfg.get("lr", 1e-3))
     total_steps = n_epochs * steps_per_epoch
     use_cosine = tcfg.get("scheduler", "cosine") == "cosine"
@@ -378,21 +380,23 @@ def fit(
             raise AnatomarkError(f"{init_weights} was trained for other landmarks; cannot fine-tune on {ls.name!r}")
         net.load_state_dict(init.network.state_dict())
 
-    stage.set_random_state(seed + start_epoch)
+    train_net = dist.wrap(net)  # DistributedDataParallel in a multi-process run (anatomark.distributed), else net
+    stage.set_random_state(seed + start_epoch + 7919 * dist.rank())
     gen = torch.Generator().manual_seed(seed + start_epoch)
-    loader = DataLoader(stage.dataset, batch_size=batch_size, shuffle=True, generator=gen, drop_last=False)
+    loader = dist.data_loader(stage.dataset, batch_size, gen, seed + start_epoch)
     t_start = time.time()
     trained_before = sum(h.get("seconds", 0.0) for h in history)
     step = start_epoch * steps_per_epoch
     for epoch in range(start_epoch, n_epochs):
         net.train()
+        dist.set_epoch(loader, epoch)
         t0, losses = time.time(), []
         bar = tqdm(loader, desc=f"Epoch {epoch + 1}/{n_epochs}", disable=not progress, unit="batch", leave=False)
         for x, y in bar:
             x = x.to(dev)
             y = y.to(dev) if isinstance(y, torch.Tensor) else [t.to(dev) for t in y]  # zoo targets may be tuples
             opt.zero_grad(set_to_none=True)
-            loss = loss_fn(net(x), y)
+            loss = loss_fn(train_net(x), y)
             loss.backward()
             if plateau is None:
                 for g in opt.param_groups:
@@ -402,8 +406,12 @@ def fit(
             losses.append(float(loss.detach()))
             bar.set_postfix(loss=f"{np.mean(losses):.4f}")
         net.eval()
-        rec: dict[str, Any] = {"epoch": epoch + 1, "loss": float(np.mean(losses)), "lr": opt.param_groups[0]["lr"]}
-        if val_c:
+        rec: dict[str, Any] = {
+            "epoch": epoch + 1,
+            "loss": dist.mean(float(np.mean(losses))),
+            "lr": opt.param_groups[0]["lr"],
+        }
+        if val_c and dist.is_main():  # only rank 0 validates and writes files
             with torch.no_grad():
                 err = stage.evaluate(net)
             finite = err[np.isfinite(err)]
@@ -411,7 +419,7 @@ def fit(
             rec["val_sdr"] = sdr(err)
         rec["seconds"] = time.time() - t0
         history.append(rec)
-        score = rec.get("val_mre_mm", rec["loss"])
+        score = dist.from_main(rec.get("val_mre_mm", rec["loss"]))
         if plateau is not None:
             plateau.step(score if math.isfinite(score) else float("inf"))
         improved = score < best
@@ -425,7 +433,10 @@ def fit(
                 "n_val": len(val_c),
                 "train_seconds": trained_before + time.time() - t_start,
             }
-            stage.save(out / "model.pt", net, meta)
+            if dist.is_main():
+                stage.save(out / "model.pt", net, meta)
+        if not dist.is_main():
+            continue
         tmp = out / "last.pt.tmp"
         torch.save(
             {
@@ -451,6 +462,7 @@ def fit(
             tqdm.write(msg)
         if on_epoch:
             on_epoch(rec)
+    dist.finish(net, stage.dataset)
     return {
         "best_val_mre_mm": best if val_c else None,
         "epochs": n_epochs,
