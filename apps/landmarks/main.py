@@ -12,10 +12,14 @@ Start it with ``python -m monailabel.main start_server --app apps/landmarks --st
 - ``infer_threads`` (``auto``: every core, half of them while a training subprocess runs; or a number; 0 = torch
   default): oversubscribed OpenMP threads made inference ~8x slower beside a training.
 - ``label_radius_mm`` (2.0), ``device`` (default ``cuda`` when available), ``auto_update_scoring`` (false).
+- With ``--studies http://host/dicom-web`` (DICOMweb, e.g. Orthanc): ``dicom_modalities`` (``DX,CR``; add ``OT`` for
+  secondary captures) selects the series served as images, ``dicomweb_cache`` the local folder for downloaded
+  instances and labels (default ``~/.cache/anatomark/dicomweb/<hash of url>``).
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import threading
@@ -37,6 +41,7 @@ import anatomark
 from anatomark.config import load_yaml
 from anatomark.errors import AnatomarkError
 from anatomark.monailabel import LandmarkDatastore, LandmarkMRE, LandmarkTaskConfig, LowestConfidence
+from anatomark.monailabel.dicomweb import DEFAULT_MODALITIES, LandmarkDICOMwebDatastore, dicomweb_client
 from anatomark.paths import CONFIG_DIR, model_dir
 
 logger = logging.getLogger(__name__)
@@ -110,7 +115,10 @@ class LandmarkApp(MONAILabelApp):
 
     # ------------------------------------------------------------------ tasks
     def init_datastore(self) -> Datastore:
-        if self.studies.startswith(("http://", "https://")) or self.landmark_set is None:
+        remote = self.studies.startswith(("http://", "https://"))
+        if remote and self.landmark_set is not None and settings.MONAI_LABEL_DATASTORE.lower() in ("", "dicomweb"):
+            return self._init_landmark_dicomweb()
+        if remote or self.landmark_set is None:
             return super().init_datastore()
         exts = list(settings.MONAI_LABEL_DATASTORE_FILE_EXT) + [e for e in EXTRA_EXTENSIONS]
         return LandmarkDatastore(
@@ -121,6 +129,27 @@ class LandmarkApp(MONAILabelApp):
             extensions=list(dict.fromkeys(exts)),
             auto_reload=settings.MONAI_LABEL_DATASTORE_AUTO_RELOAD,
             read_only=settings.MONAI_LABEL_DATASTORE_READ_ONLY,
+        )
+
+    def _init_landmark_dicomweb(self) -> Datastore:
+        """DX/CR series of a DICOMweb server (Orthanc ...) as images; labels kept in a local cache folder."""
+        url = self.studies.rstrip("/")
+        cache = (
+            self.conf.get("dicomweb_cache")
+            or settings.MONAI_LABEL_DATASTORE_CACHE_PATH
+            or settings.MONAI_LABEL_DICOMWEB_CACHE_PATH
+            or str(Path.home() / ".cache" / "anatomark" / "dicomweb" / hashlib.md5(url.encode()).hexdigest()[:12])
+        )
+        modalities = [m for m in self.conf.get("dicom_modalities", ",".join(DEFAULT_MODALITIES)).split(",") if m]
+        user = settings.MONAI_LABEL_DATASTORE_USERNAME or settings.MONAI_LABEL_DICOMWEB_USERNAME
+        password = settings.MONAI_LABEL_DATASTORE_PASSWORD or settings.MONAI_LABEL_DICOMWEB_PASSWORD
+        return LandmarkDICOMwebDatastore(
+            dicomweb_client(url, user, password),
+            self.landmark_set,
+            cache_path=cache,
+            modalities=modalities,
+            on_label_saved=self._on_label_saved,
+            label_radius_mm=float(self.conf.get("label_radius_mm", 2.0)),
         )
 
     def init_infers(self) -> dict[str, Any]:

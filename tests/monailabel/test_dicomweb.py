@@ -1,0 +1,162 @@
+"""The app on a real DICOMweb server: Orthanc (Debian package) on a free loopback port, DX/CR X-rays uploaded to it,
+the MONAI Label server started with ``--studies http://127.0.0.1:<port>/dicom-web``.
+
+Skips with a message when Orthanc or its DICOMweb plugin is not installed (``make stack-deps`` installs them).
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+from mlserver_constants import MODEL
+
+from anatomark import stack
+from anatomark.data.dicom_write import write_dicom
+
+
+def _get(url: str) -> dict:
+    with urllib.request.urlopen(url, timeout=120) as r:
+        return json.loads(r.read())
+
+
+def _multipart(fields: dict[str, tuple[str, bytes, str] | str]) -> tuple[bytes, str]:
+    boundary = "anatomark-test-boundary"
+    out = b""
+    for name, value in fields.items():
+        out += f"--{boundary}\r\n".encode()
+        if isinstance(value, tuple):
+            fname, data, ctype = value
+            out += f'Content-Disposition: form-data; name="{name}"; filename="{fname}"\r\n'.encode()
+            out += f"Content-Type: {ctype}\r\n\r\n".encode() + data + b"\r\n"
+        else:
+            out += f'Content-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode()
+    out += f"--{boundary}--\r\n".encode()
+    return out, f"multipart/form-data; boundary={boundary}"
+
+
+def _request(method: str, url: str, fields: dict | None = None) -> tuple[int, dict]:
+    data, ctype = _multipart(fields or {})
+    req = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": ctype})
+    try:
+        with urllib.request.urlopen(req, timeout=300) as r:
+            return r.status, json.loads(r.read() or b"{}")
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read() or b"{}")
+
+
+@pytest.fixture(scope="module")
+def pacs(isbi: Path, tmp_path_factory: pytest.TempPathFactory):
+    """Orthanc with a DX (ISBI 151), a CR (ISBI 152) and a secondary capture (153, Modality OT, not served)."""
+    why = stack.orthanc_missing()
+    if why:
+        pytest.skip(why)
+    root = tmp_path_factory.mktemp("pacs")
+    files = {
+        "DX": write_dicom(isbi / "images" / "151.jpg", root / "dcm" / "151.dcm", spacing=0.1, modality="DX"),
+        "CR": write_dicom(isbi / "images" / "152.jpg", root / "dcm" / "152.dcm", spacing=0.1, modality="CR"),
+        "SC": write_dicom(isbi / "images" / "153.jpg", root / "dcm" / "153.dcm", spacing=0.1, modality="SC"),
+    }
+    orthanc = stack.start_orthanc(root / "orthanc")
+    try:
+        stack.upload_dicom(orthanc.url, [f.path for f in files.values()])
+        yield orthanc, files
+    finally:
+        orthanc.stop()
+
+
+@pytest.fixture(scope="module")
+def dicom_server(pacs, tmp_path_factory: pytest.TempPathFactory):
+    from anatomark.paths import model_dir
+
+    if not (model_dir() / f"{MODEL}.pt").is_file():
+        pytest.skip(f"Shipped weights {model_dir() / (MODEL + '.pt')} not found")
+    orthanc, _ = pacs
+    root = tmp_path_factory.mktemp("mlserver-dicomweb")
+    try:
+        srv = stack.start_monailabel(
+            f"{orthanc.url}/dicom-web", root, models=MODEL, conf={"dicom_modalities": "DX,CR"},
+            env={"ANATOMARK_CACHE": str(root / "cache")},
+        )  # fmt: skip
+    except stack.StackError as e:
+        pytest.fail(str(e))
+    yield srv
+    srv.stop()
+
+
+def test_lists_dx_and_cr_series_only(pacs, dicom_server):
+    _, files = pacs
+    ds = _get(f"{dicom_server.url}/datastore/?output=stats")
+    assert ds["total"] == 2, ds
+    # image ids are the series UIDs of the DX and the CR; the secondary capture (OT) is filtered out
+    req = urllib.request.Request(
+        f"{dicom_server.url}/activelearning/random", data=b"{}", method="POST",
+        headers={"Content-Type": "application/json"},
+    )  # fmt: skip
+    with urllib.request.urlopen(req, timeout=120) as r:
+        nxt = json.loads(r.read())["id"]
+    assert nxt in {files["DX"].series_instance_uid, files["CR"].series_instance_uid}
+
+
+@pytest.mark.parametrize("modality", ["DX", "CR"])
+def test_infer_on_a_dicomweb_series(pacs, dicom_server, isbi, modality):
+    """/infer on a series UID downloads the instance from Orthanc and returns K points in its pixel grid."""
+    from anatomark.data.image_io import load_image
+    from anatomark.model import load_model
+
+    _, files = pacs
+    uid = files[modality].series_instance_uid
+    q = urllib.parse.urlencode({"image": uid, "output": "json"})
+    status, res = _request("POST", f"{dicom_server.url}/infer/{MODEL}?{q}", {"params": "{}"})
+    assert status == 200, res
+    model = load_model(MODEL)
+    assert len(res["landmarks"]) == len(model.landmark_set) == 19
+    assert res["spacing_mm"] == [0.1, 0.1] and res["spacing_source"] == "file" and res["size_wh"] == [1935, 2400]
+    got = np.array([[p["x"], p["y"]] for p in res["landmarks"]])
+    jpg = isbi / "images" / f"{files[modality].path.stem}.jpg"
+    want = model.predict(load_image(jpg, spacing=0.1)).points
+    np.testing.assert_allclose(got, want, atol=0.05)
+    assert [p["name"] for p in res["landmarks"]] == list(model.landmark_set.names)
+
+
+def test_unknown_or_filtered_series_is_404(pacs, dicom_server):
+    _, files = pacs
+    for uid in ("1.2.3.4.5", files["SC"].series_instance_uid):
+        q = urllib.parse.urlencode({"image": uid, "output": "json"})
+        status, res = _request("POST", f"{dicom_server.url}/infer/{MODEL}?{q}", {"params": "{}"})
+        assert status == 404, res
+
+
+def test_save_final_label_and_train_reads_it(pacs, dicom_server):
+    """PUT /datastore/label with our JSON on a series UID stores a final label the trainer's datalist sees."""
+    _, files = pacs
+    uid = files["DX"].series_instance_uid
+    q = urllib.parse.urlencode({"image": uid, "output": "json"})
+    _, res = _request("POST", f"{dicom_server.url}/infer/{MODEL}?{q}", {"params": "{}"})
+    pts = [{"name": p["name"], "x": p["x"], "y": p["y"]} for p in res["landmarks"]]
+    pts[0]["x"] += 25.0  # the user moved sella 2.5 mm to the right
+    body = json.dumps({"landmarks": pts}).encode()
+    q = urllib.parse.urlencode({"image": uid, "tag": "final"})
+    status, saved = _request(
+        "PUT", f"{dicom_server.url}/datastore/label?{q}",
+        {"label": ("landmarks.json", body, "application/json"), "params": "{}"},
+    )  # fmt: skip
+    assert status == 200, saved
+    ds = _get(f"{dicom_server.url}/datastore/?output=all")
+    info = ds["objects"][uid]["labels"]["final"]["info"]
+    assert info["n_landmarks"] == 19 and info["spacing_mm"] == [0.1, 0.1]
+    assert info["landmarks"][0] == pytest.approx([pts[0]["x"], pts[0]["y"]], abs=1e-3)
+    stats = _get(f"{dicom_server.url}/datastore/?output=stats")
+    assert stats["completed"] == 1 and stats["total"] == 2
+    # a label that does not fit the landmark set is refused
+    bad = json.dumps({"landmarks": [{"name": "nose", "x": 1, "y": 2}]}).encode()
+    status, _ = _request(
+        "PUT",
+        f"{dicom_server.url}/datastore/label?{q}",
+        {"label": ("bad.json", bad, "application/json"), "params": "{}"},
+    )
+    assert status == 422
