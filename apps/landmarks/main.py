@@ -8,7 +8,11 @@ Start it with ``python -m monailabel.main start_server --app apps/landmarks --st
   served in preference to the shipped weights, which are never overwritten.
 - ``train_epochs`` (10), ``val_fraction`` (0.2): fine-tuning defaults.
 - ``auto_train_every_n_labels`` (0 = off): start a fine-tuning after every N saved ``final`` labels.
-- ``auto_train_interval`` (seconds, 0 = off): start a fine-tuning on this schedule when new final labels arrived.
+- ``auto_train_interval`` (seconds, 0 = off; fractions allowed): on this schedule, fine-tune every model whose latest
+  training (automatic or requested, also before a restart) did not read the current final labels; nothing happens
+  while the labels stay the same, or while a training of that model is queued or running.
+- ``multi_gpu`` (false): default of the train request option ``multi_gpu`` (with ``gpus``, as in MONAI Label: one
+  DistributedDataParallel process per GPU when more than one is visible; see ``anatomark.distributed``).
 - ``infer_threads`` (``auto``: every core, half of them while a training subprocess runs; or a number; 0 = torch
   default): oversubscribed OpenMP threads made inference ~8x slower beside a training.
 - ``label_radius_mm`` (2.0), ``device`` (default ``cuda`` when available), ``auto_update_scoring`` (false).
@@ -42,6 +46,7 @@ from anatomark.config import load_yaml
 from anatomark.errors import AnatomarkError
 from anatomark.monailabel import LandmarkDatastore, LandmarkMRE, LandmarkTaskConfig, LowestConfidence
 from anatomark.monailabel.dicomweb import DEFAULT_MODALITIES, LandmarkDICOMwebDatastore, dicomweb_client
+from anatomark.monailabel.train import final_labels
 from anatomark.paths import CONFIG_DIR, model_dir
 
 logger = logging.getLogger(__name__)
@@ -98,7 +103,6 @@ class LandmarkApp(MONAILabelApp):
         self.auto_epochs = int(conf.get("auto_train_epochs", conf.get("train_epochs", 10)))
         self._auto_lock = threading.Lock()
         self._saves_since_train = 0
-        self._label_signature: tuple = ()
         self._stop = threading.Event()
         self.auto_train_log: list[dict[str, Any]] = []
 
@@ -216,12 +220,6 @@ class LandmarkApp(MONAILabelApp):
         return None
 
     # ------------------------------------------------------------------ automatic retraining
-    def _final_signature(self) -> tuple:
-        ds = self.datastore()
-        return tuple(
-            sorted((i, ds.get_label_info(i, DefaultLabelTag.FINAL.value).get("ts", 0)) for i in ds.get_labeled_images())
-        )
-
     def _on_label_saved(self, image_id: str, tag: str) -> None:
         if tag != DefaultLabelTag.FINAL.value or self.auto_every <= 0:
             return
@@ -232,12 +230,13 @@ class LandmarkApp(MONAILabelApp):
             self._saves_since_train = 0
         self.trigger_training(f"{self.auto_every} new final label(s)")
 
-    def trigger_training(self, reason: str) -> list[str]:
-        """Queue one fine-tuning per served model (skipped for a model that already has one waiting)."""
+    def trigger_training(self, reason: str, models: list[str] | None = None) -> list[str]:
+        """Queue one fine-tuning per served model, or of ``models`` (skipped for a model that already has one
+        waiting)."""
         if not self._server_mode:
             return []
         started = []
-        for m in self._trainers:
+        for m in self._trainers if models is None else models:
             queued = [t for t in tasks("train") if t.get("status") == "SUBMITTED" and t["request"].get("model") == m]
             if queued:
                 logger.info(f"Auto-train of {m} skipped: a training is already queued")
@@ -256,21 +255,29 @@ class LandmarkApp(MONAILabelApp):
             )
             logger.info(f"Auto-train {m}: {reason}")
             started.append(m)
-        with self._auto_lock:
-            self._label_signature = self._final_signature()
         return started
 
     def on_init_complete(self) -> None:
         super().on_init_complete()
-        self._label_signature = self._final_signature()
         if self.auto_interval > 0 and self._trainers:
             threading.Thread(target=self._interval_loop, name="anatomark-auto-train", daemon=True).start()
+
+    def scheduled_training(self) -> list[str]:
+        """One tick of ``auto_train_interval``: queue a fine-tuning of every model whose latest training (automatic
+        or requested; recorded by the train task in ``labels_used.json``) did not read the current final labels.
+        Models with a training queued or running are left alone: the next tick compares against that run."""
+        current = final_labels(self.datastore())
+        if not current:
+            return []
+        busy = {t["request"].get("model") for t in tasks("train") if t.get("status") in ("SUBMITTED", "RUNNING")}
+        due = [m for m, t in self._trainers.items() if m not in busy and t.labels_used() != current]
+        if not due:
+            return []
+        return self.trigger_training(f"schedule every {self.auto_interval:g} s: final labels changed", due)
 
     def _interval_loop(self) -> None:
         while not self._stop.wait(self.auto_interval):
             try:
-                sig = self._final_signature()
-                if sig and sig != self._label_signature:
-                    self.trigger_training(f"schedule every {self.auto_interval:g} s with new final labels")
+                self.scheduled_training()
             except Exception:  # noqa: BLE001 - the scheduler must survive
                 logger.exception("auto-train schedule failed")

@@ -16,7 +16,8 @@ class LandmarkTaskConfig(TaskConfig):
 
     ``init(name, model_dir, conf, planner, published_dir=..., work_dir=...)``: ``model_dir`` holds the shipped
     ``<name>.pt``; fine-tuned weights are published to ``published_dir/<name>.pt`` and served in preference.
-    Conf keys used: ``train_epochs``, ``val_fraction``, ``label_radius_mm``, ``infer_threads``, ``device``.
+    Conf keys used: ``train_epochs``, ``val_fraction``, ``multi_gpu`` (default of the train request option),
+    ``label_radius_mm``, ``infer_threads``, ``device``.
     """
 
     def init(self, name: str, model_dir: str, conf: dict[str, str], planner: Any, **kwargs: Any) -> None:
@@ -40,6 +41,7 @@ class LandmarkTaskConfig(TaskConfig):
             self.work_dir,
             epochs=int(self.conf.get("train_epochs", 10)),
             val_fraction=float(self.conf.get("val_fraction", 0.2)),
+            multi_gpu=str(self.conf.get("multi_gpu", "false")).strip().lower() in ("1", "true", "yes", "on"),
         )
 
 

@@ -4,6 +4,13 @@ Runs in MONAI Label's training subprocess (one at a time). Uses :func:`anatomark
 split is fixed per image id (a hash), so an image stays in the same split across retrainings however many labels
 arrive. The best weights of the run are published atomically to the path the infer task reads, after every
 improving epoch; the server's infer task picks them up on its next request (mtime check), without a restart.
+
+Multi-GPU: the same request options as MONAI Label's ``BasicTrainTask`` (``multi_gpu``, ``gpus``) train with
+DistributedDataParallel in one process per GPU (:mod:`anatomark.distributed`); only rank 0 validates and publishes.
+Without GPUs, ``cpu_processes`` >= 2 (or ``ANATOMARK_DDP_CPU_PROCESSES``) runs that path in CPU processes (gloo).
+
+Every run records the ``final`` labels it read (``labels_used.json``: image id -> label timestamp), so the app's
+scheduled retraining (``auto_train_interval``) can tell whether labels arrived since the last training.
 """
 
 from __future__ import annotations
@@ -12,6 +19,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -20,8 +28,10 @@ import numpy as np
 from monailabel.interfaces.datastore import Datastore, DefaultLabelTag
 from monailabel.interfaces.tasks.train import TrainTask
 
+from anatomark import distributed
 from anatomark.errors import AnatomarkError
 from anatomark.monailabel.infer import PublishedModel, file_version
+from anatomark.paths import atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -50,11 +60,37 @@ def collect_items(datastore: Datastore, landmark_set_names: list[str]) -> list[d
     return items
 
 
+def final_labels(datastore: Datastore) -> dict[str, float]:
+    """Image id -> timestamp of its ``final`` label (changes when a label is saved again)."""
+    tag = DefaultLabelTag.FINAL.value
+    return {i: float(datastore.get_label_info(i, tag).get("ts", 0)) for i in sorted(datastore.get_labeled_images())}
+
+
+class PublishBest:
+    """``on_epoch`` callback: publish ``<run_dir>/model.pt`` atomically to ``published_path`` whenever it changed.
+
+    Picklable (paths only), so it also runs inside rank 0 of a multi-process training.
+    """
+
+    def __init__(self, run_dir: Path, published_path: Path) -> None:
+        self.run_dir, self.published_path = Path(run_dir), Path(published_path)
+        self.published: list[tuple[int, float]] = []  # (epoch, mtime of the model file published)
+
+    def __call__(self, rec: dict[str, Any]) -> None:
+        best = self.run_dir / "model.pt"
+        if best.is_file() and (not self.published or os.path.getmtime(best) > self.published[-1][1]):
+            with atomic_write(self.published_path) as tmp:
+                shutil.copyfile(best, tmp)
+            self.published.append((int(rec["epoch"]), os.path.getmtime(best)))
+            logger.info(f"Published weights of epoch {rec['epoch']} to {self.published_path}")
+
+
 class LandmarkTrainTask(TrainTask):
     """``POST /train/<model>``: fine-tune from the current weights on all images with a ``final`` label.
 
     Request options: ``max_epochs`` (default from the app's ``train_epochs``), ``val_fraction``, ``lr``,
-    ``batch_size``.
+    ``batch_size``; ``multi_gpu`` (default from the app's ``multi_gpu``, false) and ``gpus`` (``all`` or
+    ``"0,1"``) as in MONAI Label; ``cpu_processes`` (CPU stand-in for several GPUs, see :mod:`anatomark.distributed`).
 
     Args:
         handle: the served model (current weights to start from, where to publish).
@@ -63,15 +99,36 @@ class LandmarkTrainTask(TrainTask):
         val_fraction: share of labelled images held out for validation (fixed per image id).
     """
 
-    def __init__(self, handle: PublishedModel, work_dir: str | Path, epochs: int = 10, val_fraction: float = 0.2):
+    def __init__(
+        self,
+        handle: PublishedModel,
+        work_dir: str | Path,
+        epochs: int = 10,
+        val_fraction: float = 0.2,
+        multi_gpu: bool = False,
+    ):
         super().__init__(f"Fine-tune {handle.name} on the datastore's final landmark labels")
         self.handle = handle
         self.run_dir = Path(work_dir) / handle.name
         self.epochs = int(epochs)
         self.val_fraction = float(val_fraction)
+        self.multi_gpu = bool(multi_gpu)
 
     def config(self) -> dict[str, Any]:
-        return {"max_epochs": self.epochs, "val_fraction": self.val_fraction}
+        return {
+            "max_epochs": self.epochs,
+            "val_fraction": self.val_fraction,
+            "multi_gpu": self.multi_gpu,
+            "gpus": "all",
+        }
+
+    def labels_used(self) -> dict[str, float] | None:
+        """The ``final`` labels (id -> timestamp) the latest training of this model read; ``None`` if none ran."""
+        p = self.run_dir / "labels_used.json"
+        try:
+            return {k: float(v) for k, v in json.loads(p.read_text())["labels"].items()} if p.is_file() else None
+        except (OSError, ValueError, KeyError, AttributeError):
+            return None
 
     def stats(self) -> dict[str, Any]:
         p = self.run_dir / "stats.json"
@@ -86,6 +143,9 @@ class LandmarkTrainTask(TrainTask):
         t0 = time.time()
         model, version = self.handle.get()
         names = list(model.landmark_set.names)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        with atomic_write(self.run_dir / "labels_used.json") as tmp:  # before anything can fail: no retry loop
+            tmp.write_text(json.dumps({"labels": final_labels(datastore), "started": time.time()}))
         items = collect_items(datastore, names)
         if not items:
             raise AnatomarkError("No image has a 'final' landmark label yet; save labels before training")
@@ -102,37 +162,28 @@ class LandmarkTrainTask(TrainTask):
                 recipe["train"][key] = request[key]
         epochs = int(request.get("max_epochs", self.epochs))
         init = self.handle.path()
-        self.run_dir.mkdir(parents=True, exist_ok=True)
         for stale in ("model.pt", "last.pt"):
             (self.run_dir / stale).unlink(missing_ok=True)
-        published: list[str] = []
-
-        def on_epoch(rec: dict[str, Any]) -> None:
-            best = self.run_dir / "model.pt"
-            if best.is_file() and (not published or os.path.getmtime(best) > float(published[-1].split("@")[1])):
-                self.handle.publish(best)
-                published.append(f"{rec['epoch']}@{os.path.getmtime(best)}")
-                logger.info(f"Published weights of epoch {rec['epoch']} to {self.handle.published_path}")
-
+        publisher = PublishBest(self.run_dir, self.handle.published_path)
+        plan = distributed.plan(
+            request.get("multi_gpu", self.multi_gpu), request.get("gpus", "all"), request.get("cpu_processes")
+        )
         logger.info(
             f"Fine-tuning {self.handle.name} (version {version}) on {len(train_items)} images, "
-            f"validating on {len(val_items)}, {epochs} epoch(s)"
+            f"validating on {len(val_items)}, {epochs} epoch(s), "
+            + (f"{plan.world_size} processes ({plan.backend}: {', '.join(plan.devices)})" if plan else "one process")
         )
-        res = train(
-            recipe,
-            train_items,
-            self.run_dir,
-            init_weights=init,
-            epochs=epochs,
-            val_items=val_items or None,
-            progress=False,
-            on_epoch=on_epoch,
-            info={"fine_tuned_from": version, "train_images": [it["id"] for it in train_items]},
-        )
-        best = self.run_dir / "model.pt"  # a cascade assembles its model file after the last stage's last epoch
-        if best.is_file() and (not published or os.path.getmtime(best) > float(published[-1].split("@")[1])):
-            self.handle.publish(best)
-            published.append(f"{epochs}@{os.path.getmtime(best)}")
+        args = (recipe, train_items, self.run_dir)
+        kwargs: dict[str, Any] = {
+            "init_weights": init,
+            "epochs": epochs,
+            "val_items": val_items or None,
+            "progress": False,
+            "on_epoch": publisher,
+            "info": {"fine_tuned_from": version, "train_images": [it["id"] for it in train_items]},
+        }
+        res = distributed.train_distributed(plan, *args, **kwargs) if plan else train(*args, **kwargs)
+        publisher({"epoch": epochs})  # a cascade assembles its model file after the last stage's last epoch
         new_version = file_version(self.handle.published_path) if self.handle.published_path.is_file() else version
         stats = {
             "model": self.handle.name,
@@ -143,7 +194,9 @@ class LandmarkTrainTask(TrainTask):
             "n_val": len(val_items),
             "val_images": [it["id"] for it in val_items],
             "best_val_mre_mm": res.get("best_val_mre_mm"),
-            "published_epochs": [int(p.split("@")[0]) for p in published],
+            "published_epochs": [e for e, _ in publisher.published],
+            "processes": plan.world_size if plan else 1,
+            "backend": plan.backend if plan else None,
             "total_time": round(time.time() - t0, 2),
             "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
         }

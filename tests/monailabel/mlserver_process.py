@@ -1,0 +1,75 @@
+"""Start and stop a real MONAI Label server running the anatomark app (a plain module, imported by bare name by
+conftest.py and by tests that need a server with their own ``--conf`` options)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    def __init__(self, url: str, studies: Path, proc: subprocess.Popen, log: Path):
+        self.url, self.studies, self.proc, self.log = url, studies, proc, log
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def log_tail(self, n: int = 40) -> str:
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:]) if self.log.is_file() else ""
+
+
+def start_server(root: Path, studies: Path, conf: dict[str, str], timeout: float = 120) -> Server:
+    """``python -m monailabel.main start_server`` for the app on a free loopback port, with ``--conf`` options;
+    returns once ``/info/`` answers. Caches, sessions and the log (``server.log``) go under ``root``."""
+    port = _free_port()
+    env = {
+        **os.environ,
+        "ANATOMARK_CACHE": str(root / "cache"),
+        "MONAI_LABEL_SESSION_PATH": str(root / "sessions"),
+        "MONAI_LABEL_INFER_CONCURRENCY": "1",
+    }
+    conf_args = [a for k, v in conf.items() for a in ("--conf", k, str(v))]
+    cmd = [
+        sys.executable, "-m", "monailabel.main", "start_server",
+        "--app", str(REPO / "apps" / "landmarks"), "--studies", str(studies), *conf_args,
+        "--host", "127.0.0.1", "--port", str(port),
+    ]  # fmt: skip
+    log = root / "server.log"
+    with log.open("w") as f:
+        proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
+    srv = Server(f"http://127.0.0.1:{port}", studies, proc, log)
+    deadline = time.time() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(f"{srv.url}/info/", timeout=5) as r:
+                if r.status == 200:
+                    return srv
+        except OSError:
+            pass
+        if not srv.alive() or time.time() > deadline:
+            proc.kill()
+            pytest.fail(f"MONAI Label server did not start:\n{srv.log_tail()}")
+        time.sleep(0.5)
+
+
+def stop_server(srv: Server) -> None:
+    srv.proc.terminate()
+    try:
+        srv.proc.wait(20)
+    except subprocess.TimeoutExpired:
+        srv.proc.kill()

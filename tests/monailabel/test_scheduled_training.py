@@ -1,0 +1,148 @@
+"""Scheduled retraining (``--conf auto_train_interval <seconds>``) and the multi-GPU request options (run as two CPU
+processes), against a real MONAI Label server of their own.
+
+Tests run in file order on one server: nothing fires without labels; saving labels fires one training on the next
+tick (no train request) whose weights are then served; nothing fires again while the labels stay the same, not even
+after an explicit (multi-process) training; changing a label fires again.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+
+import pytest
+from mlserver_constants import MODEL
+from mlserver_process import start_server, stop_server
+from monailabel.client import MONAILabelClient
+from monailabel.client.client import MONAILabelUtils
+
+INTERVAL = 2.0  # seconds between schedule ticks
+IMAGES = ["151", "152", "153"]
+
+
+@pytest.fixture(scope="module")
+def sched(isbi, tmp_path_factory):
+    from anatomark.paths import model_dir
+
+    if not (model_dir() / f"{MODEL}.pt").is_file():
+        pytest.skip(f"Shipped weights {model_dir() / (MODEL + '.pt')} not found")
+    root = tmp_path_factory.mktemp("scheduled")
+    studies = root / "studies"
+    studies.mkdir()
+    for i in IMAGES:
+        shutil.copy(isbi / "images" / f"{i}.jpg", studies / f"{i}.jpg")
+    conf = {"models": MODEL, "train_epochs": "1", "auto_train_interval": str(INTERVAL)}
+    srv = start_server(root, studies, conf)
+    yield srv
+    stop_server(srv)
+
+
+@pytest.fixture(scope="module")
+def sclient(sched, tmp_path_factory):
+    return MONAILabelClient(sched.url, tmpdir=str(tmp_path_factory.mktemp("sched_client")))
+
+
+@pytest.fixture(scope="module")
+def state() -> dict:
+    return {}
+
+
+def train_tasks(server) -> list[dict]:
+    status, body, _, _ = MONAILabelUtils.http_method("GET", server.url, "/train/?all=true")
+    if status == 404:  # MONAI Label: "No Train Tasks Found"
+        return []
+    assert status == 200, body
+    tasks = json.loads(body)
+    return tasks if isinstance(tasks, list) else []
+
+
+def wait_done(server, task_id: str, timeout: float = 150) -> dict:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        task = next(t for t in train_tasks(server) if t["id"] == task_id)
+        if task["status"] in ("DONE", "ERROR", "STOPPED"):
+            assert task["status"] == "DONE", "\n".join(task.get("details", []))
+            return task
+        time.sleep(0.5)
+    pytest.fail(f"training {task_id} did not finish within {timeout} s:\n{server.log_tail()}")
+
+
+def save_truth(client, tmp_path, image: str, senior, names, shift: float = 0.0) -> None:
+    pts = senior[f"{image}.jpg"]
+    doc = {"landmarks": [{"name": n, "x": float(p[0]) + shift, "y": float(p[1])} for n, p in zip(names, pts)]}
+    path = tmp_path / f"{image}.json"
+    path.write_text(json.dumps(doc))
+    client.save_label(image, str(path), tag="final")
+
+
+def wait_for_new_task(server, n_before: int, within: float) -> tuple[dict, float]:
+    t0 = time.time()
+    while time.time() - t0 < within:
+        tasks = train_tasks(server)
+        if len(tasks) > n_before:
+            return tasks[n_before], time.time() - t0
+        time.sleep(0.2)
+    pytest.fail(f"no scheduled training within {within} s:\n{server.log_tail()}")
+
+
+def test_nothing_fires_without_labels(sched, sclient, state):
+    assert sclient.info()["anatomark"]["auto_train_interval"] == INTERVAL
+    _, res = sclient.infer(MODEL, "153", {"result_format": "slicer_markups"})
+    state["shipped"] = res["model_version"]
+    time.sleep(2.5 * INTERVAL)
+    assert train_tasks(sched) == []
+
+
+def test_saved_labels_train_on_schedule_and_new_weights_are_served(
+    sched, sclient, state, senior, landmark_set, tmp_path
+):
+    for i in ("151", "152"):
+        save_truth(sclient, tmp_path, i, senior, landmark_set.names)
+    task, after = wait_for_new_task(sched, 0, within=INTERVAL + 5)
+    assert after <= INTERVAL + 3, f"fired {after:.1f} s after the labels, the interval is {INTERVAL} s"
+    assert task["request"]["trigger"].startswith("auto: schedule"), task["request"]
+    assert task["request"]["max_epochs"] == 1
+    wait_done(sched, task["id"])
+    # one run only: ticks during the training (every 2 s) did not queue a second one
+    assert len(train_tasks(sched)) == 1
+    _, res = sclient.infer(MODEL, "153", {"result_format": "slicer_markups"})
+    assert res["model_version"] != state["shipped"]
+    stats = sclient.info()["train_stats"][MODEL]
+    assert stats["n_train"] + stats["n_val"] == 2 and stats["model_version"] == res["model_version"]
+    assert stats["processes"] == 1
+    log = sclient.info()["anatomark"]["auto_train_log"]
+    assert len(log) == 1 and log[0]["reason"].startswith("schedule")
+    state["scheduled"] = res["model_version"]
+
+
+def test_no_retraining_while_labels_stay_the_same(sched):
+    time.sleep(3 * INTERVAL)
+    assert len(train_tasks(sched)) == 1
+
+
+def test_multi_gpu_option_trains_in_two_cpu_processes(sched, sclient, state):
+    """MONAI Label's ``multi_gpu`` request option; without GPUs ``cpu_processes`` 2 runs the same DDP path (gloo)."""
+    task = sclient.train_start(MODEL, {"max_epochs": 1, "multi_gpu": True, "cpu_processes": 2})
+    wait_done(sched, task["id"], timeout=180)
+    stats = sclient.info()["train_stats"][MODEL]
+    assert stats["processes"] == 2 and stats["backend"] == "gloo"
+    assert stats["started_from_version"] == state["scheduled"]
+    _, res = sclient.infer(MODEL, "153", {"result_format": "slicer_markups"})
+    assert res["model_version"] == stats["model_version"] != state["scheduled"]
+    state["multi"] = res["model_version"]
+    # the explicit training read the same labels: the schedule has nothing new to train
+    time.sleep(2.5 * INTERVAL)
+    assert len(train_tasks(sched)) == 2
+
+
+def test_changed_label_fires_again(sched, sclient, state, senior, landmark_set, tmp_path):
+    n = len(train_tasks(sched))
+    save_truth(sclient, tmp_path, "152", senior, landmark_set.names, shift=3.0)  # a corrected label
+    task, _ = wait_for_new_task(sched, n, within=INTERVAL + 5)
+    assert task["request"]["trigger"].startswith("auto: schedule")
+    wait_done(sched, task["id"])
+    stats = sclient.info()["train_stats"][MODEL]
+    assert stats["started_from_version"] == state["multi"]
+    assert stats["n_train"] + stats["n_val"] == 2
