@@ -7,7 +7,12 @@ MODEL   ?= default
 STUDIES ?= runs/studies
 PORT    ?= 8000
 
-.PHONY: install run evaluate test lint clean-venv serve
+.PHONY: install run evaluate test lint clean-venv serve stack-deps viewer stack test-dicom
+
+# Debian packages for the DICOM stack (Orthanc + DICOMweb plugin) and the browser test (Chromium); apt-get is run
+# through sudo unless we are root. node/npm must be on PATH for the viewer.
+SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+VIEWER  := viewer
 
 $(VENV)/.installed: requirements.txt constraints.txt setup.cfg
 	$(PY) -m venv $(VENV)
@@ -25,8 +30,38 @@ run: install
 
 evaluate: run
 
-test: install
+test: install stack-deps viewer
 	$(VPY) -m pytest -q tests
+
+## Orthanc, its DICOMweb plugin and Chromium from Debian, installed with apt-get only when missing.
+stack-deps:
+	@missing=""; \
+	[ -x /usr/sbin/Orthanc ] || command -v Orthanc >/dev/null 2>&1 || missing="$$missing orthanc"; \
+	[ -e /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] || missing="$$missing orthanc-dicomweb"; \
+	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
+	if [ -n "$$missing" ]; then \
+		echo "Installing with apt-get:$$missing"; \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get update -q && \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing; \
+	fi
+
+## The viewer: playwright-core (npm ci) and the prebuilt OHIF 3 app (npm pack @ohif/app, pinned + checked).
+viewer: $(VIEWER)/node_modules/.package-lock.json $(VIEWER)/ohif-dist/.anatomark-ohif-version
+
+$(VIEWER)/node_modules/.package-lock.json: $(VIEWER)/package.json $(VIEWER)/package-lock.json
+	cd $(VIEWER) && nice -n 10 npm ci --no-audit --no-fund
+
+$(VIEWER)/ohif-dist/.anatomark-ohif-version: $(VIEWER)/package.json $(VIEWER)/fetch-ohif.mjs
+	cd $(VIEWER) && node fetch-ohif.mjs
+
+## The whole stack on loopback: Orthanc :8042 (DICOMweb), MONAI Label :8000 on it (DX/CR), OHIF :3000.
+## UPLOAD="a.dcm b.dcm" stores DICOM files first (make PNG/JPG into DICOM with `anatomark to-dicom`).
+stack: install stack-deps viewer
+	$(VPY) -m anatomark.stack up --models $(MODEL) $(if $(UPLOAD),--upload $(UPLOAD))
+
+## DICOMweb server tests and the headless-Chromium OHIF test only.
+test-dicom: install stack-deps viewer
+	OMP_NUM_THREADS=1 $(VPY) -m pytest -q tests/monailabel/test_dicomweb.py tests/monailabel/test_ohif_e2e.py tests/data/test_dicom_write.py
 
 lint: install
 	$(VENV)/bin/ruff check lib tests apps benchmarks sample-apps

@@ -400,6 +400,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"OHIF viewer   {viewer.url}   (X-rays open in the 'anatomark' mode)", flush=True)
         stop = threading.Event()
         signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        signal.signal(signal.SIGINT, lambda *_: stop.set())  # also when started in the background (SIGINT ignored)
         try:
             while not stop.wait(1.0):
                 for s in services:

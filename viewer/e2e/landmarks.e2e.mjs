@@ -1,0 +1,177 @@
+// End-to-end run of the anatomark OHIF mode in headless Chromium (Debian /usr/bin/chromium, driven by
+// playwright-core). Usage:
+//   node e2e/landmarks.e2e.mjs --viewer http://127.0.0.1:3000 --study <StudyInstanceUID> --out result.json
+//        [--screenshot shot.png] [--move sella] [--dx=40] [--dy=-30] [--chromium /usr/bin/chromium]
+// Steps: open the study in /anatomark, click "Auto-landmark", read the drawn points, check that each point's ring
+// is rendered at its canvas position (screenshot pixels), drag one point with the mouse, click "Save landmarks".
+// Writes everything measured to --out (JSON); the Python test compares it with the server's JSON and datastore.
+import { chromium } from 'playwright-core';
+import { writeFileSync } from 'node:fs';
+import { parseArgs } from 'node:util';
+
+const { values: args } = parseArgs({
+  options: {
+    viewer: { type: 'string' },
+    study: { type: 'string' },
+    out: { type: 'string' },
+    screenshot: { type: 'string' },
+    move: { type: 'string', default: 'sella' },
+    dx: { type: 'string', default: '40' },
+    dy: { type: 'string', default: '-30' },
+    chromium: { type: 'string', default: process.env.CHROMIUM || '/usr/bin/chromium' },
+    timeout: { type: 'string', default: '180000' },
+  },
+});
+const timeout = Number(args.timeout);
+const result = { steps: [], console_errors: [] };
+const t0 = Date.now();
+const step = (name, extra = {}) => result.steps.push({ name, ms: Date.now() - t0, ...extra });
+
+const browser = await chromium.launch({ executablePath: args.chromium, args: ['--no-sandbox'] });
+try {
+  const page = await browser.newPage({ viewport: { width: 1400, height: 900 } });
+  page.on('console', m => {
+    if (m.type() === 'error') result.console_errors.push(m.text().slice(0, 500));
+  });
+  page.on('pageerror', e => result.console_errors.push(`pageerror: ${e.message.slice(0, 500)}`));
+
+  await page.goto(`${args.viewer}/anatomark?StudyInstanceUIDs=${args.study}`, { waitUntil: 'load', timeout });
+  await page.waitForSelector('[data-cy="AnatomarkAutoLandmark"]', { timeout });
+  await page.waitForFunction(
+    () => {
+      try {
+        const { viewport, imageId } = window.anatomark.activeImage();
+        return !!imageId && !!viewport.getImageData();
+      } catch (e) {
+        return false;
+      }
+    },
+    null,
+    { timeout }
+  );
+  step('image displayed');
+  result.image = await page.evaluate(() => {
+    const { imageId, seriesUID } = window.anatomark.activeImage();
+    return { imageId, seriesUID };
+  });
+
+  // 1. Auto-landmark (a real click on the toolbar button)
+  await page.click('[data-cy="AnatomarkAutoLandmark"]');
+  await page.waitForFunction(() => ['done', 'error'].includes(window.anatomark.state.status), null, { timeout });
+  const st = await page.evaluate(() => ({ ...window.anatomark.state }));
+  step('auto-landmark', { status: st.status, error: st.error, seconds: st.seconds });
+  result.auto = { status: st.status, error: st.error, seconds: st.seconds, model: st.model };
+  result.server = st.result;
+  if (st.status !== 'done') throw new Error(`auto-landmark failed: ${st.error}`);
+  await page.waitForTimeout(500);
+
+  // 2. the points as drawn: image pixels, world (mm) and page position of each
+  const drawn = await page.evaluate(() => {
+    const { viewport } = window.anatomark.activeImage();
+    const rect = viewport.element.getBoundingClientRect();
+    return window.anatomark.currentPoints().map(p => {
+      const [cx, cy] = viewport.worldToCanvas(p.world);
+      return { ...p, page: [rect.left + cx, rect.top + cy] };
+    });
+  });
+  result.drawn = drawn;
+  const shot = await page.screenshot({ path: args.screenshot || undefined });
+  step('screenshot');
+
+  // rendered check: the point's ring (radius 6 px, drawn in the tool colour) must be on the screenshot around the
+  // computed page position (ray test below; the mean of coloured pixels is reported too, but neighbouring
+  // landmarks' rings and names can shift it).
+  result.rings = await page.evaluate(
+    async ({ png, points }) => {
+      const img = new Image();
+      img.src = `data:image/png;base64,${png}`;
+      await img.decode();
+      const c = document.createElement('canvas');
+      c.width = img.width;
+      c.height = img.height;
+      const g = c.getContext('2d');
+      g.drawImage(img, 0, 0);
+      const out = [];
+      for (const p of points) {
+        const [px, py] = p.page;
+        const x0 = Math.round(px) - 9;
+        const y0 = Math.round(py) - 9;
+        const d = g.getImageData(x0, y0, 19, 19).data;
+        let n = 0;
+        let sx = 0;
+        let sy = 0;
+        for (let j = 0; j < 19; j++) {
+          for (let i = 0; i < 19; i++) {
+            const k = (j * 19 + i) * 4;
+            const [r, gg, b] = [d[k], d[k + 1], d[k + 2]];
+            const coloured = Math.max(r, gg, b) - Math.min(r, gg, b) > 120; // the X-ray is gray, the ring is not
+            if (coloured) {
+              n += 1;
+              sx += x0 + i + 0.5;
+              sy += y0 + j + 0.5;
+            }
+          }
+        }
+        // ring test: along 16 rays from the computed position, a coloured pixel at 4.5-7.5 px (the handle's radius
+        // is 6 px); a ring centred 3 px away would miss the rays pointing towards and away from its centre
+        let hits = 0;
+        for (let a = 0; a < 16; a++) {
+          const ang = (a * Math.PI) / 8;
+          let hit = false;
+          for (let rr = 4.5; rr <= 7.5 && !hit; rr += 0.5) {
+            const i = Math.floor(px + rr * Math.cos(ang)) - x0;
+            const j = Math.floor(py + rr * Math.sin(ang)) - y0;
+            const k = (j * 19 + i) * 4;
+            hit = Math.max(d[k], d[k + 1], d[k + 2]) - Math.min(d[k], d[k + 1], d[k + 2]) > 120;
+          }
+          hits += hit ? 1 : 0;
+        }
+        out.push({ name: p.name, pixels: n, ray_hits: hits, centre: n ? [sx / n, sy / n] : null });
+      }
+      return out;
+    },
+    { png: shot.toString('base64'), points: drawn }
+  );
+
+  // 3. drag one point with the mouse
+  const target = drawn.find(p => p.name === args.move);
+  if (!target) throw new Error(`no drawn point named ${args.move}`);
+  const [dx, dy] = [Number(args.dx), Number(args.dy)];
+  const [px, py] = target.page;
+  await page.mouse.move(px, py);
+  await page.mouse.down();
+  await page.mouse.move(px + dx / 2, py + dy / 2, { steps: 5 });
+  await page.mouse.move(px + dx, py + dy, { steps: 5 });
+  await page.mouse.up();
+  await page.waitForTimeout(300);
+  const after = await page.evaluate(
+    ({ name, dropPage }) => {
+      const { viewport, imageId } = window.anatomark.activeImage();
+      const rect = viewport.element.getBoundingClientRect();
+      const world = viewport.canvasToWorld([dropPage[0] - rect.left, dropPage[1] - rect.top]);
+      const expected = window.anatomark.worldToPixel(imageId, world);
+      const p = window.anatomark.currentPoints().find(q => q.name === name);
+      return { name, x: p.x, y: p.y, expected_x: expected[0], expected_y: expected[1] };
+    },
+    { name: args.move, dropPage: [px + dx, py + dy] }
+  );
+  result.moved = { ...after, before_x: target.x, before_y: target.y, drag_page_px: [dx, dy] };
+  result.after_move = await page.evaluate(() => window.anatomark.currentPoints());
+  step('drag', { landmark: after.name, x: after.x, y: after.y });
+
+  // 4. save (a real click) -> PUT /datastore/label
+  await page.click('[data-cy="AnatomarkSave"]');
+  await page.waitForFunction(() => ['saved', 'error'].includes(window.anatomark.state.status), null, { timeout });
+  const saved = await page.evaluate(() => ({ status: window.anatomark.state.status, error: window.anatomark.state.error, saved: window.anatomark.state.saved }));
+  result.save = saved;
+  step('save', { status: saved.status });
+  if (args.screenshot) await page.screenshot({ path: args.screenshot });
+  result.ok = saved.status === 'saved';
+} catch (e) {
+  result.ok = false;
+  result.error = String(e.stack || e);
+} finally {
+  await browser.close();
+  writeFileSync(args.out, JSON.stringify(result, null, 2));
+}
+process.exit(result.ok ? 0 : 1);
