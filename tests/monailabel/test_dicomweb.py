@@ -160,3 +160,32 @@ def test_save_final_label_and_train_reads_it(pacs, dicom_server):
         {"label": ("bad.json", bad, "application/json"), "params": "{}"},
     )
     assert status == 422
+
+
+def test_training_uses_the_saved_dicomweb_label(pacs, dicom_server):
+    """POST /train runs in MONAI Label's subprocess, which re-creates the DICOMweb datastore: the final label saved
+    above is the training set, the new weights are published and served by the next /infer."""
+    import time
+
+    _, files = pacs
+    uid = files["DX"].series_instance_uid
+    q = urllib.parse.urlencode({"image": uid, "output": "json"})
+    _, before = _request("POST", f"{dicom_server.url}/infer/{MODEL}?{q}", {"params": "{}"})
+    req = urllib.request.Request(
+        f"{dicom_server.url}/train/{MODEL}", data=json.dumps({"max_epochs": 1}).encode(), method="POST",
+        headers={"Content-Type": "application/json"},
+    )  # fmt: skip
+    with urllib.request.urlopen(req, timeout=60) as r:
+        task_id = json.loads(r.read())["id"]
+    deadline = time.time() + 300
+    while True:
+        task = next(t for t in _get(f"{dicom_server.url}/train/?all=true") if t["id"] == task_id)
+        if task["status"] in ("DONE", "ERROR", "STOPPED"):
+            break
+        assert time.time() < deadline, f"training did not finish:\n{dicom_server.log_tail()}"
+        time.sleep(1.0)
+    assert task["status"] == "DONE", "\n".join(task.get("details", [])[-30:])
+    stats = _get(f"{dicom_server.url}/info/")["train_stats"][MODEL]
+    assert stats["n_train"] + stats["n_val"] == 1, stats
+    _, after = _request("POST", f"{dicom_server.url}/infer/{MODEL}?{q}", {"params": "{}"})
+    assert after["model_version"] != before["model_version"]
