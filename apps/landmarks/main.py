@@ -18,12 +18,11 @@ Start it with ``python -m monailabel.main start_server --app apps/landmarks --st
 - ``label_radius_mm`` (2.0), ``device`` (default ``cuda`` when available), ``auto_update_scoring`` (false).
 - With ``--studies http://host/dicom-web`` (DICOMweb, e.g. Orthanc): ``dicom_modalities`` (``DX,CR``; add ``OT`` for
   secondary captures) selects the series served as images, ``dicomweb_cache`` the local folder for downloaded
-  instances and labels (default ``~/.cache/anatomark/dicomweb/<hash of url>``).
+  instances, labels and the app's training state (default ``~/.cache/anatomark/dicomweb/<hash of url>``).
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import threading
@@ -45,7 +44,7 @@ import anatomark
 from anatomark.config import load_yaml
 from anatomark.errors import AnatomarkError
 from anatomark.monailabel import LandmarkDatastore, LandmarkMRE, LandmarkTaskConfig, LowestConfidence
-from anatomark.monailabel.dicomweb import DEFAULT_MODALITIES, LandmarkDICOMwebDatastore, dicomweb_client
+from anatomark.monailabel.dicomweb import DEFAULT_MODALITIES, LandmarkDICOMwebDatastore, cache_dir, dicomweb_client
 from anatomark.monailabel.train import final_labels
 from anatomark.paths import CONFIG_DIR, model_dir
 
@@ -75,7 +74,7 @@ class LandmarkApp(MONAILabelApp):
     def __init__(self, app_dir: str, studies: str, conf: dict[str, str]):
         self.model_names = _select_models(conf.get("models", "all"))
         local = not studies.startswith(("http://", "https://"))
-        state = Path(studies) / ".anatomark" if local else Path(app_dir) / "state"
+        state = Path(studies) / ".anatomark" if local else cache_dir(studies, conf) / ".anatomark"
         published = Path(conf.get("published_model_dir") or state / "models")
         self.work_dir = state / "train"
         self.models: dict[str, LandmarkTaskConfig] = {}
@@ -138,12 +137,7 @@ class LandmarkApp(MONAILabelApp):
     def _init_landmark_dicomweb(self) -> Datastore:
         """DX/CR series of a DICOMweb server (Orthanc ...) as images; labels kept in a local cache folder."""
         url = self.studies.rstrip("/")
-        cache = (
-            self.conf.get("dicomweb_cache")
-            or settings.MONAI_LABEL_DATASTORE_CACHE_PATH
-            or settings.MONAI_LABEL_DICOMWEB_CACHE_PATH
-            or str(Path.home() / ".cache" / "anatomark" / "dicomweb" / hashlib.md5(url.encode()).hexdigest()[:12])
-        )
+        cache = cache_dir(url, self.conf)
         modalities = [m for m in self.conf.get("dicom_modalities", ",".join(DEFAULT_MODALITIES)).split(",") if m]
         user = settings.MONAI_LABEL_DATASTORE_USERNAME or settings.MONAI_LABEL_DICOMWEB_USERNAME
         password = settings.MONAI_LABEL_DATASTORE_PASSWORD or settings.MONAI_LABEL_DICOMWEB_PASSWORD

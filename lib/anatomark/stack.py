@@ -190,8 +190,7 @@ def start_monailabel(
     port = port or free_port()
     conf = {"models": models, **(conf or {})}
     if studies.startswith(("http://", "https://")):
-        conf.setdefault("dicomweb_cache", str(workdir / "dicomweb-cache"))
-        conf.setdefault("published_model_dir", str(workdir / "models"))
+        conf.setdefault("dicomweb_cache", str(workdir / "dicomweb-cache"))  # also holds the app's training state
     cmd = [sys.executable, "-m", "monailabel.main", "start_server", "--app", str(REPO_ROOT / "apps" / "landmarks"),
            "--studies", studies, "--host", "127.0.0.1", "--port", str(port)]  # fmt: skip
     for k, v in conf.items():

@@ -189,3 +189,6 @@ def test_training_uses_the_saved_dicomweb_label(pacs, dicom_server):
     assert stats["n_train"] + stats["n_val"] == 1, stats
     _, after = _request("POST", f"{dicom_server.url}/infer/{MODEL}?{q}", {"params": "{}"})
     assert after["model_version"] != before["model_version"]
+    # training state and published weights live in the DICOMweb cache folder, never in the app folder
+    published = Path(_get(f"{dicom_server.url}/info/")["anatomark"]["published"][MODEL])
+    assert published.is_file() and published.is_relative_to(Path(dicom_server.log).parent / "dicomweb-cache")

@@ -16,6 +16,7 @@ internet at start. This datastore instead:
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import tempfile
@@ -167,3 +168,17 @@ class LandmarkDICOMwebDatastore(LandmarkDatastore):
             for key, tag in (("StudyInstanceUID", "0020000D"), ("Modality", "00080060"), ("PatientID", "00100020")):
                 info.setdefault(key, _value(meta, tag))
         return info
+
+
+def cache_dir(url: str, conf: dict[str, str]) -> Path:
+    """Local folder of a DICOMweb datastore: ``--conf dicomweb_cache``, else MONAI Label's cache-path settings, else
+    ``~/.cache/anatomark/dicomweb/<hash of url>``. The app keeps its training state in ``<cache>/.anatomark``."""
+    from monailabel.config import settings
+
+    url = url.rstrip("/")
+    return Path(
+        conf.get("dicomweb_cache")
+        or settings.MONAI_LABEL_DATASTORE_CACHE_PATH
+        or settings.MONAI_LABEL_DICOMWEB_CACHE_PATH
+        or Path.home() / ".cache" / "anatomark" / "dicomweb" / hashlib.md5(url.encode()).hexdigest()[:12]
+    )
