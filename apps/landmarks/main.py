@@ -16,6 +16,9 @@ Start it with ``python -m monailabel.main start_server --app apps/landmarks --st
 - ``infer_threads`` (``auto``: every core, half of them while a training subprocess runs; or a number; 0 = torch
   default): oversubscribed OpenMP threads made inference ~8x slower beside a training.
 - ``label_radius_mm`` (2.0), ``device`` (default ``cuda`` when available), ``auto_update_scoring`` (false).
+- ``max_upload_mb`` (200): larger request bodies are refused (413) before they are read; ``allow_model_upload``
+  (false): let ``PUT``/``DELETE /model/<name>`` replace or delete weights. Hardening: :mod:`anatomark.monailabel.guard`
+  (README *Hardening/security*).
 - With ``--studies http://host/dicom-web`` (DICOMweb, e.g. Orthanc): ``dicom_modalities`` (``DX,CR``; add ``OT`` for
   secondary captures) selects the series served as images, ``dicomweb_cache`` the local folder for downloaded
   instances, labels and the app's training state (default ``~/.cache/anatomark/dicomweb/<hash of url>``).
@@ -24,7 +27,6 @@ Start it with ``python -m monailabel.main start_server --app apps/landmarks --st
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from pathlib import Path
@@ -45,6 +47,7 @@ from anatomark.config import load_yaml
 from anatomark.errors import AnatomarkError
 from anatomark.monailabel import LandmarkDatastore, LandmarkMRE, LandmarkTaskConfig, LowestConfidence
 from anatomark.monailabel.dicomweb import DEFAULT_MODALITIES, LandmarkDICOMwebDatastore, cache_dir, dicomweb_client
+from anatomark.monailabel.guard import harden_server, resolve_infer_image
 from anatomark.monailabel.train import final_labels
 from anatomark.paths import CONFIG_DIR, model_dir
 
@@ -104,6 +107,7 @@ class LandmarkApp(MONAILabelApp):
         self._saves_since_train = 0
         self._stop = threading.Event()
         self.auto_train_log: list[dict[str, Any]] = []
+        self.upload_dir: Path | None = None  # server mode: the only folder /infer reads besides the studies
 
         super().__init__(
             app_dir=app_dir,
@@ -183,15 +187,33 @@ class LandmarkApp(MONAILabelApp):
             raise HTTPException(
                 status_code=404, detail=f"Unknown model {model!r}; available: {', '.join(self._infers)}"
             )
+        timeout = request.get("timeout")
+        if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0):
+            raise HTTPException(status_code=422, detail="'timeout' must be a positive number of seconds")
         image = request.get("image")
-        if isinstance(image, str) and not os.path.exists(image):
-            ds = datastore if datastore else self.datastore()
-            if not image or not ds.get_image_uri(image):
-                raise HTTPException(status_code=404, detail=f"Image {image!r} is not in the datastore")
+        if not isinstance(image, str) or not image:
+            raise HTTPException(
+                status_code=400, detail="Give ?image=<id> of the datastore or upload the X-ray as form field 'file'"
+            )
+        ds = datastore if datastore else self.datastore()
+        resolved = resolve_infer_image(image, ds, self.upload_dir)
+        if resolved is None:
+            raise HTTPException(status_code=404, detail=f"Image {image!r} is not in the datastore")
+        if resolved != image:
+            request = {**request, "image": resolved}
         try:
             return super().infer(request, datastore)
         except AnatomarkError as e:
             raise HTTPException(status_code=422, detail=str(e)) from e
+
+    def scoring(self, request: dict[str, Any], datastore: Datastore | None = None) -> dict[str, Any]:
+        method = request.get("method")
+        if method not in self._scoring_methods:
+            raise HTTPException(
+                status_code=404,
+                detail=f"Unknown scoring method {method!r}; available: {', '.join(self._scoring_methods)}",
+            )
+        return super().scoring(request, datastore)
 
     def next_sample(self, request: dict[str, Any]) -> dict[str, Any]:
         strategy = request.get("strategy") or "random"
@@ -253,6 +275,7 @@ class LandmarkApp(MONAILabelApp):
 
     def on_init_complete(self) -> None:
         super().on_init_complete()
+        self.upload_dir = harden_server(self)
         if self.auto_interval > 0 and self._trainers:
             threading.Thread(target=self._interval_loop, name="anatomark-auto-train", daemon=True).start()
 

@@ -105,10 +105,19 @@ def load_image(
             img = _read_nrrd(path)
     except ImageReadError:
         raise
+    except _decompression_bomb_errors() as e:
+        raise ImageReadError(
+            f"Image {path.name} has more pixels than the {MAX_PIXELS} px limit (ANATOMARK_MAX_PIXELS) or looks like "
+            f"a decompression bomb ({e}); downscale it first"
+        ) from e
     except MemoryError as e:
         raise ImageReadError(f"Image {path.name} is too large to load") from e
     except Exception as e:  # noqa: BLE001 - third-party readers raise anything on corrupt input
-        raise ImageReadError(f"Cannot read image {path.name}: the file is corrupt or truncated ({e})") from e
+        detail = str(e).replace(str(path), path.name)[:200]  # never echo server paths
+        raise ImageReadError(
+            f"Cannot read image {path.name}: the file is corrupt or truncated, or not a {ext} file ({detail}); "
+            "export the X-ray again (PNG, JPEG, TIFF, DICOM, NIfTI or NRRD) and resend it"
+        ) from e
     img.path = str(path)
     arr = img.array
     if arr.ndim != 2:
@@ -125,6 +134,12 @@ def load_image(
     if not all(s > 0 for s in img.spacing):
         raise ImageReadError(f"Image {path.name} has a non-positive pixel spacing {img.spacing}")
     return img
+
+
+def _decompression_bomb_errors() -> tuple[type[BaseException], ...]:
+    from PIL import Image
+
+    return (Image.DecompressionBombError, Image.DecompressionBombWarning)
 
 
 def _check_size(w: int, h: int, name: str) -> None:
@@ -166,7 +181,10 @@ def _read_dicom(path: Path) -> XrayImage:
     _check_size(cols, rows, path.name)
     frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
     if frames > 1:
-        raise ImageReadError(f"DICOM file {path.name} has {frames} frames; anatomark needs a single 2D X-ray")
+        raise ImageReadError(
+            f"DICOM file {path.name} has {frames} frames; anatomark reads single 2D X-rays. Send one frame "
+            "(a single radiograph), not a multi-frame series or volume"
+        )
     arr = ds.pixel_array.astype(np.float32)
     if arr.ndim == 3:  # colour secondary capture
         arr = arr[..., :3].mean(axis=-1)
@@ -189,6 +207,20 @@ def _read_dicom(path: Path) -> XrayImage:
     return XrayImage(arr, spacing=spacing, spacing_source=source, origin=origin, meta=meta)
 
 
+def _check_2d_shape(shape: tuple[int, ...], name: str) -> None:
+    """Refuse a 3D volume from its header, before its voxels are read (the test mirrors :func:`_squeeze_2d`)."""
+    dims = [int(s) for s in shape]
+    if len(dims) == 3 and dims[2] in (3, 4) and dims[0] > 8 and dims[1] > 8:
+        return  # RGB(A) stored as a vector dimension
+    while len(dims) > 2 and dims[-1] == 1:
+        dims.pop()
+    if len(dims) != 2:
+        raise ImageReadError(
+            f"Image {name} is a volume of shape {tuple(shape)}; anatomark reads single 2D X-rays. Send one 2D image "
+            "(a radiograph, or one slice exported as 2D), not a CT/MR volume or a series"
+        )
+
+
 def _squeeze_2d(data: np.ndarray, name: str) -> np.ndarray:
     data = np.asarray(data)
     if data.ndim == 3 and data.shape[2] in (3, 4) and data.shape[0] > 8 and data.shape[1] > 8:
@@ -204,6 +236,7 @@ def _read_nifti(path: Path) -> XrayImage:
     import nibabel as nib
 
     nii = nib.load(str(path))
+    _check_2d_shape(nii.shape, path.name)
     _check_size(int(nii.shape[0]), int(nii.shape[1]) if len(nii.shape) > 1 else 1, path.name)
     data = _squeeze_2d(np.asanyarray(nii.dataobj), path.name)  # indexed [i (x), j (y)]
     zooms = nii.header.get_zooms()
@@ -217,8 +250,10 @@ def _read_nrrd(path: Path) -> XrayImage:
 
     header = nrrd.read_header(str(path))
     sizes = [int(s) for s in header.get("sizes", [])]
-    if len(sizes) >= 2:
-        _check_size(sizes[0], sizes[1], path.name)
+    spatial = sizes[1:] if len(sizes) >= 3 and sizes[0] in (3, 4) else sizes  # drop a leading vector (RGB) axis
+    _check_2d_shape(tuple(spatial), path.name)
+    if len(spatial) >= 2:
+        _check_size(spatial[0], spatial[1], path.name)
     data, header = nrrd.read(str(path))  # index order 'F': data[x, y]
     data = _squeeze_2d(data, path.name)
     spacing, source = (1.0, 1.0), "none"

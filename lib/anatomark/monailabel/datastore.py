@@ -6,23 +6,36 @@ A label that does not match the landmark set, or does not fit the image, is refu
 is written. Accepted labels are stored as a label map in the image's geometry (what viewers display) and the exact
 points go into the label info (``landmarks``: ``[[x, y] | null] * K``, ``spacing_mm``), which training and scoring
 read.
+
+Hardening (issue 8): ids and tags are checked before they become file names (400), a new image is validated from
+its header before it is copied in (422 / 409 for an existing id), label files and ``datastore_v2.json`` are written
+atomically (temp file + fsync + rename: a ``kill -9`` leaves the old or the new file, never a torn one), and every
+change of the JSON is a read-modify-write under the datastore's file lock, so the server and MONAI Label's
+subprocesses (training, scoring) never overwrite each other's labels. A ``datastore_v2.json`` that cannot be parsed
+at start-up is moved aside (``.corrupt-<time>``) and the datastore rebuilt from the files instead of refusing to start.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import threading
+import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from fastapi import HTTPException
-from monailabel.datastore.local import LocalDatastore
+from filelock import FileLock
+from monailabel.datastore.local import DataModel, ImageLabelModel, LocalDatastore, LocalDatastoreModel
 
 from anatomark.config import LandmarkSet
-from anatomark.data.image_io import load_image
+from anatomark.data.image_io import SUPPORTED_EXTENSIONS, image_extension, load_image
 from anatomark.errors import AnatomarkError
+from anatomark.monailabel.guard import id_problem, tag_problem
 from anatomark.monailabel.labels import (
     draw_labelmap,
     label_radius_px,
@@ -39,10 +52,73 @@ logger = logging.getLogger(__name__)
 INFO_POINTS = "landmarks"
 INFO_SPACING = "spacing_mm"
 INFO_SET = "landmark_set"
+#: label-info keys only the server writes (PUT /datastore/label/info may not change them)
+RESERVED_LABEL_INFO = (INFO_POINTS, INFO_SPACING, INFO_SET, "n_landmarks", "name", "ts")
+
+
+def atomic_copy(src: str | Path, dst: str | Path, data: bytes | None = None) -> None:
+    """Write ``data`` (or the bytes of ``src``) to ``dst`` through a hidden ``.part`` file, fsync, rename, fsync dir.
+
+    The ``.part`` suffix matches none of the datastore's file patterns, so the datastore's file watcher ignores it.
+    """
+    dst = Path(dst)
+    tmp = dst.parent / f".{dst.name}.{uuid.uuid4().hex[:12]}.part"
+    try:
+        with open(tmp, "wb") as out:
+            if data is None:
+                with open(src, "rb") as f:
+                    while chunk := f.read(1 << 20):
+                        out.write(chunk)
+            else:
+                out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, dst)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    try:
+        fd = os.open(dst.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:  # pragma: no cover - directories cannot be fsynced on some file systems
+        pass
+
+
+def _bad_request(status: int, detail: str) -> HTTPException:
+    return HTTPException(status_code=status, detail=detail)
+
+
+def _check_id(image_id: Any, what: str = "image id") -> str:
+    if not isinstance(image_id, str):
+        raise _bad_request(400, f"Invalid {what}: expected a string")
+    problem = id_problem(image_id, what)
+    if problem:
+        raise _bad_request(400, problem)
+    return image_id
+
+
+def _check_tag(tag: Any) -> str:
+    if not isinstance(tag, str):
+        raise _bad_request(400, "Invalid label tag: expected a string")
+    problem = tag_problem(tag)
+    if problem:
+        raise _bad_request(400, problem)
+    return tag
+
+
+def _check_info(info: Any, what: str) -> dict[str, Any]:
+    if info is None:
+        return {}
+    if not isinstance(info, dict):
+        raise _bad_request(422, f"{what} must be a JSON object, got {type(info).__name__}")
+    return info
 
 
 class LandmarkDatastore(LocalDatastore):
-    """:class:`LocalDatastore` whose labels are landmark sets.
+    """:class:`LocalDatastore` whose labels are landmark sets (see the module docstring for the hardening).
 
     Args:
         datastore_path: studies folder.
@@ -63,13 +139,125 @@ class LandmarkDatastore(LocalDatastore):
         self.landmark_set = landmark_set
         self.on_label_saved = on_label_saved
         self.label_radius_mm = label_radius_mm
+        self._mutex = threading.RLock()  # threads of this process (requests, file watcher)
+        self._config_key: tuple[int, int, int] | None = None
         super().__init__(datastore_path, **kwargs)
+        self._remove_partial_files()
 
+    def _remove_partial_files(self) -> None:
+        """Drop ``.part`` files left by a writer that was killed mid-write (they never replaced a real file)."""
+        folders = [Path(self._datastore.image_path()), Path(self._datastore.label_path(None))]
+        folders += [p for p in folders[1].iterdir() if p.is_dir()] if folders[1].is_dir() else []
+        for folder in folders:
+            for part in folder.glob(".*.part"):
+                logger.warning(f"Removing a partial file left by an interrupted write: {part}")
+                part.unlink(missing_ok=True)
+
+    # ------------------------------------------------------------------ the JSON file: atomic, read-modify-write
+    def _file_key(self) -> tuple[int, int, int] | None:
+        try:
+            st = os.stat(self._datastore_config_path)
+        except FileNotFoundError:
+            return None
+        return (st.st_ino, st.st_mtime_ns, st.st_size)
+
+    def _reload_unlocked(self) -> None:
+        """Re-read ``datastore_v2.json`` if another writer changed it (caller holds the file lock)."""
+        key = self._file_key()
+        if key is None or key == self._config_key:
+            return
+        path = self._datastore_config_path
+        try:
+            with open(path) as fp:
+                model = LocalDatastoreModel.model_validate_json(fp.read())
+        except (OSError, ValueError) as e:
+            bad = f"{path}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}"
+            os.replace(path, bad)
+            logger.error(f"{path} cannot be read ({e}); moved to {bad}, rebuilding the datastore from the files")
+            self._config_key = None
+            return
+        model.base_path = self._datastore_path
+        self._datastore = model
+        self._config_key = key
+        self._config_ts = os.stat(path).st_mtime
+
+    def _init_from_datastore_file(self, throw_exception: bool = False) -> None:
+        with self._mutex, FileLock(self._lock_file):
+            self._reload_unlocked()
+
+    def _update_datastore_file(self, lock: bool = True) -> None:
+        def write() -> None:
+            data = json.dumps(self._datastore.model_dump(exclude={"base_path"}), indent=2, default=str)
+            atomic_copy(None, self._datastore_config_path, data.encode())  # type: ignore[arg-type]
+            self._config_key = self._file_key()
+            self._config_ts = os.stat(self._datastore_config_path).st_mtime
+
+        with self._mutex:
+            if lock:
+                with FileLock(self._lock_file):
+                    write()
+            else:
+                write()
+
+    def _reconcile_datastore(self) -> None:
+        with self._mutex:
+            super()._reconcile_datastore()
+
+    # ------------------------------------------------------------------ images
+    def add_image(self, image_id: str, image_filename: str, image_info: dict[str, Any]) -> str:
+        """Add an uploaded image after checking its id, type and header (refused images are never copied in)."""
+        name_id, ext = self._to_id(os.path.basename(image_filename))
+        image_id = _check_id(image_id or name_id)
+        info = dict(_check_info(image_info, "params"))
+        allowed = [e.replace("*", "") for e in self._extensions]
+        if image_extension(image_filename) not in SUPPORTED_EXTENSIONS or ext not in allowed:
+            raise _bad_request(
+                415,
+                f"Unsupported image type {ext or '(none)'!r}; upload one of "
+                f"{', '.join(e for e in allowed if e in SUPPORTED_EXTENSIONS)}",
+            )
+        if image_id in self._datastore.objects:
+            raise _bad_request(409, f"Image {image_id!r} already exists; delete it first or upload with another id")
+        try:
+            load_image(image_filename, default_spacing=self.landmark_set.default_spacing_mm)
+        except AnatomarkError as e:
+            raise _bad_request(422, f"Image refused: {e}") from e
+        with self._mutex, FileLock(self._lock_file):
+            self._reload_unlocked()
+            if image_id in self._datastore.objects:
+                raise _bad_request(409, f"Image {image_id!r} already exists; delete it first or use another id")
+            name = self._filename(image_id, ext)
+            atomic_copy(image_filename, os.path.join(self._datastore.image_path(), name))
+            info.update({"ts": int(time.time()), "name": name})
+            self._datastore.objects[image_id] = ImageLabelModel(image=DataModel(info=info, ext=ext))
+            self._update_datastore_file(lock=False)
+        logger.info(f"Added image {image_id} ({name})")
+        return image_id
+
+    def remove_image(self, image_id: str) -> None:
+        _check_id(image_id)
+        with self._mutex:
+            super().remove_image(image_id)
+
+    def update_image_info(self, image_id: str, info: dict[str, Any]) -> None:
+        _check_id(image_id)
+        info = _check_info(info, "info")
+        with self._mutex, FileLock(self._lock_file):
+            self._reload_unlocked()
+            obj = self._datastore.objects.get(image_id)
+            if not obj:
+                raise _bad_request(404, f"Image {image_id!r} is not in the datastore")
+            obj.image.info.update(info)
+            self._update_datastore_file(lock=False)
+
+    # ------------------------------------------------------------------ labels
     def save_label(self, image_id: str, label_filename: str, label_tag: str, label_info: dict[str, Any]) -> str:
+        _check_id(image_id)
+        label_tag = _check_tag(label_tag or "final")
+        info = dict(_check_info(label_info, "params"))
         image_path = self.get_image_uri(image_id)
         if not image_path or not os.path.isfile(image_path):
             raise HTTPException(status_code=404, detail=f"Image {image_id!r} is not in the datastore")
-        info = dict(label_info or {})
         ls = self.landmark_set
         try:
             image = load_image(image_path, default_spacing=ls.default_spacing_mm)
@@ -88,23 +276,60 @@ class LandmarkDatastore(LocalDatastore):
                     "source_file": Path(label_filename).name,
                 }
             )
-            self._remove_other_label_files(image_id, label_tag, canonical)
-            label_id = super().save_label(image_id, canonical, label_tag, info)
+            _, ext = self._to_id(os.path.basename(canonical))
+            with self._mutex, FileLock(self._lock_file):
+                self._reload_unlocked()
+                obj = self._datastore.objects.get(image_id)
+                if not obj:
+                    raise HTTPException(status_code=404, detail=f"Image {image_id!r} is not in the datastore")
+                label_dir = self._datastore.label_path(label_tag)
+                os.makedirs(label_dir, exist_ok=True)
+                name = self._filename(image_id, ext)
+                # the label file first (atomic), then the JSON (atomic): a crash in between leaves the previous
+                # label's points with the new label map, never a torn file or a lost acknowledged label
+                atomic_copy(canonical, os.path.join(label_dir, name))
+                old = obj.labels.get(label_tag)
+                if old is not None and old.ext != ext:  # one label file per image and tag
+                    stale = os.path.join(label_dir, self._filename(image_id, old.ext))
+                    if os.path.isfile(stale):
+                        os.unlink(stale)
+                info.update({"ts": int(time.time()), "name": name})
+                obj.labels[label_tag] = DataModel(info=info, ext=ext)
+                self._update_datastore_file(lock=False)
         finally:
             os.unlink(canonical)
+        logger.info(f"Saved label {image_id} [{label_tag}]: {info['n_landmarks']} landmark(s)")
         if self.on_label_saved:
             try:
                 self.on_label_saved(image_id, label_tag)
             except Exception:  # noqa: BLE001 - a failing hook must not lose the saved label
                 logger.exception("on_label_saved hook failed")
-        return label_id
+        return image_id
 
-    def _remove_other_label_files(self, image_id: str, tag: str, new_file: str) -> None:
-        """Drop a previous label of this image/tag stored with another extension (one label file per tag)."""
-        old = self.get_label_uri(image_id, tag)
-        _, new_ext = self._to_id(os.path.basename(new_file))
-        if old and os.path.isfile(old) and not old.endswith(new_ext):
-            os.unlink(old)
+    def remove_label(self, label_id: str, label_tag: str) -> None:
+        _check_id(label_id, "label id")
+        _check_tag(label_tag)
+        if not self.get_label_uri(label_id, label_tag):
+            raise _bad_request(404, f"No label {label_tag!r} for image {label_id!r}")
+        with self._mutex:
+            super().remove_label(label_id, label_tag)
+
+    def update_label_info(self, label_id: str, label_tag: str, info: dict[str, Any]) -> None:
+        _check_id(label_id, "label id")
+        _check_tag(label_tag)
+        info = _check_info(info, "info")
+        reserved = sorted(set(info) & set(RESERVED_LABEL_INFO))
+        if reserved:
+            raise _bad_request(
+                422, f"Label info keys {reserved} are written by the server from the label; save a new label instead"
+            )
+        with self._mutex, FileLock(self._lock_file):
+            self._reload_unlocked()
+            label = self._datastore.label(label_id, label_tag)
+            if not label:
+                raise _bad_request(404, f"No label {label_tag!r} for image {label_id!r}")
+            label.info.update(info)
+            self._update_datastore_file(lock=False)
 
     def label_points(self, image_id: str, tag: str) -> tuple[np.ndarray, tuple[float, float]] | None:
         """``((K, 2) points, spacing)`` of an image's label with ``tag``, or ``None`` when it has none.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import os
 import shutil
 import threading
@@ -44,6 +45,19 @@ def training_running() -> bool:
 def default_device() -> str:
     """``cuda`` when a GPU is visible, else ``cpu``."""
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def parse_spacing(value: Any) -> tuple[float, float] | None:
+    """The ``spacing`` request option: ``None``, one number or ``[sx, sy]`` in mm/px (positive, at most 10 mm/px)."""
+    if value is None:
+        return None
+    vals = value if isinstance(value, (list, tuple)) else [value]
+    ok = len(vals) in (1, 2) and all(
+        not isinstance(v, bool) and isinstance(v, (int, float)) and 0 < v <= 10 and math.isfinite(v) for v in vals
+    )
+    if not ok:
+        raise AnatomarkError(f"spacing must be a number or [sx, sy] in mm per pixel (0 < s <= 10), got {value!r}")
+    return (float(vals[0]), float(vals[-1]))
 
 
 def file_version(path: str | Path) -> str:
@@ -102,6 +116,13 @@ class PublishedModel:
                     model = load_model(path, device=self.device)
                     version = file_version(path)
                 except ModelNotFoundError:
+                    fallback = self.shipped_path
+                    if self._model is None and path != fallback and fallback and fallback.is_file():
+                        # e.g. a published file damaged outside the server: serve the shipped weights, say so
+                        logger.exception(f"Could not load {path}; serving the shipped weights {fallback}")
+                        model, version = load_model(fallback, device=self.device), file_version(fallback)
+                        self._model, self._version, self._key = model, version, key
+                        return model, version
                     if self._model is None:
                         raise
                     logger.exception(f"Could not reload {path}; keeping model version {self._version}")
@@ -186,14 +207,14 @@ class LandmarkInferTask(InferTask):
             fmt = fmt[0]
         if fmt not in RESULT_FORMATS:
             raise AnatomarkError(f"Unknown result_format {fmt!r}; use one of {', '.join(RESULT_FORMATS)}")
-        try:
-            radius_mm = float(request.get("label_radius_mm", self.label_radius_mm))
-        except (TypeError, ValueError) as e:
-            raise AnatomarkError("label_radius_mm must be a number") from e
+        radius_mm = request.get("label_radius_mm", self.label_radius_mm)
+        if isinstance(radius_mm, bool) or not isinstance(radius_mm, (int, float)) or not 0 < radius_mm <= 50:
+            raise AnatomarkError(f"label_radius_mm must be a number in (0, 50] mm, got {radius_mm!r}")
+        spacing = parse_spacing(request.get("spacing"))
         model, version = self.handle.get()
         ls = model.landmark_set
         t1 = time.perf_counter()
-        image = load_image(image_path, spacing=request.get("spacing"), default_spacing=ls.default_spacing_mm)
+        image = load_image(image_path, spacing=spacing, default_spacing=ls.default_spacing_mm)
         t2 = time.perf_counter()
         pred = model.predict(image)
         t3 = time.perf_counter()

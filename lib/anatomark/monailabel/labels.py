@@ -269,8 +269,8 @@ def read_label_points(
     if name.endswith(".json"):
         try:
             doc = json.loads(label_path.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise AnnotationError(f"The label is not valid JSON: {e}") from e
+        except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:
+            raise AnnotationError(f"The label is not valid JSON: {str(e)[:200]}") from e
         if not isinstance(doc, dict):
             raise AnnotationError("A JSON label must be an object")
         if "shapes" in doc:
@@ -288,6 +288,17 @@ def read_label_points(
     if np.isnan(pts).all():
         raise AnnotationError(
             f"The label holds none of the {len(landmark_set)} landmarks of the set {landmark_set.name!r}"
+        )
+    h, w = image.shape
+    outside = [
+        f"{landmark_set.names[k]} ({p[0]:.6g}, {p[1]:.6g})"
+        for k, p in enumerate(pts)
+        if np.isfinite(p).all() and not (-0.5 <= p[0] <= w - 0.5 and -0.5 <= p[1] <= h - 0.5)
+    ]
+    if outside:
+        raise AnnotationError(
+            f"Landmark(s) outside the {w}x{h} px image: {', '.join(outside[:5])}; points are (x, y) pixels of this "
+            "image (Slicer markups: in the geometry the viewer gives it); leave a landmark out if it is not visible"
         )
     return pts
 
