@@ -11,6 +11,8 @@ PORT    ?= 8000
 
 # Debian packages for the DICOM stack (Orthanc + DICOMweb plugin) and the browser test (Chromium); apt-get is run
 # through sudo unless we are root. node/npm must be on PATH for the viewer.
+ORTHANC_PORT ?= 8042
+VIEWER_PORT  ?= 3000
 SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 VIEWER  := viewer
 
@@ -57,7 +59,8 @@ $(VIEWER)/ohif-dist/.anatomark-ohif-version: $(VIEWER)/package.json $(VIEWER)/fe
 ## The whole stack on loopback: Orthanc :8042 (DICOMweb), MONAI Label :8000 on it (DX/CR), OHIF :3000.
 ## UPLOAD="a.dcm b.dcm" stores DICOM files first (make PNG/JPG into DICOM with `anatomark to-dicom`).
 stack: install stack-deps viewer
-	$(VPY) -m anatomark.stack up --models $(MODEL) $(if $(UPLOAD),--upload $(UPLOAD))
+	$(VPY) -m anatomark.stack up --models $(MODEL) --port $(PORT) --orthanc-port $(ORTHANC_PORT) \
+		--viewer-port $(VIEWER_PORT) $(if $(UPLOAD),--upload $(UPLOAD))
 
 ## DICOMweb server tests and the headless-Chromium OHIF test only.
 test-dicom: install stack-deps viewer

@@ -271,6 +271,12 @@ def _make_handler(dist: Path, ext_dir: Path, orthanc_url: str, monai_url: str, a
         def log_message(self, fmt: str, *args: Any) -> None:  # quiet; errors still go to stderr below
             pass
 
+        def handle_one_request(self) -> None:
+            try:
+                super().handle_one_request()
+            except (BrokenPipeError, ConnectionResetError):  # the browser went away mid-answer (page closed)
+                self.close_connection = True
+
         def _proxy(self, target: str) -> None:
             length = int(self.headers.get("Content-Length") or 0)
             body = self.rfile.read(length) if length else None

@@ -1,5 +1,5 @@
-"""End to end in a real browser: a DICOM DX X-ray in Orthanc, opened in OHIF 3 (prebuilt @ohif/app from npm) with the
-anatomark mode, "Auto-landmark" clicked, points checked against the server's JSON (pixels, mm and where they are
+"""End to end in a real browser: a DICOM DX X-ray in Orthanc, opened from OHIF 3's study list (prebuilt @ohif/app
+from npm) in the anatomark mode ("X-ray landmarks"), "Auto-landmark" clicked, points checked against the server's JSON (pixels, mm and where they are
 rendered), one point dragged with the mouse, "Save landmarks" clicked, and the final label found in the datastore.
 
 Needs Orthanc + DICOMweb plugin and Chromium (``make stack-deps``: Debian packages) and the viewer (``make viewer``:
@@ -75,7 +75,7 @@ def run(e2e_stack) -> dict:
     root = e2e_stack["root"]
     out, shot = root / "e2e.json", root / "e2e.png"
     cmd = ["node", str(VIEWER / "e2e" / "landmarks.e2e.mjs"), "--viewer", e2e_stack["viewer"].url,
-           "--study", e2e_stack["dx"].study_instance_uid, "--out", str(out), "--screenshot", str(shot),
+           "--study", e2e_stack["dx"].study_instance_uid, "--patient", e2e_stack["dx"].patient_id, "--out", str(out), "--screenshot", str(shot),
            "--chromium", CHROMIUM, "--move", "sella", "--dx=40", "--dy=-30"]  # fmt: skip
     proc = subprocess.run(cmd, cwd=VIEWER, capture_output=True, text=True, timeout=600)
     assert out.is_file(), f"e2e driver wrote nothing:\n{proc.stdout}\n{proc.stderr}"

@@ -68,7 +68,7 @@ function modeFactory() {
   return {
     id: 'anatomark',
     routeName: 'anatomark',
-    displayName: 'anatomark: X-ray landmarks',
+    displayName: 'X-ray landmarks',
     onModeEnter: ({ servicesManager, extensionManager }) => {
       const { toolbarService, toolGroupService, measurementService } = servicesManager.services;
       measurementService?.clearMeasurements?.();

@@ -1,8 +1,9 @@
 // End-to-end run of the anatomark OHIF mode in headless Chromium (Debian /usr/bin/chromium, driven by
 // playwright-core). Usage:
 //   node e2e/landmarks.e2e.mjs --viewer http://127.0.0.1:3000 --study <StudyInstanceUID> --out result.json
+//        [--patient <PatientID>: start at the study list, click the study, then the "X-ray landmarks" mode]
 //        [--screenshot shot.png] [--move sella] [--dx=40] [--dy=-30] [--chromium /usr/bin/chromium]
-// Steps: open the study in /anatomark, click "Auto-landmark", read the drawn points, check that each point's ring
+// Steps: open the study in /anatomark (from the study list with --patient), click "Auto-landmark", read the drawn points, check that each point's ring
 // is rendered at its canvas position (screenshot pixels), drag one point with the mouse, click "Save landmarks".
 // Writes everything measured to --out (JSON); the Python test compares it with the server's JSON and datastore.
 import { chromium } from 'playwright-core';
@@ -13,6 +14,7 @@ const { values: args } = parseArgs({
   options: {
     viewer: { type: 'string' },
     study: { type: 'string' },
+    patient: { type: 'string' }, // when given, open the study from OHIF's study list (row with this patient id)
     out: { type: 'string' },
     screenshot: { type: 'string' },
     move: { type: 'string', default: 'sella' },
@@ -35,7 +37,16 @@ try {
   });
   page.on('pageerror', e => result.console_errors.push(`pageerror: ${e.message.slice(0, 500)}`));
 
-  await page.goto(`${args.viewer}/anatomark?StudyInstanceUIDs=${args.study}`, { waitUntil: 'load', timeout });
+  if (args.patient) {
+    // the user's route: study list -> click the study -> "X-ray landmarks" in Launch workflow
+    await page.goto(`${args.viewer}/`, { waitUntil: 'load', timeout });
+    await page.getByText(args.patient, { exact: true }).first().click({ timeout });
+    await page.getByRole('button', { name: 'X-ray landmarks' }).first().click({ timeout });
+    await page.waitForURL(url => url.pathname === '/anatomark' && url.search.includes(args.study), { timeout });
+    step('study list -> mode');
+  } else {
+    await page.goto(`${args.viewer}/anatomark?StudyInstanceUIDs=${args.study}`, { waitUntil: 'load', timeout });
+  }
   await page.waitForSelector('[data-cy="AnatomarkAutoLandmark"]', { timeout });
   await page.waitForFunction(
     () => {
