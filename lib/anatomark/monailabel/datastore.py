@@ -216,7 +216,7 @@ class LandmarkDatastore(LocalDatastore):
                 f"Unsupported image type {ext or '(none)'!r}; upload one of "
                 f"{', '.join(e for e in allowed if e in SUPPORTED_EXTENSIONS)}",
             )
-        if image_id in self._datastore.objects:
+        if self._image_file_exists(image_id):
             raise _bad_request(409, f"Image {image_id!r} already exists; delete it first or upload with another id")
         try:
             load_image(image_filename, default_spacing=self.landmark_set.default_spacing_mm)
@@ -224,7 +224,7 @@ class LandmarkDatastore(LocalDatastore):
             raise _bad_request(422, f"Image refused: {e}") from e
         with self._mutex, FileLock(self._lock_file):
             self._reload_unlocked()
-            if image_id in self._datastore.objects:
+            if self._image_file_exists(image_id):
                 raise _bad_request(409, f"Image {image_id!r} already exists; delete it first or use another id")
             name = self._filename(image_id, ext)
             atomic_copy(image_filename, os.path.join(self._datastore.image_path(), name))
@@ -233,6 +233,12 @@ class LandmarkDatastore(LocalDatastore):
             self._update_datastore_file(lock=False)
         logger.info(f"Added image {image_id} ({name})")
         return image_id
+
+    def _image_file_exists(self, image_id: str) -> bool:
+        obj = self._datastore.objects.get(image_id)
+        if obj is None:
+            return False
+        return os.path.isfile(os.path.join(self._datastore.image_path(), self._filename(image_id, obj.image.ext)))
 
     def remove_image(self, image_id: str) -> None:
         _check_id(image_id)
