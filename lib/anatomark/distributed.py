@@ -268,6 +268,11 @@ def run(fn: Callable, p: Plan, *args: Any, **kwargs: Any) -> tuple[Any, list[dic
 def _train_returning_callback(*args: Any, **kwargs: Any) -> tuple[dict[str, Any], Any]:
     from anatomark.training import train
 
+    recipe = args[0]
+    if _CTX is not None and _CTX.backend == "gloo" and recipe.get("train", {}).get("num_threads"):
+        # CPU ranks share the cores: the recipe's thread count (meant for one process) must not oversubscribe them
+        recipe = {**recipe, "train": {**recipe["train"], "num_threads": torch.get_num_threads()}}
+        args = (recipe, *args[1:])
     return train(*args, **kwargs), kwargs.get("on_epoch")
 
 

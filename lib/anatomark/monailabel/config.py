@@ -8,7 +8,7 @@ from typing import Any
 from monailabel.interfaces.config import TaskConfig
 
 from anatomark.monailabel.infer import LandmarkInferTask, PublishedModel, default_device
-from anatomark.monailabel.train import LandmarkTrainTask
+from anatomark.monailabel.train import FINE_TUNE_LR, LandmarkTrainTask
 
 
 class LandmarkTaskConfig(TaskConfig):
@@ -16,8 +16,8 @@ class LandmarkTaskConfig(TaskConfig):
 
     ``init(name, model_dir, conf, planner, published_dir=..., work_dir=...)``: ``model_dir`` holds the shipped
     ``<name>.pt``; fine-tuned weights are published to ``published_dir/<name>.pt`` and served in preference.
-    Conf keys used: ``train_epochs``, ``val_fraction``, ``multi_gpu`` (default of the train request option),
-    ``label_radius_mm``, ``infer_threads``, ``device``.
+    Conf keys used: ``train_epochs``, ``val_fraction``, ``train_lr`` (fine-tuning learning rate), ``multi_gpu``
+    (default of the train request option), ``label_radius_mm``, ``infer_threads``, ``device``.
     """
 
     def init(self, name: str, model_dir: str, conf: dict[str, str], planner: Any, **kwargs: Any) -> None:
@@ -42,6 +42,7 @@ class LandmarkTaskConfig(TaskConfig):
             epochs=int(self.conf.get("train_epochs", 10)),
             val_fraction=float(self.conf.get("val_fraction", 0.2)),
             multi_gpu=str(self.conf.get("multi_gpu", "false")).strip().lower() in ("1", "true", "yes", "on"),
+            lr=float(self.conf.get("train_lr", FINE_TUNE_LR)),
         )
 
 

@@ -1,0 +1,82 @@
+"""The default model (the coarse-to-fine cascade, ``apps/landmarks/model/isbi2015_cascade.pt``) served by a real
+MONAI Label server of its own (``--conf models default``): landmarks on a real ISBI 2015 image near the senior
+annotation, then one fine-tuning epoch of both stages through ``POST /train`` and the new weights served.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+
+import numpy as np
+import pytest
+from mlserver_process import start_server, stop_server
+from monailabel.client import MONAILabelClient
+from test_scheduled_training import save_truth, wait_done
+
+CASCADE = "isbi2015_cascade"
+IMAGES = ["151", "152", "153", "154"]
+
+
+@pytest.fixture(scope="module")
+def cascade_server(isbi, tmp_path_factory):
+    from anatomark.paths import model_dir
+
+    if not (model_dir() / f"{CASCADE}.pt").is_file():
+        pytest.skip(f"Shipped cascade weights {model_dir() / (CASCADE + '.pt')} not found")
+    root = tmp_path_factory.mktemp("cascade")
+    studies = root / "studies"
+    studies.mkdir()
+    for i in IMAGES:
+        shutil.copy(isbi / "images" / f"{i}.jpg", studies / f"{i}.jpg")
+    srv = start_server(root, studies, {"models": "default", "train_epochs": "1"})
+    yield srv
+    stop_server(srv)
+
+
+@pytest.fixture(scope="module")
+def cclient(cascade_server, tmp_path_factory):
+    return MONAILabelClient(cascade_server.url, tmpdir=str(tmp_path_factory.mktemp("cascade_client")))
+
+
+@pytest.fixture(scope="module")
+def seen() -> dict:
+    return {}
+
+
+def mre_mm(res: dict, truth: np.ndarray) -> float:
+    pred = np.array([[e["x"], e["y"]] for e in res["landmarks"]])
+    return float(np.linalg.norm((pred - truth) * 0.1, axis=1).mean())
+
+
+def test_default_is_the_cascade_and_lands_near_the_senior_truth(cclient, senior, landmark_set, seen):
+    info = cclient.info()
+    assert list(info["models"]) == [CASCADE]  # "default" resolved through configs/app.yaml
+    assert info["models"][CASCADE]["labels"] == {n: k + 1 for k, n in enumerate(landmark_set.names)}
+    _, res = cclient.infer(CASCADE, "154", {"result_format": "slicer_markups"})
+    assert res["model"] == CASCADE and res["model_version"]
+    assert [e["name"] for e in res["landmarks"]] == landmark_set.names and len(res["landmarks"]) == 19
+    mre = mre_mm(res, senior["154.jpg"])
+    assert mre < 2.5, f"cascade MRE {mre:.2f} mm against the senior annotation"  # Test1 mean: 1.65 mm
+    seen["shipped"], seen["mre_shipped"] = res["model_version"], mre
+
+
+def test_fine_tune_cascade_through_train_and_serve_new_weights(
+    cclient, cascade_server, senior, landmark_set, seen, tmp_path
+):
+    for i in ("151", "152", "153"):
+        save_truth(cclient, tmp_path, i, senior, landmark_set.names)
+    t0 = time.time()
+    task = cclient.train_start(CASCADE, {"max_epochs": 1})
+    wait_done(cascade_server, task["id"], timeout=170)
+    took = time.time() - t0
+    stats = cclient.info()["train_stats"][CASCADE]
+    assert stats["started_from_version"] == seen["shipped"]
+    assert stats["n_train"] + stats["n_val"] == 3 and stats["epochs"] == 1
+    _, res = cclient.infer(CASCADE, "154", {"result_format": "slicer_markups"})
+    assert res["model_version"] == stats["model_version"] != seen["shipped"]
+    assert len(res["landmarks"]) == 19
+    mre = mre_mm(res, senior["154.jpg"])
+    # one epoch on three images must not wreck a model that took hours to train
+    assert mre < seen["mre_shipped"] + 0.5, f"MRE {seen['mre_shipped']:.2f} -> {mre:.2f} mm after fine-tuning"
+    print(f"cascade fine-tuning: {took:.1f} s end to end; MRE on 154: {seen['mre_shipped']:.2f} -> {mre:.2f} mm")
