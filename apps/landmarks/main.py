@@ -171,12 +171,20 @@ class LandmarkApp(MONAILabelApp):
 
     def info(self) -> dict[str, Any]:
         meta = super().info()
+        ls = self.landmark_set
         meta["anatomark"] = {
             "landmark_set": self.landmark_set.name if self.landmark_set else None,
             "auto_train_every_n_labels": self.auto_every,
             "auto_train_interval": self.auto_interval,
             "auto_train_log": self.auto_train_log[-20:],
             "published": {n: str(h.published_path) for n, h in self.handles.items()},
+            # for viewers (the OHIF extension): short label and colour of every landmark, in label-value order
+            "landmarks": [
+                {"index": k, "name": n, "short": s, "color": c}
+                for k, (n, s, c) in enumerate(zip(ls.names, ls.shorts, ls.colors), start=1)
+            ]
+            if ls
+            else [],
         }
         return meta
 

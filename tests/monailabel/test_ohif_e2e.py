@@ -107,12 +107,18 @@ def test_points_drawn_where_the_server_put_them(run, e2e_stack):
         # patient space of the DX (no ImagePositionPatient: first pixel centre at 0, ImagerPixelSpacing 0.1 mm)
         assert d["world"][0] == pytest.approx(p["x"] * SPACING, abs=1e-3)
         assert d["world"][1] == pytest.approx(p["y"] * SPACING, abs=1e-3)
-    # rendered: each point's ring is on the screenshot, centred on the point's page position
+    # rendered: each point's ring, in its landmark's colour (the app's /info/), is on the screenshot, centred on the
+    # point's page position
+    from anatomark.config import load_landmark_set
+
+    ls = load_landmark_set("isbi2015_cephalometric")
+    assert {n: d["color"] for n, d in drawn.items()} == dict(zip(ls.names, ls.colors))
     rings = {r["name"]: r for r in run["rings"]}
-    for name in drawn:
+    for name in drawn:  # a ring may be partly covered by a neighbour's ring or label (measured: LI under Gn, 9/16)
         r = rings[name]
-        assert r["pixels"] >= 10, f"no ring rendered for {name}"
-        assert r["ray_hits"] >= 14, f"no ring of radius 6 px centred on {name}'s position: {r}"
+        assert r["pixels"] >= 10 and r["ray_hits"] >= 8, f"no ring of radius 6 px around {name}'s position: {r}"
+    full = [r["name"] for r in rings.values() if r["ray_hits"] >= 14]
+    assert len(full) >= len(drawn) - 2, rings
     centred = [r for r in rings.values() if r["pixels"] <= 62]  # isolated rings (a ring alone is ~56-60 px)
     assert len(centred) >= 3, rings
     for r in centred:

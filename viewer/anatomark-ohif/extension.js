@@ -19,6 +19,7 @@ const state = {
   result: null, // the server's JSON of the last /infer
   saved: null, // the server's answer to the last save
   annotationUIDs: [],
+  styles: {}, // landmark name -> {short, color} from the server's /info/ (anatomark.landmarks)
 };
 
 let ctx = null; // { servicesManager, extensionManager, commandsManager }
@@ -42,7 +43,11 @@ export function registerTool() {
     static toolName = TOOL_NAME;
     constructor(toolProps = {}, defaultToolProps) {
       super(toolProps, defaultToolProps);
-      this.configuration.getTextLines = data => (data.label ? [data.label] : undefined);
+      // the short label (S, N, Or ...) keeps text boxes next to their points; the full name is data.label
+      this.configuration.getTextLines = data => {
+        const text = data.anatomark?.short || data.label;
+        return text ? [text] : undefined;
+      };
     }
   }
   cornerstoneTools.addTool(AnatomarkPointTool);
@@ -109,11 +114,27 @@ export function drawPoints(landmarks) {
   for (const p of landmarks) {
     if (p.x === null || p.y === null || p.x === undefined) continue;
     const world = pixelToWorld(imageId, p.x, p.y);
+    const style = state.styles[p.name] || {};
     const ann = toolClass.createAnnotationForViewport(viewport, {
-      data: { handles: { points: [world] }, label: p.name, anatomark: { index: p.index, confidence: p.confidence } },
+      data: {
+        handles: { points: [world] },
+        label: p.name,
+        anatomark: { index: p.index, confidence: p.confidence, short: style.short },
+      },
     });
     ann.metadata.referencedImageId = ann.metadata.referencedImageId || imageId;
-    cornerstoneTools.annotation.state.addAnnotation(ann, viewport.element);
+    cornerstoneTools.annotation.state.addAnnotation(ann, viewport.element); // assigns ann.annotationUID
+    if (style.color) {
+      const c = style.color;
+      cornerstoneTools.annotation.config.style.setAnnotationStyles(ann.annotationUID, {
+        color: c,
+        colorHighlighted: c,
+        colorSelected: c,
+        textBoxColor: c,
+        textBoxColorHighlighted: c,
+        textBoxColorSelected: c,
+      });
+    }
     state.annotationUIDs.push(ann.annotationUID);
   }
   cornerstoneTools.utilities.triggerAnnotationRenderForViewportIds([viewportId]);
@@ -130,13 +151,16 @@ export function currentPoints() {
   });
 }
 
+/** The model to run (window.config.anatomark.model, else the server's first) and the landmarks' short labels and
+ * colours (the app's /info/ "anatomark.landmarks"). */
 async function pickModel() {
-  const wanted = window.config?.anatomark?.model;
-  if (wanted) return wanted;
   const r = await fetch(`${monaiUrl()}/info/`);
   if (!r.ok) throw new Error(`MONAI Label /info/ answered ${r.status}`);
   const info = await r.json();
+  state.styles = Object.fromEntries((info.anatomark?.landmarks || []).map(l => [l.name, l]));
   const names = Object.keys(info.models || {});
+  const wanted = window.config?.anatomark?.model;
+  if (wanted) return wanted;
   if (!names.length) throw new Error('The MONAI Label server serves no model');
   return names[0];
 }

@@ -80,9 +80,10 @@ try {
   const drawn = await page.evaluate(() => {
     const { viewport } = window.anatomark.activeImage();
     const rect = viewport.element.getBoundingClientRect();
+    const styles = window.anatomark.state.styles;
     return window.anatomark.currentPoints().map(p => {
       const [cx, cy] = viewport.worldToCanvas(p.world);
-      return { ...p, page: [rect.left + cx, rect.top + cy] };
+      return { ...p, page: [rect.left + cx, rect.top + cy], color: styles[p.name]?.color || null };
     });
   });
   result.drawn = drawn;
@@ -103,8 +104,27 @@ try {
       const g = c.getContext('2d');
       g.drawImage(img, 0, 0);
       const out = [];
+      const rgb = hex => (hex ? [1, 3, 5].map(i => parseInt(hex.slice(i, i + 2), 16)) : null);
+      // a pixel of the point's ring: its landmark colour (or any strongly coloured pixel when no colour is known);
+      // the X-ray underneath is gray
+      // (anti-aliased: pixel = a * colour + (1 - a) * gray, so its chroma, pixel minus its mean, is a times the
+      // colour's chroma; a pixel counts when a >= 0.5 and the chroma points the colour's way)
+      const chroma = v => {
+        const m = (v[0] + v[1] + v[2]) / 3;
+        return [v[0] - m, v[1] - m, v[2] - m];
+      };
+      const isRing = (d, k, want) => {
+        const cp = chroma([d[k], d[k + 1], d[k + 2]]);
+        if (!want) return Math.max(...cp) - Math.min(...cp) > 120;
+        const cw = chroma(want);
+        const n2 = cw[0] ** 2 + cw[1] ** 2 + cw[2] ** 2;
+        const a = (cp[0] * cw[0] + cp[1] * cw[1] + cp[2] * cw[2]) / n2;
+        const res = Math.hypot(cp[0] - a * cw[0], cp[1] - a * cw[1], cp[2] - a * cw[2]);
+        return a >= 0.5 && a <= 1.3 && res < 12 + 0.1 * Math.sqrt(n2);
+      };
       for (const p of points) {
         const [px, py] = p.page;
+        const want = rgb(p.color);
         const x0 = Math.round(px) - 9;
         const y0 = Math.round(py) - 9;
         const d = g.getImageData(x0, y0, 19, 19).data;
@@ -114,9 +134,7 @@ try {
         for (let j = 0; j < 19; j++) {
           for (let i = 0; i < 19; i++) {
             const k = (j * 19 + i) * 4;
-            const [r, gg, b] = [d[k], d[k + 1], d[k + 2]];
-            const coloured = Math.max(r, gg, b) - Math.min(r, gg, b) > 120; // the X-ray is gray, the ring is not
-            if (coloured) {
+            if (isRing(d, k, want)) {
               n += 1;
               sx += x0 + i + 0.5;
               sy += y0 + j + 0.5;
@@ -132,8 +150,7 @@ try {
           for (let rr = 4.5; rr <= 7.5 && !hit; rr += 0.5) {
             const i = Math.floor(px + rr * Math.cos(ang)) - x0;
             const j = Math.floor(py + rr * Math.sin(ang)) - y0;
-            const k = (j * 19 + i) * 4;
-            hit = Math.max(d[k], d[k + 1], d[k + 2]) - Math.min(d[k], d[k + 1], d[k + 2]) > 120;
+            hit = isRing(d, (j * 19 + i) * 4, want);
           }
           hits += hit ? 1 : 0;
         }
