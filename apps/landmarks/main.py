@@ -27,6 +27,7 @@ Start it with ``python -m monailabel.main start_server --app apps/landmarks --st
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from pathlib import Path
@@ -212,7 +213,10 @@ class LandmarkApp(MONAILabelApp):
         try:
             return super().infer(request, datastore)
         except AnatomarkError as e:
-            raise HTTPException(status_code=422, detail=str(e)) from e
+            detail = str(e)
+            if self.upload_dir is not None and os.path.isabs(resolved):  # not the server's temp name of an upload
+                detail = detail.replace(os.path.basename(resolved), "(uploaded file)")
+            raise HTTPException(status_code=422, detail=detail) from e
 
     def scoring(self, request: dict[str, Any], datastore: Datastore | None = None) -> dict[str, Any]:
         method = request.get("method")

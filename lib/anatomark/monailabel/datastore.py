@@ -221,7 +221,8 @@ class LandmarkDatastore(LocalDatastore):
         try:
             load_image(image_filename, default_spacing=self.landmark_set.default_spacing_mm)
         except AnatomarkError as e:
-            raise _bad_request(422, f"Image refused: {e}") from e
+            detail = str(e).replace(os.path.basename(image_filename), "(uploaded file)")
+            raise _bad_request(422, f"Image refused: {detail}") from e
         with self._mutex, FileLock(self._lock_file):
             self._reload_unlocked()
             if self._image_file_exists(image_id):
@@ -271,7 +272,8 @@ class LandmarkDatastore(LocalDatastore):
             radius = label_radius_px(points, image.spacing, self.label_radius_mm)
             canonical = write_labelmap_like(draw_labelmap(points, image, radius, len(ls)), image_path)
         except AnatomarkError as e:
-            raise HTTPException(status_code=422, detail=f"Label refused for image {image_id!r}: {e}") from e
+            detail = str(e).replace(os.path.basename(label_filename), "(uploaded label)")
+            raise HTTPException(status_code=422, detail=f"Label refused for image {image_id!r}: {detail}") from e
         try:
             info.update(
                 {
