@@ -531,10 +531,22 @@ def fmt_s(v: Any) -> str:
     return "-" if v is None or (isinstance(v, float) and np.isnan(v)) else f"{v:.2f}"
 
 
+def run_line(part: dict[str, Any]) -> list[str]:
+    r = part.get("run")
+    if not r:
+        return []
+    others = "; ".join(r["other_trainings"]) or "none"
+    return [
+        f"_Run: `{r['command']}` on {r['date']} at commit {r['commit']}, {r['seconds']} s; other `anatomark train` "
+        f"processes when this part ended: {others}_",
+        "",
+    ]
+
+
 def report(args: argparse.Namespace, res: dict[str, Any], meta: dict[str, Any]) -> str:
     L = ["# Server reliability (issue 8)", ""]
     L += [
-        f"- Command: `{meta['command']}`",
+        f"- Command of the latest run: `{meta['command']}` (each part below names its own run)",
         f"- Date: {meta['date']}; total run time {meta['total_min']:.1f} min",
         f"- Machine: {meta['machine']}",
         f"- Git commit: {meta['commit']}",
@@ -545,6 +557,7 @@ def report(args: argparse.Namespace, res: dict[str, Any], meta: dict[str, Any]) 
     m = res.get("malformed")
     if m:
         L += ["## 1. Malformed requests", ""]
+        L += run_line(m)
         L += [
             f"{m['n']} requests in {m['elapsed_s']:.0f} s against a server with the default options (200 MB upload "
             f"limit): **{m['n_ok']}/{m['n']} answered as expected, {m['n_4xx']} with a 4xx, {m['n_5xx']} with a 5xx, "
@@ -572,6 +585,7 @@ def report(args: argparse.Namespace, res: dict[str, Any], meta: dict[str, Any]) 
     ld = res.get("load")
     if ld:
         L += ["## 2. Load while a training runs", ""]
+        L += run_line(ld)
         L += [
             f"{ld['clients']} concurrent clients for {ld['minutes']:g} min ({ld['duration_s']:.0f} s measured), "
             f"75 % `/infer` (random {'ISBI 1935x2400' if ld['isbi'] else 'synthetic'} image, label map or markups, "
@@ -600,6 +614,7 @@ def report(args: argparse.Namespace, res: dict[str, Any], meta: dict[str, Any]) 
     cs = res.get("crash_save")
     if cs:
         L += ["## 3. kill -9 during label saves", ""]
+        L += run_line(cs)
         L += [
             f"{cs['kills']} SIGKILLs at random moments of back-to-back label saves ({cs['acked_saves']} acknowledged "
             f"saves; the kill hit a save in flight {cs['kills_with_save_in_flight']} times); after each restart every "
@@ -612,6 +627,7 @@ def report(args: argparse.Namespace, res: dict[str, Any], meta: dict[str, Any]) 
     ct = res.get("crash_train")
     if ct:
         L += ["## 4. kill -9 during training", ""]
+        L += run_line(ct)
         L += [
             f"{ct['kills']} SIGKILLs of the server's process group (server + training subprocess) at random moments "
             f"of a fine-tuning on {ct['labelled_images']} labelled images; after each restart:",
@@ -640,6 +656,9 @@ def main() -> int:
     ap.add_argument("--train-kills", type=int, default=4)
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "reliability.md"))
     ap.add_argument("--json", default=None, help="also write the raw results here")
+    ap.add_argument(
+        "--merge", default=None, help="raw results (--json) of an earlier run: its parts not run now are reported too"
+    )
     args = ap.parse_args()
     from anatomark.paths import model_dir
 
@@ -679,9 +698,21 @@ def main() -> int:
                 res[part] = run_crash_train(work, args.train_kills)
             else:
                 raise SystemExit(f"unknown part {part!r}")
+            res[part]["run"] = {
+                "command": meta["command"],
+                "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+                "commit": meta["commit"],
+                "seconds": round(time.time() - t),
+                "other_trainings": other_trainings(),
+            }
             print(f"   {time.time() - t:.0f} s", flush=True)
     meta["others_end"] = other_trainings()
     meta["total_min"] = (time.time() - t0) / 60
+    if args.merge and Path(args.merge).is_file():
+        earlier = json.loads(Path(args.merge).read_text())["results"]
+        res = {**{k: v for k, v in earlier.items() if k not in res}, **res}
+        order = ["malformed", "load", "crash_save", "crash_train"]
+        res = {k: res[k] for k in sorted(res, key=lambda k: order.index(k) if k in order else 9)}
     text = report(args, res, meta)
     Path(args.out).write_text(text)
     if args.json:

@@ -979,10 +979,15 @@ def catalogue(
 
 # ---------------------------------------------------------------------------------------------------- auth
 class FakeRealm:
-    """A Keycloak-like realm endpoint on 127.0.0.1 serving an RSA public key (``GET /realms/<name>`` ->
-    ``{"public_key": ...}``), and tokens signed with its private key."""
+    """A Keycloak-like realm on 127.0.0.1: ``GET /realms/anatomark`` -> ``{"public_key": ...}`` (what MONAI Label
+    verifies tokens with), ``/.well-known/openid-configuration`` and a password-grant token endpoint (what its
+    ``POST /auth/token`` login forwards to; user ``annotator`` / password ``secret`` gets the annotator role)."""
+
+    USER, PASSWORD = "annotator", "secret"
 
     def __init__(self) -> None:
+        import base64
+
         from cryptography.hazmat.primitives import serialization
         from cryptography.hazmat.primitives.asymmetric import rsa
 
@@ -990,21 +995,35 @@ class FakeRealm:
         der = self.key.public_key().public_bytes(
             serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
         )
-        import base64
-
         public_key = base64.b64encode(der).decode()
         self.requests = 0
         realm = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802
-                realm.requests += 1
-                body = json.dumps({"realm": "anatomark", "public_key": public_key}).encode()
-                self.send_response(200)
+            def _json(self, code: int, doc: dict) -> None:
+                body = json.dumps(doc).encode()
+                self.send_response(code)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 self.wfile.write(body)
+
+            def do_GET(self) -> None:  # noqa: N802
+                realm.requests += 1
+                if self.path.endswith("/.well-known/openid-configuration"):
+                    self._json(200, {"token_endpoint": f"{realm.uri}/protocol/openid-connect/token"})
+                else:
+                    self._json(200, {"realm": "anatomark", "public_key": public_key})
+
+            def do_POST(self) -> None:  # noqa: N802
+                realm.requests += 1
+                n = int(self.headers.get("Content-Length", 0))
+                form = dict(urllib.parse.parse_qsl(self.rfile.read(n).decode()))
+                if form.get("username") == realm.USER and form.get("password") == realm.PASSWORD:
+                    tok = realm.token(["monailabel-annotator", "monailabel-user"])
+                    self._json(200, {"access_token": tok, "token_type": "bearer"})
+                else:
+                    self._json(401, {"error": "invalid_grant"})
 
             def log_message(self, *args: Any) -> None:
                 pass

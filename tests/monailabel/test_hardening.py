@@ -229,8 +229,12 @@ def auth_server(tmp_path_factory: pytest.TempPathFactory):
     realm.close()
 
 
-def test_authentication_refuses_unauthenticated_and_enforces_roles(auth_server, names):
+def test_authentication_refuses_unauthenticated_and_enforces_roles(auth_server):
     from cryptography.hazmat.primitives.asymmetric import rsa
+
+    from anatomark.config import load_landmark_set
+
+    names = load_landmark_set("isbi2015_cephalometric").names
 
     srv, realm = auth_server
     url = srv.url
@@ -273,6 +277,18 @@ def test_authentication_refuses_unauthenticated_and_enforces_roles(auth_server, 
     assert send(url, protected[4], token=annotator).status == 200
     assert send(url, protected[5], token=annotator).status == 403  # training needs the admin role
     assert send(url, protected[6], token=user).status == 403  # logs: admin
+    # unauthenticated callers learn nothing from the request guard's checks: MONAI Label's 401 comes first
+    r = requests.post(f"{url}/infer/no_such_model", params={"image": "s1"}, timeout=30)
+    assert r.status_code == 401 and MODEL not in r.text
+    r = requests.get(f"{url}/datastore/image/info", params={"image": "s1"}, timeout=30)
+    assert r.status_code == 401
+    # login through MONAI Label (password grant forwarded to the realm's token endpoint)
+    r = requests.post(f"{url}/auth/token", data={"username": realm.USER, "password": realm.PASSWORD}, timeout=30)
+    assert r.status_code == 200, r.text
+    tok = r.json()["access_token"]
+    assert send(url, protected[4], token=tok).status == 200
+    r = requests.post(f"{url}/auth/token", data={"username": realm.USER, "password": "wrong"}, timeout=30)
+    assert r.status_code == 401, r.text
     assert srv.alive() and not srv.crash_lines()
 
 

@@ -75,8 +75,13 @@ def tag_problem(value: str) -> str | None:
     return None
 
 
-def _exception_status(exc: BaseException) -> tuple[int, str] | None:
+def _exception_status(exc: BaseException, path: str = "") -> tuple[int, str] | None:
     """Map a user error escaping from a MONAI Label endpoint to ``(status, detail)``; ``None`` = a real 500."""
+    if path.rstrip("/") == "/auth/token" and type(exc).__name__ in ("HTTPError", "ConnectionError", "Timeout"):
+        code = getattr(getattr(exc, "response", None), "status_code", None)
+        if code in (400, 401, 403):  # the identity provider refused the user name / password
+            return 401, "Invalid user name or password"
+        return 503, "The identity provider (MONAI_LABEL_AUTH_REALM_URI) cannot be reached or failed"
     if isinstance(exc, json.JSONDecodeError):
         return 422, (
             f"A form field is not valid JSON ({exc.msg} at position {exc.pos}); send 'params' / 'info' as a JSON "
@@ -88,6 +93,24 @@ def _exception_status(exc: BaseException) -> tuple[int, str] | None:
     if isinstance(exc, AnatomarkError):
         return 422, str(exc)
     return None
+
+
+def _authenticated(headers: dict[str, str]) -> bool:
+    """Whether MONAI Label's authentication is off, or the request carries a token it accepts."""
+    try:
+        from monailabel.endpoints.user import auth
+    except Exception:  # noqa: BLE001 - no auth module: no authentication
+        return True
+    if not auth.settings.MONAI_LABEL_AUTH_ENABLE:
+        return True
+    scheme, _, token = headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not token:
+        return False
+    try:
+        auth.from_token(token.strip())
+    except Exception:  # noqa: BLE001 - any failure: not authenticated (the endpoint answers 401 / 503)
+        return False
+    return True
 
 
 class RequestGuard:
@@ -182,7 +205,8 @@ class RequestGuard:
                 await self._reply(receive, send, 413, self._too_large(n))
                 return
 
-        if self.validator is not None:
+        if self.validator is not None and _authenticated(headers):
+            # (unauthenticated callers get MONAI Label's 401 instead: the validator's answers name models and images)
             body: bytes | None = None
             top = path.split("/")[1] if path.count("/") else ""
             if method == "POST" and top in ("train", "scoring"):
@@ -250,7 +274,7 @@ class RequestGuard:
         except Exception as e:
             if refused:
                 return  # the 413 is out; whatever the endpoint made of the disconnect does not matter
-            mapped = _exception_status(e)
+            mapped = _exception_status(e, path)
             if mapped is None or started:
                 raise
             logger.warning(f"{method} {path}: {type(e).__name__}: {e} -> {mapped[0]}")
