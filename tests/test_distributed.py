@@ -9,10 +9,12 @@ import os
 import pytest
 import torch
 
-from _synthetic import make_dot_images, tiny_recipe
+from _synthetic import DOTS, make_dot_images, tiny_recipe
 from anatomark import distributed as dist
+from anatomark.cascade import CascadeModel
 from anatomark.errors import AnatomarkError
 from anatomark.model import load_model
+from anatomark.networks import build_network
 
 
 class RecordEpochs:
@@ -79,7 +81,6 @@ def test_two_cpu_processes_gloo_train_in_sync(tmp_path, monkeypatch):
 
 
 def _initial_state(recipe: dict) -> dict[str, torch.Tensor]:
-    from anatomark.networks import build_network
     from anatomark.training import set_determinism
 
     set_determinism(int(recipe["train"]["seed"]))
@@ -116,3 +117,49 @@ def test_helpers_are_no_ops_in_one_process():
     assert dist.wrap(net) is net
     assert dist.mean(1.5) == 1.5 and dist.from_main(2.5) == 2.5 and dist.shard_size(7) == 7
     assert dist.device() is None
+
+
+def test_two_cpu_processes_fine_tune_a_cascade(tmp_path, monkeypatch):
+    """What the server's Train button does for the default (cascade) model, in two gloo processes: both stages are
+    fine-tuned in sync and rank 0 writes one cascade model file."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    r1 = tiny_recipe(epochs=1)
+    r1["train"]["batch_size"] = 4
+    local = {
+        "network": {"name": "heatmap_unet", "spatial_dims": 2, "features": [8, 8, 16, 16, 32, 8]},
+        "spacing_mm": 0.5,
+        "patch_size": 32,
+        "sigma": 2.0,
+        "offset_sigma_mm": 2.0,
+        "max_offset_mm": 5.0,
+        "iterations": 1,
+        "decode": {"method": "local_mean", "radius": 3},
+    }
+    full = {**r1, "name": "dots_cascade", "kind": "cascade", "local": local}
+    full["train"]["patches_per_image"] = 2
+    init = CascadeModel(
+        build_network(r1["network"], out_channels=2), build_network(local["network"], out_channels=2), full, DOTS
+    ).save(tmp_path / "init.pt")
+    items = make_dot_images(tmp_path / "train", 4, seed=6)
+    val = make_dot_images(tmp_path / "val", 1, seed=7)
+    out = tmp_path / "ft"
+    res = dist.train_distributed(
+        dist.Plan(2, "gloo", ("cpu", "cpu")),
+        full,
+        items,
+        out,
+        init_weights=init,
+        epochs=1,
+        val_items=val,
+        progress=False,
+    )
+    r0, r1_ = res["distributed"]["ranks"]
+    assert len(r0["fits"]) == len(r1_["fits"]) == 2  # stage 1, then the local refiner
+    for f0, f1 in zip(r0["fits"], r1_["fits"]):
+        assert f0["weights_sha256"] == f1["weights_sha256"]
+        s0, s1 = f0["samples_per_epoch"][0], f1["samples_per_epoch"][0]
+        assert len(s0) == len(s1) and not set(s0) & set(s1)
+    assert len(r0["fits"][1]["samples_per_epoch"][0]) == 4  # 4 images x 2 patches, half per rank
+    model = load_model(res["model_path"])
+    assert isinstance(model, CascadeModel) and model.landmark_set.names == DOTS.names
+    assert model.info["n_train"] == 4 and model.info["n_val"] == 1

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from anatomark import distributed
 from anatomark.config import LandmarkSet, load_recipe
 from anatomark.data.image_io import XrayImage
 from anatomark.errors import AnatomarkError
@@ -334,7 +335,8 @@ def train_cascade(
         "train_seconds": float(stage1.info.get("train_seconds", 0.0)) + float(local.info.get("train_seconds", 0.0)),
     }
     model = CascadeModel(stage1.network, local.network, full, ls, meta)
-    path = model.save(out / "model.pt")
+    # in a multi-process run (anatomark.distributed) only rank 0 writes the model file
+    path = model.save(out / "model.pt") if distributed.is_main() else out / "model.pt"
     return {
         "best_val_mre_mm": r_local["best_val_mre_mm"],
         "epochs": r_local["epochs"],

@@ -202,9 +202,11 @@ def finish(net: torch.nn.Module, dataset: Dataset | None = None) -> None:
         h.update(k.encode())
         h.update(v.detach().float().cpu().numpy().tobytes())
     drawn = _CTX.report.pop("indices", [])
+    fit = {"weights_sha256": h.hexdigest()[:16], "samples_per_epoch": drawn}
     items = getattr(dataset, "items", None)
-    ids = [[str(items[i].get("id", i)) if items else str(i) for i in epoch] for epoch in drawn]
-    _CTX.report.setdefault("fits", []).append({"weights_sha256": h.hexdigest()[:16], "ids_per_epoch": ids})
+    if items is not None and dataset is not None and len(items) == len(dataset):  # one sample per image: name them
+        fit["ids_per_epoch"] = [[str(items[i].get("id", i)) for i in epoch] for epoch in drawn]
+    _CTX.report.setdefault("fits", []).append(fit)
     tdist.barrier()
 
 
@@ -279,7 +281,8 @@ def _train_returning_callback(*args: Any, **kwargs: Any) -> tuple[dict[str, Any]
 def train_distributed(p: Plan, *args: Any, **kwargs: Any) -> dict[str, Any]:
     """:func:`anatomark.training.train` (same arguments) in ``p.world_size`` processes; rank 0's result with
     ``result["distributed"] = {"world_size", "backend", "ranks": [{rank, device, pid, fits: [{weights_sha256,
-    ids_per_epoch}]}]}`` (one ``fits`` entry per trained stage).
+    samples_per_epoch (dataset indices), ids_per_epoch (when a sample is an image)}]}]}`` (one ``fits`` entry per
+    trained stage).
 
     ``on_epoch`` runs in rank 0 only and must be picklable (a module-level function or an object with
     ``__call__``); the attributes of rank 0's copy are copied back onto the object passed in, so a stateful
