@@ -4,7 +4,8 @@ rendered), one point dragged with the mouse, "Save landmarks" clicked, and the f
 
 Needs Orthanc + DICOMweb plugin and Chromium (``make stack-deps``: Debian packages) and the viewer (``make viewer``:
 ``npm ci`` for playwright-core, prebuilt OHIF). Skips with the command to run when one is missing.
-``ANATOMARK_E2E_SCREENSHOT=docs/ohif_auto_landmark.png`` also keeps the final screenshot there.
+``ANATOMARK_E2E_SCREENSHOT=docs/ohif_auto_landmark.png`` also keeps the final screenshot there (and the one with the
+label map shown as ``<name>_labelmap.png``).
 """
 
 from __future__ import annotations
@@ -76,7 +77,7 @@ def run(e2e_stack) -> dict:
     out, shot = root / "e2e.json", root / "e2e.png"
     cmd = ["node", str(VIEWER / "e2e" / "landmarks.e2e.mjs"), "--viewer", e2e_stack["viewer"].url,
            "--study", e2e_stack["dx"].study_instance_uid, "--patient", e2e_stack["dx"].patient_id, "--out", str(out), "--screenshot", str(shot),
-           "--chromium", CHROMIUM, "--move", "sella", "--dx=40", "--dy=-30"]  # fmt: skip
+           "--labelmap-screenshot", str(root / "labelmap.png"), "--chromium", CHROMIUM, "--move", "sella", "--dx=40", "--dy=-30"]  # fmt: skip
     proc = subprocess.run(cmd, cwd=VIEWER, capture_output=True, text=True, timeout=600)
     assert out.is_file(), f"e2e driver wrote nothing:\n{proc.stdout}\n{proc.stderr}"
     res = json.loads(out.read_text())
@@ -85,7 +86,9 @@ def run(e2e_stack) -> dict:
         f"server log:\n{e2e_stack['ml'].log_tail()}"
     )
     if os.environ.get("ANATOMARK_E2E_SCREENSHOT"):
-        shutil.copy(shot, os.environ["ANATOMARK_E2E_SCREENSHOT"])
+        keep = Path(os.environ["ANATOMARK_E2E_SCREENSHOT"])
+        shutil.copy(shot, keep)
+        shutil.copy(root / "labelmap.png", keep.with_name(keep.stem + "_labelmap.png"))
     print("e2e steps (ms since start):", [(s["name"], s["ms"]) for s in res["steps"]])
     return res
 
@@ -124,6 +127,23 @@ def test_points_drawn_where_the_server_put_them(run, e2e_stack):
     for r in centred:
         d = drawn[r["name"]]
         assert np.hypot(r["centre"][0] - d["page"][0], r["centre"][1] - d["page"][1]) < 1.0, (r, d["page"])
+
+
+def test_label_map_shown_as_segmentation(run):
+    """The server's label map (landmark k = disk of value k) is the viewport's segmentation, pixel for pixel placed:
+    each landmark's disk is centred on its point (neighbours may cover part of a disk)."""
+    lm = run["labelmap"]
+    assert lm is not None and (lm["width"], lm["height"]) == tuple(run["server"]["size_wh"])
+    radius = run["server"]["label_radius_px"]
+    server = run["server"]["landmarks"]
+    assert sorted(int(k) for k in lm["counts"]) == [p["index"] for p in server]
+    pts = np.array([[p["x"], p["y"]] for p in server])
+    for p in server:
+        cx, cy = lm["centroids"][str(p["index"])]
+        others = np.delete(pts, p["index"] - 1, axis=0)
+        if np.linalg.norm(others - (p["x"], p["y"]), axis=1).min() > 2 * radius + 2:
+            assert abs(cx - p["x"]) <= 1.0 and abs(cy - p["y"]) <= 1.0, (p, cx, cy)
+            assert lm["counts"][str(p["index"])] == pytest.approx(np.pi * radius**2, rel=0.25)
 
 
 def test_drag_moves_one_point_only(run):

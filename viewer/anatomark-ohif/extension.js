@@ -1,8 +1,9 @@
 // anatomark OHIF extension (plain ES module, loaded at run time by the prebuilt OHIF 3 app through
 // window.config.extensions; no build step). It adds:
 //   - the cornerstone tool "AnatomarkPoint": a Probe whose text is the landmark name; points are draggable;
-//   - commands "anatomarkAutoLandmark" (POST /infer/<model>?image=<series UID>&output=json on the MONAI Label
-//     server, one point per landmark) and "anatomarkSave" (PUT /datastore/label?image=<series UID>&tag=final with
+//   - commands "anatomarkAutoLandmark" (POST /infer/<model>?image=<series UID> on the MONAI Label server: the JSON
+//     gives one point per landmark, the label map (landmark k = disk of value k) is kept for display),
+//     "anatomarkToggleLabelmap" (the label map as an OHIF labelmap segmentation, one segment per landmark) and "anatomarkSave" (PUT /datastore/label?image=<series UID>&tag=final with
 //     {"landmarks": [{name, x, y}]}, which the server validates and keeps as a final label for training).
 // Pixel convention: the server's (x, y) is in pixels with (0, 0) at the centre of the top-left pixel; cornerstone3D's
 // image coordinates put (0, 0) at the pixel's corner, hence the 0.5 offsets below.
@@ -20,6 +21,8 @@ const state = {
   saved: null, // the server's answer to the last save
   annotationUIDs: [],
   styles: {}, // landmark name -> {short, color} from the server's /info/ (anatomark.landmarks)
+  labelmap: null, // {width, height, values: Uint8Array} of the last /infer
+  labelmapSegmentationId: null, // shown as a segmentation when set
 };
 
 let ctx = null; // { servicesManager, extensionManager, commandsManager }
@@ -183,12 +186,21 @@ export async function autoLandmark() {
     const model = await pickModel();
     const form = new FormData();
     form.append('params', JSON.stringify({}));
-    const q = new URLSearchParams({ image: seriesUID, output: 'json' });
+    const q = new URLSearchParams({ image: seriesUID }); // multipart answer: JSON ("params") + label map ("image")
     const t0 = performance.now();
     const r = await fetch(`${monaiUrl()}/infer/${encodeURIComponent(model)}?${q}`, { method: 'POST', body: form });
     if (!r.ok) throw new Error(`Auto-landmark failed (${r.status}): ${await errorText(r)}`);
-    const result = await r.json();
-    Object.assign(state, { model, seriesInstanceUID: seriesUID, imageId, result });
+    let result;
+    let labelmap = null;
+    if ((r.headers.get('content-type') || '').startsWith('multipart/')) {
+      const parts = await r.formData();
+      result = JSON.parse(await new Response(parts.get('params')).text());
+      if (parts.get('image')) labelmap = await decodeLabelmap(parts.get('image'));
+    } else {
+      result = await r.json();
+    }
+    if (state.labelmapSegmentationId) removeLabelmap();
+    Object.assign(state, { model, seriesInstanceUID: seriesUID, imageId, result, labelmap });
     drawPoints(result.landmarks || []);
     state.status = 'done';
     state.seconds = (performance.now() - t0) / 1000;
@@ -200,6 +212,104 @@ export async function autoLandmark() {
     notify('Auto-landmark', state.error, 'error');
     throw e;
   }
+}
+
+/** PNG label map (8-bit gray, value k = landmark k) -> {width, height, values}. */
+async function decodeLabelmap(blob) {
+  const bmp = await createImageBitmap(blob, { colorSpaceConversion: 'none', premultiplyAlpha: 'none' });
+  const canvas = new OffscreenCanvas(bmp.width, bmp.height);
+  const g = canvas.getContext('2d', { willReadFrequently: true });
+  g.drawImage(bmp, 0, 0);
+  const rgba = g.getImageData(0, 0, bmp.width, bmp.height).data;
+  const values = new Uint8Array(bmp.width * bmp.height);
+  for (let i = 0; i < values.length; i++) values[i] = rgba[4 * i];
+  return { width: bmp.width, height: bmp.height, values };
+}
+
+function hexToRgba(hex) {
+  return [1, 3, 5].map(i => parseInt(hex.slice(i, i + 2), 16)).concat([255]);
+}
+
+function removeLabelmap() {
+  const { segmentationService } = ctx.servicesManager.services;
+  try {
+    segmentationService.remove(state.labelmapSegmentationId);
+  } catch (e) {
+    console.warn('[anatomark] removing the label map segmentation failed', e);
+  }
+  state.labelmapSegmentationId = null;
+}
+
+/** Show (or hide again) the label map of the last Auto-landmark as a labelmap segmentation of the image. */
+export async function toggleLabelmap() {
+  if (state.labelmapSegmentationId) {
+    removeLabelmap();
+    return false;
+  }
+  const lm = state.labelmap;
+  if (!lm || !state.result) throw new Error('No label map yet: run Auto-landmark first');
+  const t0 = performance.now();
+  const { segmentationService, displaySetService, viewportGridService } = ctx.servicesManager.services;
+  const { cornerstone, cornerstoneTools } = libs();
+  const { viewportId, viewport } = activeImage();
+  const vp = viewportGridService.getState().viewports.get(viewportId);
+  const displaySet = displaySetService.getDisplaySetByUID(vp.displaySetInstanceUIDs[0]);
+  const segments = {};
+  for (const p of state.result.landmarks) {
+    segments[p.index] = { label: p.name, active: p.index === 1 };
+  }
+  const segmentationId = await segmentationService.createLabelmapForDisplaySet(displaySet, {
+    label: `anatomark ${state.model}`,
+    segments,
+  });
+  const seg = segmentationService.getSegmentation(segmentationId);
+  const segImageId = seg.representationData.Labelmap.imageIds[0];
+  const image = cornerstone.cache.getImage(segImageId);
+  const { columns, rows } = image;
+  if (columns !== lm.width || rows !== lm.height) {
+    segmentationService.remove(segmentationId);
+    throw new Error(`label map is ${lm.width}x${lm.height}, the image ${columns}x${rows}`);
+  }
+  if (image.voxelManager?.setScalarData) {
+    image.voxelManager.setScalarData(lm.values.slice());
+  } else {
+    image.getPixelData().set(lm.values);
+  }
+  await segmentationService.addSegmentationRepresentation(viewportId, { segmentationId });
+  for (const p of state.result.landmarks) {
+    const style = state.styles[p.name];
+    if (style?.color) segmentationService.setSegmentColor(viewportId, segmentationId, p.index, hexToRgba(style.color));
+  }
+  cornerstoneTools.segmentation.triggerSegmentationEvents.triggerSegmentationDataModified(segmentationId);
+  viewport.render();
+  state.labelmapSegmentationId = segmentationId;
+  state.labelmapSeconds = (performance.now() - t0) / 1000;
+  return true;
+}
+
+/** Label values of the shown segmentation (for checks): {width, height, counts[k], centroids[k]}. */
+export function labelmapStats() {
+  if (!state.labelmapSegmentationId) return null;
+  const { segmentationService } = ctx.servicesManager.services;
+  const { cornerstone } = libs();
+  const seg = segmentationService.getSegmentation(state.labelmapSegmentationId);
+  const image = cornerstone.cache.getImage(seg.representationData.Labelmap.imageIds[0]);
+  const data = image.voxelManager?.getScalarData ? image.voxelManager.getScalarData() : image.getPixelData();
+  const { columns: w, rows: h } = image;
+  const n = {};
+  const sx = {};
+  const sy = {};
+  for (let j = 0; j < h; j++) {
+    for (let i = 0; i < w; i++) {
+      const v = data[j * w + i];
+      if (!v) continue;
+      n[v] = (n[v] || 0) + 1;
+      sx[v] = (sx[v] || 0) + i;
+      sy[v] = (sy[v] || 0) + j;
+    }
+  }
+  const centroids = Object.fromEntries(Object.keys(n).map(k => [k, [sx[k] / n[k], sy[k] / n[k]]]));
+  return { width: w, height: h, counts: n, centroids };
 }
 
 export async function save() {
@@ -238,6 +348,13 @@ function getCommandsModule({ servicesManager, commandsManager, extensionManager 
     definitions: {
       anatomarkAutoLandmark: { commandFn: () => autoLandmark().catch(e => console.error(e)) },
       anatomarkSave: { commandFn: () => save().catch(e => console.error(e)) },
+      anatomarkToggleLabelmap: {
+        commandFn: () =>
+          toggleLabelmap().catch(e => {
+            console.error(e);
+            notify('Label map', String(e.message || e), 'error');
+          }),
+      },
     },
     defaultContext: 'DEFAULT',
   };
@@ -248,7 +365,18 @@ const extension = {
   preRegistration({ servicesManager, commandsManager, extensionManager }) {
     ctx = { servicesManager, commandsManager, extensionManager };
     // test and scripting hook (the end-to-end test reads the state and the points from here)
-    window.anatomark = { state, autoLandmark, save, currentPoints, activeImage, pixelToWorld, worldToPixel, TOOL_NAME };
+    window.anatomark = {
+      state,
+      autoLandmark,
+      save,
+      toggleLabelmap,
+      labelmapStats,
+      currentPoints,
+      activeImage,
+      pixelToWorld,
+      worldToPixel,
+      TOOL_NAME,
+    };
   },
   getCommandsModule,
 };

@@ -43,6 +43,17 @@ const toolbarButtons = [
     },
   },
   {
+    id: 'AnatomarkLabelmap',
+    uiType: 'ohif.toolButton',
+    props: {
+      icon: 'tab-segmentation',
+      label: 'Label map',
+      tooltip: "Show or hide the server's label map (a disk per landmark) as a segmentation",
+      commands: 'anatomarkToggleLabelmap',
+      evaluate: 'evaluate.action',
+    },
+  },
+  {
     id: 'WindowLevel',
     uiType: 'ohif.toolButton',
     props: {
@@ -92,6 +103,7 @@ function modeFactory() {
       toolbarService.updateSection('primary', [
         'AnatomarkAutoLandmark',
         'AnatomarkSave',
+        'AnatomarkLabelmap',
         'WindowLevel',
         'Pan',
         'Zoom',

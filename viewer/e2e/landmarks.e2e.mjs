@@ -4,7 +4,8 @@
 //        [--patient <PatientID>: start at the study list, click the study, then the "X-ray landmarks" mode]
 //        [--screenshot shot.png] [--move sella] [--dx=40] [--dy=-30] [--chromium /usr/bin/chromium]
 // Steps: open the study in /anatomark (from the study list with --patient), click "Auto-landmark", read the drawn points, check that each point's ring
-// is rendered at its canvas position (screenshot pixels), drag one point with the mouse, click "Save landmarks".
+// is rendered at its canvas position (screenshot pixels), show the label map (segmentation) and hide it again, drag
+// one point with the mouse, click "Save landmarks".
 // Writes everything measured to --out (JSON); the Python test compares it with the server's JSON and datastore.
 import { chromium } from 'playwright-core';
 import { writeFileSync } from 'node:fs';
@@ -17,6 +18,7 @@ const { values: args } = parseArgs({
     patient: { type: 'string' }, // when given, open the study from OHIF's study list (row with this patient id)
     out: { type: 'string' },
     screenshot: { type: 'string' },
+    'labelmap-screenshot': { type: 'string' },
     move: { type: 'string', default: 'sella' },
     dx: { type: 'string', default: '40' },
     dy: { type: 'string', default: '-30' },
@@ -160,6 +162,22 @@ try {
     },
     { png: shot.toString('base64'), points: drawn }
   );
+
+  // 2b. the label map as a segmentation (toolbar "Label map"), then hidden again
+  await page.click('[data-cy="AnatomarkLabelmap"]');
+  await page.waitForFunction(() => !!window.anatomark.state.labelmapSegmentationId, null, { timeout });
+  step('label map shown');
+  await page.waitForTimeout(500);
+  result.labelmap = await page.evaluate(() => ({
+    ...window.anatomark.labelmapStats(),
+    seconds: window.anatomark.state.labelmapSeconds,
+  }));
+  step('label map read');
+  if (args['labelmap-screenshot']) await page.screenshot({ path: args['labelmap-screenshot'] });
+  step('label map screenshot');
+  await page.click('[data-cy="AnatomarkLabelmap"]');
+  await page.waitForFunction(() => !window.anatomark.state.labelmapSegmentationId, null, { timeout });
+  step('label map hidden');
 
   // 3. drag one point with the mouse
   const target = drawn.find(p => p.name === args.move);
