@@ -192,3 +192,35 @@ def test_training_uses_the_saved_dicomweb_label(pacs, dicom_server):
     # training state and published weights live in the DICOMweb cache folder, never in the app folder
     published = Path(_get(f"{dicom_server.url}/info/")["anatomark"]["published"][MODEL])
     assert published.is_file() and published.is_relative_to(Path(dicom_server.log).parent / "dicomweb-cache")
+
+
+def test_datastore_in_process_secondary_capture_and_new_uploads(pacs, isbi, tmp_path):
+    """The datastore class itself on Orthanc: OT (secondary capture) served when asked for, the instance fetched once
+    as a .dcm our loader reads with its spacing, and a series uploaded later listed after ``list_ttl``."""
+    import time
+
+    from anatomark.config import load_landmark_set
+    from anatomark.data.image_io import load_image
+    from anatomark.monailabel.dicomweb import LandmarkDICOMwebDatastore, dicomweb_client
+
+    orthanc, files = pacs
+    ds = LandmarkDICOMwebDatastore(
+        dicomweb_client(f"{orthanc.url}/dicom-web"), load_landmark_set("isbi2015_cephalometric"),
+        cache_path=tmp_path / "cache", modalities=["OT"], list_ttl=0.5,
+    )  # fmt: skip
+    sc = files["SC"].series_instance_uid
+    assert ds.list_images() == [sc]
+    assert ds.get_image_uri(files["DX"].series_instance_uid) == ""  # not an OT series: not an image here
+    uri = ds.get_image_uri(sc)
+    assert uri.endswith(f"{sc}.dcm")
+    img = load_image(uri)
+    assert img.spacing == (0.1, 0.1) and img.size_wh == (1935, 2400) and img.meta["modality"] == "OT"
+    mtime = Path(uri).stat().st_mtime_ns
+    assert ds.get_image_uri(sc) == uri and Path(uri).stat().st_mtime_ns == mtime  # fetched once
+    info = ds.get_image_info(sc)
+    assert info["StudyInstanceUID"] == files["SC"].study_instance_uid and info["SOPInstanceUID"]
+    new = write_dicom(isbi / "images" / "154.jpg", tmp_path / "154.dcm", spacing=0.1, modality="SC")
+    stack.upload_dicom(orthanc.url, [new.path])
+    time.sleep(0.6)
+    assert sorted(ds.list_images()) == sorted([sc, new.series_instance_uid])
+    assert sorted(ds.get_unlabeled_images()) == sorted(ds.list_images())
