@@ -1,8 +1,9 @@
-"""Start and stop a real MONAI Label server running the anatomark app (a plain module, imported by bare name by
-conftest.py and by tests that need a server with their own ``--conf`` options)."""
+"""Start and stop a real MONAI Label server running the anatomark app, plus small helpers for training tasks (a plain
+module, imported by bare name by conftest.py and by tests that need a server with their own ``--conf`` options)."""
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -12,6 +13,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from monailabel.client.client import MONAILabelUtils
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -73,3 +75,34 @@ def stop_server(srv: Server) -> None:
         srv.proc.wait(20)
     except subprocess.TimeoutExpired:
         srv.proc.kill()
+
+
+def train_tasks(server) -> list[dict]:
+    """All training tasks of the server (``GET /train/?all=true``), oldest first."""
+    status, body, _, _ = MONAILabelUtils.http_method("GET", server.url, "/train/?all=true")
+    if status == 404:  # MONAI Label: "No Train Tasks Found"
+        return []
+    assert status == 200, body
+    tasks = json.loads(body)
+    return tasks if isinstance(tasks, list) else []
+
+
+def wait_done(server, task_id: str, timeout: float = 150) -> dict:
+    """Wait for a training task to end; fail with its output unless it is ``DONE``."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        task = next(t for t in train_tasks(server) if t["id"] == task_id)
+        if task["status"] in ("DONE", "ERROR", "STOPPED"):
+            assert task["status"] == "DONE", "\n".join(task.get("details", []))
+            return task
+        time.sleep(0.5)
+    pytest.fail(f"training {task_id} did not finish within {timeout} s:\n{server.log_tail()}")
+
+
+def save_truth(client, tmp_path, image: str, senior, names, shift: float = 0.0) -> None:
+    """Save the senior annotation of ISBI ``image`` (x shifted by ``shift`` px) as its ``final`` label (our JSON)."""
+    pts = senior[f"{image}.jpg"]
+    doc = {"landmarks": [{"name": n, "x": float(p[0]) + shift, "y": float(p[1])} for n, p in zip(names, pts)]}
+    path = tmp_path / f"{image}.json"
+    path.write_text(json.dumps(doc))
+    client.save_label(image, str(path), tag="final")

@@ -10,9 +10,8 @@ import time
 
 import numpy as np
 import pytest
-from mlserver_process import start_server, stop_server
+from mlserver_process import save_truth, start_server, stop_server, wait_done
 from monailabel.client import MONAILabelClient
-from test_scheduled_training import save_truth, wait_done
 
 CASCADE = "isbi2015_cascade"
 IMAGES = ["151", "152", "153", "154"]

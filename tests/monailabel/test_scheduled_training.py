@@ -8,15 +8,13 @@ after an explicit (multi-process) training; changing a label fires again.
 
 from __future__ import annotations
 
-import json
 import shutil
 import time
 
 import pytest
 from mlserver_constants import MODEL
-from mlserver_process import start_server, stop_server
+from mlserver_process import save_truth, start_server, stop_server, train_tasks, wait_done
 from monailabel.client import MONAILabelClient
-from monailabel.client.client import MONAILabelUtils
 
 INTERVAL = 2.0  # seconds between schedule ticks
 IMAGES = ["151", "152", "153"]
@@ -47,34 +45,6 @@ def sclient(sched, tmp_path_factory):
 @pytest.fixture(scope="module")
 def state() -> dict:
     return {}
-
-
-def train_tasks(server) -> list[dict]:
-    status, body, _, _ = MONAILabelUtils.http_method("GET", server.url, "/train/?all=true")
-    if status == 404:  # MONAI Label: "No Train Tasks Found"
-        return []
-    assert status == 200, body
-    tasks = json.loads(body)
-    return tasks if isinstance(tasks, list) else []
-
-
-def wait_done(server, task_id: str, timeout: float = 150) -> dict:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        task = next(t for t in train_tasks(server) if t["id"] == task_id)
-        if task["status"] in ("DONE", "ERROR", "STOPPED"):
-            assert task["status"] == "DONE", "\n".join(task.get("details", []))
-            return task
-        time.sleep(0.5)
-    pytest.fail(f"training {task_id} did not finish within {timeout} s:\n{server.log_tail()}")
-
-
-def save_truth(client, tmp_path, image: str, senior, names, shift: float = 0.0) -> None:
-    pts = senior[f"{image}.jpg"]
-    doc = {"landmarks": [{"name": n, "x": float(p[0]) + shift, "y": float(p[1])} for n, p in zip(names, pts)]}
-    path = tmp_path / f"{image}.json"
-    path.write_text(json.dumps(doc))
-    client.save_label(image, str(path), tag="final")
 
 
 def wait_for_new_task(server, n_before: int, within: float) -> tuple[dict, float]:
@@ -133,7 +103,7 @@ def test_multi_gpu_option_trains_in_two_cpu_processes(sched, sclient, state):
     assert res["model_version"] == stats["model_version"] != state["scheduled"]
     state["multi"] = res["model_version"]
     # the explicit training read the same labels: the schedule has nothing new to train
-    time.sleep(2.5 * INTERVAL)
+    time.sleep(1.5 * INTERVAL)
     assert len(train_tasks(sched)) == 2
 
 
