@@ -94,14 +94,16 @@ export function worldToPixel(imageId, world) {
   return [i - 0.5, j - 0.5];
 }
 
-function ourAnnotations(element) {
+/** Our points on the image shown in `element` (points of other images of the study are left alone). */
+function ourAnnotations(element, imageId) {
   const { cornerstoneTools } = libs();
-  return cornerstoneTools.annotation.state.getAnnotations(TOOL_NAME, element) || [];
+  const all = cornerstoneTools.annotation.state.getAnnotations(TOOL_NAME, element) || [];
+  return imageId ? all.filter(a => a.metadata?.referencedImageId === imageId) : all;
 }
 
-function clearPoints(viewport) {
+function clearPoints(viewport, imageId) {
   const { cornerstoneTools } = libs();
-  for (const a of ourAnnotations(viewport.element)) {
+  for (const a of ourAnnotations(viewport.element, imageId)) {
     cornerstoneTools.annotation.state.removeAnnotation(a.annotationUID);
   }
   state.annotationUIDs = [];
@@ -112,7 +114,7 @@ export function drawPoints(landmarks) {
   const { cornerstoneTools } = libs();
   const { viewport, imageId, viewportId } = activeImage();
   registerTool();
-  clearPoints(viewport);
+  clearPoints(viewport, imageId);
   const toolClass = cornerstoneTools.state.tools?.[TOOL_NAME]?.toolClass;
   for (const p of landmarks) {
     if (p.x === null || p.y === null || p.x === undefined) continue;
@@ -147,7 +149,7 @@ export function drawPoints(landmarks) {
 /** Current points on the active viewport: [{name, x, y, world}] in the server's pixel convention. */
 export function currentPoints() {
   const { viewport, imageId } = activeImage();
-  return ourAnnotations(viewport.element).map(a => {
+  return ourAnnotations(viewport.element, imageId).map(a => {
     const world = a.data.handles.points[0];
     const [x, y] = worldToPixel(imageId, world);
     return { name: a.data.label, x, y, world: Array.from(world), annotationUID: a.annotationUID };
@@ -251,7 +253,8 @@ export async function toggleLabelmap() {
   const t0 = performance.now();
   const { segmentationService, displaySetService, viewportGridService } = ctx.servicesManager.services;
   const { cornerstone, cornerstoneTools } = libs();
-  const { viewportId, viewport } = activeImage();
+  const { viewportId, viewport, seriesUID } = activeImage();
+  if (seriesUID !== state.seriesInstanceUID) throw new Error('Run Auto-landmark on this image first');
   const vp = viewportGridService.getState().viewports.get(viewportId);
   const displaySet = displaySetService.getDisplaySetByUID(vp.displaySetInstanceUIDs[0]);
   const segments = {};

@@ -5,7 +5,7 @@
 //        [--screenshot shot.png] [--move sella] [--dx=40] [--dy=-30] [--chromium /usr/bin/chromium]
 // Steps: open the study in /anatomark (from the study list with --patient), click "Auto-landmark", read the drawn points, check that each point's ring
 // is rendered at its canvas position (screenshot pixels), show the label map (segmentation) and hide it again, drag
-// one point with the mouse, click "Save landmarks".
+// one point with the mouse, click "Save landmarks", then visit another series of the study (if any) and come back.
 // Writes everything measured to --out (JSON); the Python test compares it with the server's JSON and datastore.
 import { chromium } from 'playwright-core';
 import { writeFileSync } from 'node:fs';
@@ -212,6 +212,49 @@ try {
   result.save = saved;
   step('save', { status: saved.status });
   if (args.screenshot) await page.screenshot({ path: args.screenshot });
+
+  // 5. another series of the study (when there is one): no points there, its label map refused; back on the first
+  // image its points are still there
+  const thumbs = await page.$$('[data-cy="study-browser-thumbnail"]');
+  result.other_series = null;
+  if (thumbs.length > 1) {
+    const first = result.image.seriesUID;
+    const showing = () =>
+      page.evaluate(() => {
+        try {
+          const { viewport, seriesUID } = window.anatomark.activeImage();
+          return viewport.getImageData() ? seriesUID : null;
+        } catch (e) {
+          return null;
+        }
+      });
+    const showSeries = async want => {
+      for (const t of thumbs) {
+        await t.dblclick();
+        const until = Date.now() + 8000; // a thumbnail of the series already shown changes nothing
+        let uid = await showing();
+        while ((!uid || (want ? uid !== want : uid === first)) && Date.now() < until) {
+          await page.waitForTimeout(200);
+          uid = await showing();
+        }
+        if (uid && (want ? uid === want : uid !== first)) return uid;
+      }
+      throw new Error(`could not show series ${want || '(other)'}`);
+    };
+    const other = await showSeries(null);
+    const there = await page.evaluate(async () => ({
+      points: window.anatomark.currentPoints().length,
+      labelmap: await window.anatomark.toggleLabelmap().then(
+        () => 'shown',
+        e => e.message
+      ),
+    }));
+    await showSeries(first);
+    await page.waitForTimeout(300);
+    const back = await page.evaluate(() => window.anatomark.currentPoints().length);
+    result.other_series = { uid: other, points: there.points, labelmap: there.labelmap, points_back_on_first: back };
+    step('other series', result.other_series);
+  }
   result.ok = saved.status === 'saved';
 } catch (e) {
   result.ok = false;
