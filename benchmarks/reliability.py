@@ -479,8 +479,21 @@ def run_crash_train(work: Path, kills: int, n_labelled: int = 8) -> dict[str, An
 
             t = threading.Thread(target=poll, args=(stop, seen), daemon=True)
             t.start()
-            wait = float(rng.uniform(20, 90))
-            time.sleep(wait)
+            targeted = cycle % 2 == 1  # odd cycles: kill the moment a weights file is being written
+            t_kill0 = time.time()
+            during_write = False
+            if targeted:
+                run_dir = root / "studies" / ".anatomark" / "train" / MODEL
+                while time.time() - t_kill0 < 150:
+                    tmp = list(published.parent.glob(f".{published.name}.*.tmp")) if published.parent.is_dir() else []
+                    tmp += [*run_dir.glob(".tmp-*"), *run_dir.glob("*.tmp")] if run_dir.is_dir() else []
+                    if tmp:
+                        during_write = True
+                        break
+                    time.sleep(0.002)
+            else:
+                time.sleep(float(rng.uniform(20, 90)))
+            wait = time.time() - t_kill0
             versions_before = list(seen)
             pub_mtime = published.stat().st_mtime if published.is_file() else None
             srv.kill9()
@@ -504,6 +517,8 @@ def run_crash_train(work: Path, kills: int, n_labelled: int = 8) -> dict[str, An
                 {
                     "cycle": cycle + 1,
                     "killed_after_s": round(wait, 1),
+                    "targeted": targeted,
+                    "weights_tmp_file_seen_at_kill": during_write,
                     "versions_seen_before_kill": len(versions_before),
                     "last_seen_before_kill": versions_before[-1] if versions_before else None,
                     "published_file_existed": pub_mtime is not None,
@@ -632,13 +647,18 @@ def report(args: argparse.Namespace, res: dict[str, Any], meta: dict[str, Any]) 
             f"{ct['kills']} SIGKILLs of the server's process group (server + training subprocess) at random moments "
             f"of a fine-tuning on {ct['labelled_images']} labelled images; after each restart:",
             "",
-            "| # | killed after s | versions seen | published file loads | served = published | served not older | "
-            "tmp files left | restart s |",
-            "|---:|---:|---:|---|---|---|---|---:|",
+            "Odd cycles kill at a random moment; even cycles poll every 2 ms and kill the moment a weights temp file "
+            "(publish copy or checkpoint) exists, i.e. during a weights write.",
+            "",
+            "| # | kill | killed after s | versions seen | published file loads | served = published | "
+            "served not older | tmp files left | restart s |",
+            "|---:|---|---:|---:|---|---|---|---|---:|",
         ]
         for c in ct["cycles"]:
             L.append(
-                f"| {c['cycle']} | {c['killed_after_s']} | {c['versions_seen_before_kill']} | "
+                f"| {c['cycle']} | "
+                f"{('during a weights write' if c['weights_tmp_file_seen_at_kill'] else 'targeted, no write seen') if c['targeted'] else 'random'} | "
+                f"{c['killed_after_s']} | {c['versions_seen_before_kill']} | "
                 f"{c['published_file_loads'] if c['published_file_existed'] or c['published_file_loads'] else 'no file yet'} | "
                 f"{c['served_is_published']} | {c['served_not_older_than_last_seen']} | {c['tmp_files_left'] or '-'} | "
                 f"{c['restart_s']} |"

@@ -145,13 +145,18 @@ class LandmarkDatastore(LocalDatastore):
         self._remove_partial_files()
 
     def _remove_partial_files(self) -> None:
-        """Drop ``.part`` files left by a writer that was killed mid-write (they never replaced a real file)."""
+        """Drop ``.part`` files left by a writer that was killed mid-write (they never replaced a real file).
+
+        Under the datastore's file lock, which every writer holds while its ``.part`` file exists, so a file being
+        written by another process (the server, while a training subprocess starts) is never taken away.
+        """
         folders = [Path(self._datastore.image_path()), Path(self._datastore.label_path(None))]
         folders += [p for p in folders[1].iterdir() if p.is_dir()] if folders[1].is_dir() else []
-        for folder in folders:
-            for part in folder.glob(".*.part"):
-                logger.warning(f"Removing a partial file left by an interrupted write: {part}")
-                part.unlink(missing_ok=True)
+        with self._mutex, FileLock(self._lock_file):
+            for folder in folders:
+                for part in folder.glob(".*.part"):
+                    logger.warning(f"Removing a partial file left by an interrupted write: {part}")
+                    part.unlink(missing_ok=True)
 
     # ------------------------------------------------------------------ the JSON file: atomic, read-modify-write
     def _file_key(self) -> tuple[int, int, int] | None:

@@ -226,12 +226,12 @@ class RequestGuard:
 
         received = 0
         started = False
-        refused = False  # a streamed body went over the limit: 413 sent, the app's own answer is dropped
+        over_limit = False  # a streamed body went over the limit: 413 sent, the app's own answer is dropped
         held: list[Message] = []
 
         async def counting_receive() -> Message:
-            nonlocal received, refused, started
-            if refused:
+            nonlocal received, over_limit, started
+            if over_limit:
                 return {"type": "http.disconnect"}
             message = await receive()
             if message["type"] == "http.request":
@@ -240,7 +240,7 @@ class RequestGuard:
                     # the endpoint is parsing the upload: answer 413 now and tell it the client went away (raising
                     # here would become FastAPI's "error parsing the body" 400)
                     logger.warning(f"Refused {method} {path}: streamed body above {self.max_upload_bytes} bytes")
-                    refused = True
+                    over_limit = True
                     if message.get("more_body", False):
                         await self._drain(receive)
                     if not started:
@@ -251,7 +251,7 @@ class RequestGuard:
 
         async def guarded_send(message: Message) -> None:
             nonlocal started
-            if refused:
+            if over_limit:
                 return
             if message["type"] == "http.response.start":
                 if message["status"] == 500 and path.startswith("/infer"):
@@ -272,7 +272,7 @@ class RequestGuard:
         try:
             await self.app(scope, counting_receive, guarded_send)
         except Exception as e:
-            if refused:
+            if over_limit:
                 return  # the 413 is out; whatever the endpoint made of the disconnect does not matter
             mapped = _exception_status(e, path)
             if mapped is None or started:
