@@ -38,6 +38,7 @@ class Server:
 def start_server(root: Path, studies: Path, conf: dict[str, str], timeout: float = 120) -> Server:
     """``python -m monailabel.main start_server`` for the app on a free loopback port, with ``--conf`` options;
     returns once ``/info/`` answers. Caches, sessions and the log (``server.log``) go under ``root``."""
+    root.mkdir(parents=True, exist_ok=True)
     port = _free_port()
     env = {
         **os.environ,

@@ -116,3 +116,24 @@ def test_changed_label_fires_again(sched, sclient, state, senior, landmark_set, 
     stats = sclient.info()["train_stats"][MODEL]
     assert stats["started_from_version"] == state["multi"]
     assert stats["n_train"] + stats["n_val"] == 2
+
+
+def test_restart_remembers_what_the_last_training_read(sched, tmp_path):
+    """The record of the labels each training read (``labels_used.json``) lives with the studies: a restarted server
+    does not retrain labels that were already trained, and does train labels no training has read."""
+    stop_server(sched)
+    conf = {"models": MODEL, "train_epochs": "1", "auto_train_interval": str(INTERVAL)}
+    again = start_server(tmp_path / "a", sched.studies, conf)
+    try:
+        time.sleep(2.5 * INTERVAL)
+        assert train_tasks(again) == []
+    finally:
+        stop_server(again)
+    (sched.studies / ".anatomark" / "train" / MODEL / "labels_used.json").unlink()  # as if never trained
+    again = start_server(tmp_path / "b", sched.studies, conf)
+    try:
+        task, _ = wait_for_new_task(again, 0, within=INTERVAL + 5)
+        assert task["request"]["trigger"].startswith("auto: schedule")
+        wait_done(again, task["id"])
+    finally:
+        stop_server(again)
