@@ -67,9 +67,9 @@ def final_labels(datastore: Datastore) -> dict[str, float]:
 
 
 #: Default learning rate of a server fine-tuning. The recipes' rates (1e-3 .. 2e-3) are for training from scratch; with
-#: a fresh AdamW state every parameter moves by about the learning rate in the first step, and one epoch at 2e-3 on
-#: three ISBI images took the shipped cascade from 1.55 to 30 mm MRE (images 154-156). At 1e-4, three epochs gave
-#: 1.52 mm (stage 1 alone 1.70 -> 1.79 mm); at 3e-4, 1.55 mm (stage 1 1.94 mm).
+#: a fresh AdamW state every parameter moves by about the learning rate in the first step. Fine-tuning the shipped
+#: cascade on two ISBI images (one more for validation), MRE on three others (benchmarks/fine_tune_lr.py): 1.55 mm
+#: shipped; 1 epoch at 2e-3 -> 30.1 mm, 3e-4 -> 1.52, 1e-4 -> 1.51; 3 epochs at 2e-3 -> 15.3, 3e-4 -> 1.55, 1e-4 -> 1.52.
 FINE_TUNE_LR = 1e-4
 
 
