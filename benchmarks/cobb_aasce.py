@@ -3,16 +3,25 @@
 Usage:
     .venv/bin/python benchmarks/cobb_aasce.py [--dataset ../shared/datasets/aasce2019-spine] \
         [--out benchmarks/results/cobb_aasce.md]
+    .venv/bin/python benchmarks/cobb_aasce.py --model aasce2019_heatmap_unet [--split holdout] \
+        [--out benchmarks/results/aasce2019_spine_model.md]
 
-Computes the three Cobb angles with anatomark.measurements.spine from labels/*.jpg.mat (pixels) and from
-labels/landmarks.csv (scaled by each image's width and height), compares them with angles.csv and writes a
+Without ``--model``: computes the three Cobb angles with anatomark.measurements.spine from labels/*.jpg.mat (pixels)
+and from labels/landmarks.csv (scaled by each image's width and height), compares them with angles.csv and writes a
 markdown report. No model is involved: this checks the measurement code against the challenge's own angles.
+
+With ``--model``: predicts the 68 corners on the images of ``--split`` (default ``holdout``, the fixed ~20 % of the
+public images never used for training, see anatomark.data.dataset), reports landmark errors (pixels and normalised
+by the image size, as the AASCE literature does) and the Cobb-angle SMAPE of the predicted corners against
+angles.csv, with a predicted-vs-true angle plot and overlays of the best and worst images next to the report.
+
 Skips with a clear message when the dataset is absent.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import shlex
@@ -30,13 +39,18 @@ TEST_TOLERANCE_DEG = {"mat": 0.01, "csv": 0.02}  # tests/measurements/test_spine
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--dataset", default=str(REPO.parent / "shared" / "datasets" / "aasce2019-spine"))
-    ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "cobb_aasce.md"))
+    ap.add_argument("--out", help="report path (default cobb_aasce.md, or aasce2019_spine_model.md with --model)")
+    ap.add_argument("--model", help="model name or .pt: measure Cobb angles from its predictions")
+    ap.add_argument("--split", default="holdout", help="with --model: train, holdout or all")
     args = ap.parse_args()
     from anatomark.data.aasce import is_aasce_dataset, load_aasce
 
     if not is_aasce_dataset(args.dataset):
         print(f"SKIP: AASCE 2019 dataset not found at {args.dataset}")
         return 0
+    if args.model:
+        return model_report(args)
+    args.out = args.out or str(REPO / "benchmarks" / "results" / "cobb_aasce.md")
     from anatomark.cli import _git_commit
     from anatomark.measurements.spine import cobb_angles_array, smape, smape_per_angle, sort_corners
 
@@ -93,6 +107,114 @@ def main() -> int:
     Path(args.out).write_text("\n".join(lines))
     print("\n".join(lines))
     print(f"Wrote {args.out}")
+    return 0
+
+
+def model_report(args: argparse.Namespace) -> int:
+    """Cobb angles and landmark errors from a model's predictions on one split (see the module docstring)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from anatomark.cli import _git_commit
+    from anatomark.data.aasce import image_size_wh
+    from anatomark.data.dataset import LandmarkDataset
+    from anatomark.data.image_io import load_image
+    from anatomark.measurements.report import save_measurement_report
+    from anatomark.measurements.spine import cobb_angles_array, cobb_measurements, smape, smape_per_angle
+    from anatomark.model import load_model, predict_items
+
+    out = Path(args.out or REPO / "benchmarks" / "results" / "aasce2019_spine_model.md")
+    model = load_model(args.model)
+    ds = LandmarkDataset(args.dataset, split=args.split, landmark_set=model.landmark_set)
+    t0 = time.perf_counter()
+    pr = predict_items(model, ds.items, desc=f"{model.name} on {args.split}")
+    wall = time.perf_counter() - t0
+    sizes = np.array([image_size_wh(it["image"]) for it in ds.items], dtype=np.float64)
+    err_px = np.sqrt(((pr.points - pr.truth) ** 2).sum(-1))  # (N, 68)
+    norm = np.sqrt((((pr.points - pr.truth) / sizes[:, None, :]) ** 2).sum(-1))  # coordinates / (W, H)
+    truth = np.array([it["angles"] for it in ds.items])
+    pred = np.full_like(truth, np.nan)
+    failed = []
+    for i, (pts, (_, h)) in enumerate(zip(pr.points, sizes)):
+        try:
+            pred[i] = cobb_angles_array(pts, h)["angles"]
+        except ValueError as e:
+            failed.append(f"{ds.items[i]['id']}: {e}")
+    ok = np.isfinite(pred).all(axis=1)
+    per_image = np.array(
+        [np.abs(t - q).sum() / max((t + q).sum(), 1e-9) * 100 if k else np.nan for t, q, k in zip(truth, pred, ok)]
+    )
+    mae = np.nanmean(np.abs(pred - truth), axis=0)
+    vert = err_px.reshape(len(err_px), 17, 4).mean(axis=(0, 2))
+    names = [n.split("_")[0] for n in model.landmark_set.names[::4]]
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    stem = out.with_suffix("")
+    fig, axes = plt.subplots(1, 3, figsize=(12, 4))
+    for j, (ax, lab) in enumerate(zip(axes, ("PT", "MT", "TL/L"))):
+        ax.scatter(truth[ok, j], pred[ok, j], s=8)
+        hi = float(np.nanmax([truth[:, j].max(), np.nanmax(pred[:, j])])) + 5
+        ax.plot([0, hi], [0, hi], "k--", lw=0.8)
+        ax.set(xlabel="angles.csv (deg)", ylabel="from predicted corners (deg)", title=f"{lab}: MAE {mae[j]:.1f} deg")
+    fig.tight_layout()
+    fig.savefig(f"{stem}_angles.png", dpi=90)
+    plt.close(fig)
+    order = np.argsort(np.where(ok, per_image, np.inf))
+    ls = model.landmark_set
+    for tag, i in (("best", order[0]), ("worst", order[int(ok.sum()) - 1])):
+        img = load_image(ds.items[i]["image"])
+        res = cobb_measurements(pr.points[i], image_height=img.size_wh[1])
+        save_measurement_report(f"{stem}_{tag}.png", pr.points[i], ls.shorts, ls.colors, res, image=img, max_size=900)
+
+    lines = [
+        f"# AASCE 2019 spine model `{model.name}`: landmarks and Cobb angles on the `{args.split}` split",
+        "",
+        f"- Command: `{shlex.join(['.venv/bin/python', *sys.argv])}` (from the repo root)",
+        f"- Date: {time.strftime('%Y-%m-%d %H:%M:%S %Z')}; git commit {_git_commit()}",
+        f"- Machine: {platform.machine()} {os.cpu_count()} cores, Python {platform.python_version()}, CPU only",
+        f"- Data: `{args.dataset}`, split `{args.split}` ({len(ds)} images; `holdout` = the fixed name-hashed ~20 % "
+        "never trained on; the challenge's 128 test images are withheld). Model trained on `train` (389 images, "
+        "10 % of them held out for model selection).",
+        f"- Model info: {json.dumps(model.info, default=str)[:400]}",
+        f"- Prediction: {np.median(pr.seconds) * 1000:.0f} ms median per image (load + predict), {wall:.0f} s in all.",
+        "",
+        "## Cobb angles from the predicted corners vs `angles.csv`",
+        "",
+        "| images | SMAPE % (challenge) | SMAPE PT / MT / TL % | MAE PT / MT / TL (deg) | median abs err MT (deg) "
+        "| not computable |",
+        "|---|---|---|---|---|---|",
+        f"| {int(ok.sum())} | {smape(truth[ok], pred[ok]):.2f} | "
+        f"{' / '.join(f'{v:.2f}' for v in smape_per_angle(truth[ok], pred[ok]))} | "
+        f"{' / '.join(f'{v:.2f}' for v in mae)} | {np.nanmedian(np.abs(pred[:, 1] - truth[:, 1])):.2f} "
+        f"| {len(failed)} |",
+        "",
+        "Published on the AASCE 2019 test set (different images, so only a rough reference): "
+        "15.85 % (deep appearance-context network), 23.44 % (BoostNet).",
+        "",
+        "## Landmark errors",
+        "",
+        "| mean error (px) | median (px) | mean error / image size (x / W, y / H) % | within 10 px | within 20 px |",
+        "|---|---|---|---|---|",
+        f"| {err_px.mean():.2f} | {np.median(err_px):.2f} | {norm.mean() * 100:.3f} | "
+        f"{(err_px <= 10).mean() * 100:.1f} % | {(err_px <= 20).mean() * 100:.1f} % |",
+        "",
+        "Mean error per vertebra (px, mean of its 4 corners): "
+        + ", ".join(f"{n} {v:.1f}" for n, v in zip(names, vert)),
+        "",
+        f"Plots: `{Path(f'{stem}_angles.png').name}` (predicted vs true angles), `{Path(f'{stem}_best.png').name}` "
+        f"/ `{Path(f'{stem}_worst.png').name}` (lowest / highest per-image SMAPE: "
+        f"{ds.items[order[0]]['id']} {per_image[order[0]]:.1f} %, "
+        f"{ds.items[order[int(ok.sum()) - 1]]['id']} {per_image[order[int(ok.sum()) - 1]]:.1f} %).",
+    ]
+    if failed:
+        lines += ["", "Not computable:", *[f"- {f}" for f in failed]]
+    lines.append("")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n".join(lines))
+    print("\n".join(lines))
+    print(f"Wrote {out}")
     return 0
 
 
