@@ -61,13 +61,15 @@ MODEL = hs.MODEL
 # ---------------------------------------------------------------------------------------------------- helpers
 def git_commit() -> str:
     out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout
+    mine = ["lib/anatomark/monailabel", "lib/anatomark/data/image_io.py", "apps/landmarks/main.py"]
+    mine += ["tests/monailabel/hardening_support.py", "benchmarks/reliability.py"]
     dirty = subprocess.run(
-        ["git", "status", "--porcelain", "--", "lib", "apps", "tests/monailabel", "benchmarks/reliability.py"],
+        ["git", "status", "--porcelain", "--", *mine],
         cwd=REPO,
         capture_output=True,
         text=True,
     ).stdout
-    return out.strip() + (" (+uncommitted changes)" if dirty.strip() else "")
+    return out.strip() + (" (+uncommitted changes to the server code)" if dirty.strip() else "")
 
 
 def other_trainings() -> list[str]:
@@ -453,6 +455,13 @@ def run_crash_train(work: Path, kills: int, n_labelled: int = 8) -> dict[str, An
     published = root / "studies" / ".anatomark" / "models" / f"{MODEL}.pt"
     rng = np.random.default_rng(1)
     cycles = []
+    run_dir = root / "studies" / ".anatomark" / "train" / MODEL
+
+    def weight_tmps() -> set[str]:
+        tmp = list(published.parent.glob(f".{published.name}.*.tmp")) if published.parent.is_dir() else []
+        tmp += [*run_dir.glob(".tmp-*"), *run_dir.glob("*.tmp")] if run_dir.is_dir() else []
+        return {str(p) for p in tmp}
+
     try:
         names = names_of(srv.url)
         for i in ids:
@@ -483,11 +492,9 @@ def run_crash_train(work: Path, kills: int, n_labelled: int = 8) -> dict[str, An
             t_kill0 = time.time()
             during_write = False
             if targeted:
-                run_dir = root / "studies" / ".anatomark" / "train" / MODEL
+                stale = weight_tmps()  # e.g. a checkpoint temp file of the previous, killed run: not a live write
                 while time.time() - t_kill0 < 150:
-                    tmp = list(published.parent.glob(f".{published.name}.*.tmp")) if published.parent.is_dir() else []
-                    tmp += [*run_dir.glob(".tmp-*"), *run_dir.glob("*.tmp")] if run_dir.is_dir() else []
-                    if tmp:
+                    if weight_tmps() - stale:
                         during_write = True
                         break
                     time.sleep(0.002)
@@ -512,7 +519,7 @@ def run_crash_train(work: Path, kills: int, n_labelled: int = 8) -> dict[str, An
                 except Exception as e:  # noqa: BLE001
                     loads = f"{type(e).__name__}: {e}"
                 file_v = file_version(published)
-            tmp_left = [p.name for p in published.parent.glob(".*.tmp")] if published.parent.is_dir() else []
+            tmp_left = sorted(Path(p).name for p in weight_tmps())  # harmless: never read, replaced next time
             cycles.append(
                 {
                     "cycle": cycle + 1,
@@ -647,8 +654,9 @@ def report(args: argparse.Namespace, res: dict[str, Any], meta: dict[str, Any]) 
             f"{ct['kills']} SIGKILLs of the server's process group (server + training subprocess) at random moments "
             f"of a fine-tuning on {ct['labelled_images']} labelled images; after each restart:",
             "",
-            "Odd cycles kill at a random moment; even cycles poll every 2 ms and kill the moment a weights temp file "
-            "(publish copy or checkpoint) exists, i.e. during a weights write.",
+            "Cycles 1, 3, ... kill at a random moment; cycles 2, 4, ... poll every 2 ms and kill the moment a new "
+            "weights temp file (publish copy or checkpoint) appears, i.e. during a weights write. 'tmp files left': "
+            "temp files of interrupted writes after the restart (never read; replaced by the next write).",
             "",
             "| # | kill | killed after s | versions seen | published file loads | served = published | "
             "served not older | tmp files left | restart s |",

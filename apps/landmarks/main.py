@@ -205,7 +205,8 @@ class LandmarkApp(MONAILabelApp):
                 status_code=400, detail="Give ?image=<id> of the datastore or upload the X-ray as form field 'file'"
             )
         ds = datastore if datastore else self.datastore()
-        resolved = resolve_infer_image(image, ds, self.upload_dir)
+        sessions = self.sessions()
+        resolved = resolve_infer_image(image, ds, self.upload_dir, sessions.store_path if sessions else None)
         if resolved is None:
             raise HTTPException(status_code=404, detail=f"Image {image!r} is not in the datastore")
         if resolved != image:

@@ -838,7 +838,7 @@ def catalogue(
         ),  # fmt: skip
         Case("model delete", "bad params", "DELETE", f"/model/{MODEL}", expect=(403,)),
         Case(
-            "session upload",
+            "session archive upload (uncompress=true)",
             "bad params",
             "PUT",
             "/session/",
@@ -895,7 +895,29 @@ def catalogue(
             "infer unknown image id", "bad params", "POST", f"/infer/{MODEL}", query={"image": "nope"}, expect=(404,)
         ),  # fmt: skip
         Case(
-            "infer session id", "bad params", "POST", f"/infer/{MODEL}", query={"session_id": "abc"}, expect=(403,)
+            "infer unknown session id",
+            "bad params",
+            "POST",
+            f"/infer/{MODEL}",
+            query={"session_id": "abc"},
+            expect=(400, 404),
+        ),  # fmt: skip
+        Case(
+            "infer session id '../x'",
+            "path traversal",
+            "POST",
+            f"/infer/{MODEL}",
+            query={"session_id": "../x"},
+            expect=(400,),
+        ),  # fmt: skip
+        Case("delete unknown session", "bad params", "DELETE", "/session/abc", expect=(404,)),
+        Case(
+            "session path traversal",
+            "path traversal",
+            "DELETE",
+            "/session/..%2F..%2Fstudies",
+            raw=True,
+            expect=(400, 404),
         ),  # fmt: skip
         Case(
             "infer run_sync not bool",

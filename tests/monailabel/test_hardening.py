@@ -127,6 +127,17 @@ def test_no_file_outside_the_studies_is_read(hserver, seeded):
     assert requests.delete(f"{hserver.url}/datastore/image", params={"id": "escaped"}, timeout=30).status_code == 200
 
 
+def test_slicer_session_flow_still_works(hserver, names):
+    """3D Slicer runs a model on a volume that is not in the datastore through a session: upload, infer, delete."""
+    r = requests.put(f"{hserver.url}/session/", files={"files": ("local.png", png_bytes(xray(seed=6)))}, timeout=60)
+    assert r.status_code == 200, r.text
+    sid = r.json()["session_id"]
+    r = requests.post(f"{hserver.url}/infer/{MODEL}", params={"session_id": sid, "output": "json"}, timeout=120)
+    assert r.status_code == 200, r.text
+    assert len(r.json()["landmarks"]) == len(names)
+    assert requests.delete(f"{hserver.url}/session/{sid}", timeout=30).status_code == 200
+
+
 def test_unusual_valid_images_are_accepted(hserver, names):
     for name, fname, data in accepted_images():
         r = requests.post(

@@ -10,8 +10,9 @@ served weights (``PUT``/``DELETE /model/<name>``) and unpack uploaded archives (
   sees the 413 instead of a reset connection;
 - ids (``image``, ``label``, ``id``) must be plain file names (no ``/``, ``\\``, ``..``, NUL, no leading dot), tags
   letters/digits/``_.-``; URL paths with ``..`` segments are refused (400);
-- endpoints this app does not use and that can write outside the datastore are refused (403): model upload and
-  delete, sessions, the DICOMweb proxy when the datastore is a local folder, ``/reload``;
+- endpoints that can write outside the datastore or replace weights unchecked are refused (403): model upload and
+  delete, archive uploads to sessions (``uncompress``), the DICOMweb proxy when the datastore is a local folder,
+  ``/reload``;
 - user errors raised inside MONAI Label's endpoints become 4xx: malformed JSON in form fields (422), unknown
   image/label ids (404), :class:`~anatomark.errors.AnatomarkError` (422), and MONAI Label's "neither image nor file"
   500 on ``/infer`` (400).
@@ -154,8 +155,11 @@ class RequestGuard:
                 "overwrite the served or shipped weights); fine-tune with POST /train/<model>, or copy a model file "
                 "written by 'anatomark train' to the published model folder on the server"
             )
-        if top == "session":
-            return 403, "Sessions are not used by the anatomark app; send images with POST /infer/<model> instead"
+        if top == "session" and any(k == "uncompress" and v.lower() in ("1", "true", "yes") for k, v in query):
+            return 403, (
+                "Uploading archives to a session is disabled (unpacking could write outside the session folder); "
+                "upload the image file itself"
+            )
         if top == "proxy" and self.local_datastore:
             return 403, "The DICOMweb proxy is only available when the server's studies are a DICOMweb URL"
         if top == "reload":
@@ -170,7 +174,9 @@ class RequestGuard:
                 if problem:
                     return 400, problem
             elif key == "session_id" and value != "":
-                return 403, "Sessions are not used by the anatomark app; use ?image=<id> or upload the image"
+                problem = id_problem(value, "session id")
+                if problem:
+                    return 400, problem
             elif key == "output" and value == "dicom_seg" and self.local_datastore:
                 return 400, "output=dicom_seg needs a DICOMweb datastore; use output=image, json or all"
         return None
@@ -427,13 +433,17 @@ def app_request_validator(app: Any) -> Callable[[str, str, list[tuple[str, str]]
     return validate
 
 
-def resolve_infer_image(image: str, datastore: Any, upload_dir: Path | None) -> str | None:
-    """What ``/infer`` may read for ``image``: a datastore image id or an upload of this server, never another file.
+def resolve_infer_image(
+    image: str, datastore: Any, upload_dir: Path | None, session_dir: str | Path | None = None
+) -> str | None:
+    """What ``/infer`` may read for ``image``: a datastore image id, an upload of this server or the image of a
+    MONAI Label session (``<session_dir>/<session id>/<file>``, what 3D Slicer uses for a volume that is not in the
+    datastore), never another file.
 
     MONAI Label passes ``?image=`` (or ``params["image"]``) to the task as a path when such a file exists; this returns
-    the id, the datastore's path when a file in the server's working folder has the id's name, the upload's path
-    when it lies in ``upload_dir``, else ``None``. With ``upload_dir=None`` (library use, MONAI Label's
-    subprocesses) any existing path is allowed.
+    the id, the datastore's path when a file in the server's working folder has the id's name, the upload's or
+    session image's path, else ``None``. With ``upload_dir=None`` (library use, MONAI Label's subprocesses) any
+    existing path is allowed.
     """
     if not os.path.isabs(image) and datastore.get_image_uri(image):
         return datastore.get_image_uri(image) if os.path.exists(image) else image
@@ -442,7 +452,13 @@ def resolve_infer_image(image: str, datastore: Any, upload_dir: Path | None) -> 
     if upload_dir is None:
         return image
     real = os.path.realpath(image)
-    return image if os.path.dirname(real) == str(upload_dir) and os.path.isfile(real) else None
+    if not os.path.isfile(real):
+        return None
+    if os.path.dirname(real) == str(upload_dir):
+        return image
+    if session_dir and os.path.dirname(os.path.dirname(real)) == os.path.realpath(session_dir):
+        return image
+    return None
 
 
 def fix_token_decoding(algorithms: list[str] | None = None) -> bool:
