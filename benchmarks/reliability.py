@@ -459,7 +459,7 @@ def run_crash_train(work: Path, kills: int, n_labelled: int = 8) -> dict[str, An
 
     def weight_tmps() -> set[str]:
         tmp = list(published.parent.glob(f".{published.name}.*.tmp")) if published.parent.is_dir() else []
-        tmp += [*run_dir.glob(".tmp-*"), *run_dir.glob("*.tmp")] if run_dir.is_dir() else []
+        tmp += [*run_dir.glob(".tmp-*.pt"), *run_dir.glob("*.pt.tmp")] if run_dir.is_dir() else []
         return {str(p) for p in tmp}
 
     try:
@@ -655,7 +655,7 @@ def report(args: argparse.Namespace, res: dict[str, Any], meta: dict[str, Any]) 
             f"of a fine-tuning on {ct['labelled_images']} labelled images; after each restart:",
             "",
             "Cycles 1, 3, ... kill at a random moment; cycles 2, 4, ... poll every 2 ms and kill the moment a new "
-            "weights temp file (publish copy or checkpoint) appears, i.e. during a weights write. 'tmp files left': "
+            "weights temp file (publish copy, model.pt or last.pt being written) appears, i.e. during a weights write. 'tmp files left': "
             "temp files of interrupted writes after the restart (never read; replaced by the next write).",
             "",
             "| # | kill | killed after s | versions seen | published file loads | served = published | "
