@@ -651,12 +651,14 @@ def report(args: argparse.Namespace, res: dict[str, Any], meta: dict[str, Any]) 
         L += ["## 4. kill -9 during training", ""]
         L += run_line(ct)
         L += [
-            f"{ct['kills']} SIGKILLs of the server's process group (server + training subprocess) at random moments "
-            f"of a fine-tuning on {ct['labelled_images']} labelled images; after each restart:",
+            f"{ct['kills']} SIGKILLs of the server's process group (server + training subprocess) during a "
+            f"fine-tuning on {ct['labelled_images']} labelled images; after each restart the published weights file "
+            "must load and be what `/infer` serves, and the served version must not be older than the last one seen "
+            "before the kill.",
             "",
             "Cycles 1, 3, ... kill at a random moment; cycles 2, 4, ... poll every 2 ms and kill the moment a new "
-            "weights temp file (publish copy, model.pt or last.pt being written) appears, i.e. during a weights write. 'tmp files left': "
-            "temp files of interrupted writes after the restart (never read; replaced by the next write).",
+            "weights temp file (publish copy, model.pt or last.pt being written) appears, i.e. during a weights "
+            "write. 'tmp files left': temp files of interrupted writes after the restart (never read).",
             "",
             "| # | kill | killed after s | versions seen | published file loads | served = published | "
             "served not older | tmp files left | restart s |",
