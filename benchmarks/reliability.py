@@ -73,8 +73,29 @@ def git_commit() -> str:
 
 
 def other_trainings() -> list[str]:
+    """Other ``anatomark train`` processes, and any other process using more than 30 % of a core right now."""
     out = subprocess.run(["pgrep", "-af", "anatomark train"], capture_output=True, text=True).stdout
-    return [ln for ln in out.splitlines() if ln.strip() and "pgrep" not in ln]
+    found = [ln for ln in out.splitlines() if ln.strip() and "pgrep" not in ln]
+    try:
+        import psutil
+
+        me = psutil.Process()
+        mine = {me.pid, *(c.pid for c in me.children(recursive=True))}
+        procs = [p for p in psutil.process_iter(["pid", "cmdline"]) if p.pid not in mine]
+        for p in procs:
+            p.cpu_percent(None)
+        time.sleep(1.0)
+        for p in procs:
+            try:
+                cpu = p.cpu_percent(None)
+            except psutil.Error:
+                continue
+            cmd = " ".join(p.info["cmdline"] or [])[:160]
+            if cpu > 30 and cmd and not any(str(p.pid) in f for f in found):
+                found.append(f"{p.pid} ({cpu:.0f} % CPU) {cmd}")
+    except Exception:  # noqa: BLE001 - psutil missing: pgrep only
+        pass
+    return found
 
 
 def pct(values: list[float], q: float) -> float:
@@ -559,7 +580,7 @@ def run_line(part: dict[str, Any]) -> list[str]:
         return []
     others = "; ".join(r["other_trainings"]) or "none"
     return [
-        f"_Run: `{r['command']}` on {r['date']} at commit {r['commit']}, {r['seconds']} s; other `anatomark train` "
+        f"_Run: `{r['command']}` on {r['date']} at commit {r['commit']}, {r['seconds']} s; other trainings / busy "
         f"processes when this part ended: {others}_",
         "",
     ]
@@ -572,8 +593,8 @@ def report(args: argparse.Namespace, res: dict[str, Any], meta: dict[str, Any]) 
         f"- Date: {meta['date']}; total run time {meta['total_min']:.1f} min",
         f"- Machine: {meta['machine']}",
         f"- Git commit: {meta['commit']}",
-        f"- Other `anatomark train` processes at start: {meta['others_start'] or 'none'}",
-        f"- Other `anatomark train` processes at end: {meta['others_end'] or 'none'}",
+        f"- Other trainings / busy processes at the start of the latest run: {meta['others_start'] or 'none'}",
+        f"- Other trainings / busy processes at its end: {meta['others_end'] or 'none'}",
         "",
     ]
     m = res.get("malformed")

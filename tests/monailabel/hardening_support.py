@@ -87,15 +87,19 @@ class ServerProcess:
                 cmd, cwd=self.root, env=env, stdout=f, stderr=subprocess.STDOUT, start_new_session=True
             )
         deadline = time.time() + timeout
-        while time.time() < deadline:
-            try:
-                if requests.get(f"{self.url}/info/", timeout=5).status_code in (200, 401):
-                    return self
-            except requests.RequestException:
-                pass
-            if not self.alive():
-                break
-            time.sleep(0.5)
+        try:
+            while time.time() < deadline:
+                try:
+                    if requests.get(f"{self.url}/info/", timeout=5).status_code in (200, 401):
+                        return self
+                except requests.RequestException:
+                    pass
+                if not self.alive():
+                    break
+                time.sleep(0.5)
+        except BaseException:  # interrupted while waiting: never leave a server behind
+            self.kill9()
+            raise
         self.kill9()
         raise RuntimeError(f"MONAI Label server did not start:\n{self.log_tail()}")
 
