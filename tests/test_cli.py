@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -147,3 +148,23 @@ def test_isbi_smoke_two_images_with_shipped_model(isbi_dir, tmp_path):
     assert main(["evaluate", "--dataset", str(root), "--split", "all", "--json", str(js)]) == 0
     m = json.loads(js.read_text())
     assert m["n_images"] == 2 and m["mre_mm"] < 4.0 and "2.0" in m["sdr"] and len(m["per_landmark"]) == 19
+
+
+def test_spine_smoke_shipped_model_gives_68_corners_and_cobb_angles(aasce_dir, tmp_path):
+    """The shipped spine model on three AASCE holdout images (never trained on): 68 points near the labels and the
+    three Cobb angles in the JSON."""
+    from anatomark.data.dataset import LandmarkDataset
+
+    items = LandmarkDataset(aasce_dir, split="holdout", landmark_set="aasce2019_spine").items[:3]
+    out = tmp_path / "out"
+    assert main(["infer", *[it["image"] for it in items], "--model", "aasce2019_heatmap_unet", "--out", str(out)]) == 0
+    for it in items:
+        doc = json.loads((out / f"{Path(it['image']).stem}.json").read_text())
+        pts = np.array([[p["x"], p["y"]] for p in doc["landmarks"]])
+        assert pts.shape == (68, 2)
+        h = Image.open(it["image"]).height
+        err = np.linalg.norm(pts - it["landmarks"], axis=1) / h  # the first spine model is weak: ~3.6 % mean error
+        assert np.median(err) < 0.06, f"{it['id']}: median corner error {np.median(err) * 100:.1f} % of the height"
+        ms = {m["name"]: m for m in doc["measurements"]}
+        assert {"cobb_PT", "cobb_MT", "cobb_TL"} <= set(ms) and ms["cobb_PT"]["unit"] == "deg"
+        assert all(0 <= ms[n]["value"] < 180 for n in ms if ms[n]["value"] is not None)
