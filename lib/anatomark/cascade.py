@@ -111,7 +111,7 @@ class CascadeModel(LandmarkModel):
         self.refiner.network.to(device)
         return self
 
-    def predict(self, image: XrayImage) -> Prediction:
+    def _predict(self, image: XrayImage) -> Prediction:
         t0 = time.perf_counter()
         scaled = scale_intensity(image.array)
         coarse = Fn.resize_image(scaled, self.size_hw)
@@ -143,7 +143,7 @@ class CascadeModel(LandmarkModel):
             self.landmark_set,
             self.info,
             half=half,
-            extra={"local": self.refiner.network},
+            extra={"local": self.refiner.network, **self.extra_networks()},
         )
 
 

@@ -142,6 +142,21 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_shape_prior(args: argparse.Namespace) -> int:
+    from anatomark.data.dataset import LandmarkDataset
+    from anatomark.model import load_model
+    from anatomark.training import add_shape_prior, training_items
+
+    model = load_model(args.model)
+    ds = LandmarkDataset(args.dataset, split=args.split, annotator=args.annotator, landmark_set=model.landmark_set)
+    items = ds.items if args.all_items else training_items(model.recipe, ds.items)
+    cfg = {k: v for k, v in (("modes", args.modes), ("replace_beyond", args.replace_beyond)) if v is not None}
+    cfg = {**(model.recipe.get("shape_prior") or {}), **cfg}
+    out = add_shape_prior(model.path, items, cfg, args.out)
+    print(f"Shape prior ({cfg or 'defaults'}) fitted to {len(items)} labelled images; model written to {out}")
+    return 0
+
+
 def cmd_to_dicom(args: argparse.Namespace) -> int:
     from pydicom.uid import generate_uid
 
@@ -213,6 +228,19 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--json", default=None, help="write the metrics as JSON here")
     e.add_argument("--predictions", default=None, help="write predicted points as a landmark CSV here")
     e.set_defaults(func=cmd_evaluate)
+
+    s = sub.add_parser("shape-prior", help="fit a PCA shape prior to training labels and add it to a model file")
+    s.add_argument("--model", required=True, help="weights file or model name")
+    s.add_argument("--dataset", required=True)
+    s.add_argument("--split", default="train")
+    s.add_argument("--annotator", default="senior")
+    s.add_argument("--modes", type=int, default=None, help="PCA modes (default: the recipe's shape_prior, else 16)")
+    s.add_argument("--replace-beyond", type=float, default=None, help="fraction of the image height (0 = all points)")
+    s.add_argument(
+        "--all-items", action="store_true", help="fit to every image of the split (default: the recipe's train part)"
+    )
+    s.add_argument("--out", required=True, help="model file to write")
+    s.set_defaults(func=cmd_shape_prior)
 
     d = sub.add_parser("to-dicom", help="write PNG/JPG/... X-rays as single-frame DICOM DX, CR or secondary capture")
     d.add_argument("images", nargs="+")

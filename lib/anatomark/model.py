@@ -56,6 +56,7 @@ class Prediction:
         spacing: ``(sx, sy)`` mm/px used for ``points_mm``.
         names: landmark names in order.
         timings: seconds per stage.
+        replaced: ``(K,)`` bool, points the shape prior replaced (``None`` without a prior).
     """
 
     points: np.ndarray
@@ -63,6 +64,7 @@ class Prediction:
     spacing: tuple[float, float]
     names: list[str]
     timings: dict[str, float] = field(default_factory=dict)
+    replaced: np.ndarray | None = None
 
     @property
     def points_mm(self) -> np.ndarray:
@@ -106,6 +108,7 @@ class LandmarkModel:
         self.decode_method = dec.get("method", "local_mean")
         self.decode_radius = int(dec.get("radius", 3))
         self.path: str | None = None
+        self.shape_prior: Any = None  # anatomark.shape.ShapePrior, applied by predict() when the model file has one
         self._lock = threading.Lock()
 
     @property
@@ -132,7 +135,24 @@ class LandmarkModel:
         return pts, np.clip(mass, 0.0, 1.0)
 
     def predict(self, image: XrayImage) -> Prediction:
-        """Find the landmarks on ``image``; points come back in its original pixels."""
+        """Find the landmarks on ``image``; points come back in its original pixels.
+
+        The model family's own prediction (:meth:`_predict`), then the shape prior when the model file has one
+        (outlying points replaced by the fitted training shape; ``timings["shape_prior"]``, ``replaced`` mask).
+        """
+        pred = self._predict(image)
+        if self.shape_prior is not None:
+            t0 = time.perf_counter()
+            h, w = image.shape
+            pred.points, pred.replaced = self.shape_prior.apply(pred.points, (w, h))
+            pred.timings["shape_prior"] = time.perf_counter() - t0
+        return pred
+
+    def extra_networks(self) -> dict[str, torch.nn.Module]:
+        """Modules saved next to the main network (``extra_state_dicts`` of the model file)."""
+        return {"shape_prior": self.shape_prior} if self.shape_prior is not None else {}
+
+    def _predict(self, image: XrayImage) -> Prediction:
         if self.recipe.get("kind") == "local":
             raise AnatomarkError(f"{self.name} is a local refiner (stage 2) only; predict with a cascade model")
         t0 = time.perf_counter()
@@ -151,7 +171,9 @@ class LandmarkModel:
 
     def save(self, path: str | Path, half: bool = True) -> Path:
         """Write a self-contained model file atomically (fp16 weights by default: half the size, same accuracy)."""
-        return save_model_file(path, self.network, self.recipe, self.landmark_set, self.info, half=half)
+        return save_model_file(
+            path, self.network, self.recipe, self.landmark_set, self.info, half=half, extra=self.extra_networks()
+        )
 
 
 @dataclass
@@ -220,7 +242,11 @@ def save_model_file(
     path = Path(path)
 
     def pack(net: torch.nn.Module) -> dict[str, torch.Tensor]:
-        return {k: (v.half() if half and v.is_floating_point() else v).cpu() for k, v in net.state_dict().items()}
+        # float32 weights -> fp16; float64 buffers (the shape prior's PCA basis) -> float32 so they stay exact enough
+        return {
+            k: (v.half() if half and v.dtype == torch.float32 else v.float() if v.dtype == torch.float64 else v).cpu()
+            for k, v in net.state_dict().items()
+        }
 
     state = pack(network)
     payload = {
@@ -296,5 +322,12 @@ def load_model(name_or_path: str | Path | None = None, device: str | torch.devic
         model = ZooModel(net.float(), recipe, ls, payload.get("info"))
     else:
         model = LandmarkModel(net.float(), recipe, ls, payload.get("info"))
+    extras = payload.get("extra_state_dicts") or {}
+    if "shape_prior" in extras:
+        from anatomark.shape import ShapePrior
+
+        state = extras["shape_prior"]
+        model.shape_prior = ShapePrior(len(ls), **recipe.get("shape_prior", {}))
+        model.shape_prior.load_state_dict({k: v.double() for k, v in state.items()})
     model.path = str(path)
     return model.to(device)

@@ -292,9 +292,10 @@ def train(
     if kind == "cascade":
         from anatomark.cascade import train_cascade
 
-        return train_cascade(
+        res = train_cascade(
             recipe, ls, items, out_dir, resume, epochs, device, progress, val_items, on_epoch, info, init_weights
         )
+        return _with_shape_prior(res, recipe, items, val_items, init_weights)
     if kind == "heatmap":
         stage: Any = HeatmapStage(recipe, ls, items, val_items, progress)
     elif kind == "local":
@@ -307,7 +308,73 @@ def train(
         stage = ZooStage(recipe, ls, items, val_items, progress)
     else:
         raise AnatomarkError(f"Unknown recipe kind {kind!r}; use heatmap, local, cascade or {', '.join(ZOO_KINDS)}")
-    return fit(stage, recipe, ls, out_dir, resume, init_weights, epochs, device, progress, on_epoch, info)
+    res = fit(stage, recipe, ls, out_dir, resume, init_weights, epochs, device, progress, on_epoch, info)
+    return _with_shape_prior(res, recipe, items, val_items, init_weights)
+
+
+def training_items(
+    recipe: dict[str, Any], items: Sequence[dict[str, Any]], val_items: Sequence[dict[str, Any]] | None = None
+) -> list[dict[str, Any]]:
+    """The items a recipe trains on: all of ``items`` with explicit ``val_items``, else the seeded split's train part."""
+    if val_items is not None:
+        return list(items)
+    tcfg = recipe.get("train", {})
+    tr, _ = split_train_val(len(items), float(tcfg.get("val_fraction", 0.1)), int(tcfg.get("seed", 0)))
+    return [items[i] for i in tr]
+
+
+def add_shape_prior(
+    model_path: str | Path,
+    items: Sequence[dict[str, Any]],
+    cfg: dict[str, Any] | None = None,
+    out_path: str | Path | None = None,
+) -> Path:
+    """Fit a shape prior (:mod:`anatomark.shape`) to ``items``' labels and store it in a model file.
+
+    Args:
+        model_path: a model file (any kind).
+        items: labelled training items (their images are read only for their size).
+        cfg: the ``shape_prior`` settings (default: the model recipe's, else :data:`anatomark.shape.DEFAULTS`).
+        out_path: where to write (default: overwrite ``model_path``, atomically).
+    """
+    from anatomark.model import load_model
+    from anatomark.shape import DEFAULTS, fit_shape_prior
+
+    model = load_model(model_path)
+    cfg = {**DEFAULTS, **(cfg if cfg is not None else model.recipe.get("shape_prior") or {})}
+    model.shape_prior = fit_shape_prior(items, cfg)
+    model.recipe["shape_prior"] = model.shape_prior.config()
+    model.info["shape_prior"] = {**model.shape_prior.config(), "n_shapes": len(items)}
+    return model.save(out_path or model_path)
+
+
+def _with_shape_prior(
+    res: dict[str, Any],
+    recipe: dict[str, Any],
+    items: Sequence[dict[str, Any]],
+    val_items: Sequence[dict[str, Any]] | None,
+    init_weights: str | Path | None = None,
+) -> dict[str, Any]:
+    """After training: add the recipe's ``shape_prior`` (fitted to the training part only) to the written model.
+
+    A fine-tuning (``init_weights``) keeps the shape prior of the model it started from: a handful of new labels
+    is too few shapes to refit it.
+    """
+    path = Path(res.get("model_path", ""))
+    if not (recipe.get("shape_prior") and path.is_file() and dist.is_main()):
+        return res
+    if init_weights:
+        from anatomark.model import load_model
+
+        prior = load_model(init_weights).shape_prior
+        if prior is not None:
+            model = load_model(path)
+            model.shape_prior = prior
+            model.recipe["shape_prior"] = prior.config()
+            model.save(path)
+            return res
+    add_shape_prior(path, training_items(recipe, items, val_items), recipe["shape_prior"])
+    return res
 
 
 def fit(

@@ -202,7 +202,7 @@ class ZooModel(LandmarkModel):
         pts, conf, _, _ = self.predict_details(scaled)
         return pts, conf
 
-    def predict(self, image: XrayImage) -> ZooPrediction:
+    def _predict(self, image: XrayImage) -> ZooPrediction:
         t0 = time.perf_counter()
         scaled = prepare_image(image, self.size_hw)
         t1 = time.perf_counter()
