@@ -162,6 +162,7 @@ def test_spine_smoke_shipped_model_gives_68_corners_and_cobb_angles(aasce_dir, t
         doc = json.loads((out / f"{Path(it['image']).stem}.json").read_text())
         pts = np.array([[p["x"], p["y"]] for p in doc["landmarks"]])
         assert pts.shape == (68, 2)
+        assert all(isinstance(p["shape_prior_replaced"], bool) for p in doc["landmarks"])  # the model has a prior
         h = Image.open(it["image"]).height
         err = np.linalg.norm(pts - it["landmarks"], axis=1) / h  # the first spine model is weak: ~3.6 % mean error
         assert np.median(err) < 0.06, f"{it['id']}: median corner error {np.median(err) * 100:.1f} % of the height"

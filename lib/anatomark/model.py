@@ -71,8 +71,9 @@ class Prediction:
         return self.points * np.asarray(self.spacing)
 
     def to_list(self) -> list[dict[str, Any]]:
+        """One JSON-ready dict per landmark (``shape_prior_replaced`` only when the model has a shape prior)."""
         mm = self.points_mm
-        return [
+        out = [
             {
                 "index": k + 1,
                 "name": n,
@@ -84,6 +85,10 @@ class Prediction:
             }
             for k, (n, p, q, c) in enumerate(zip(self.names, self.points, mm, self.confidence))
         ]
+        if self.replaced is not None:
+            for d, r in zip(out, self.replaced):
+                d["shape_prior_replaced"] = bool(r)
+        return out
 
 
 class LandmarkModel:
