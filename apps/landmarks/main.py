@@ -57,11 +57,39 @@ logger = logging.getLogger(__name__)
 EXTRA_EXTENSIONS = ["*.jpeg", "*.bmp", "*.tiff", "*.dcm"]
 
 
-def _select_models(spec: str) -> list[str]:
+def _landmark_set_of(path: Path) -> str | None:
+    import torch
+
+    try:
+        return str(torch.load(path, map_location="cpu", weights_only=False)["landmark_set"]["name"])
+    except Exception:  # noqa: BLE001 - an unreadable file is reported when the model is loaded
+        return None
+
+
+def _select_models(spec: str, landmark_set: str | None = None) -> list[str]:
+    """Model names from ``--conf models``: names/aliases, or ``all`` = every shipped model of one landmark set.
+
+    One app serves one landmark set, so ``all`` means all models of ``--conf landmark_set`` (default: the set of the
+    ``default`` model in ``configs/app.yaml``, else of the first model file).
+    """
     shipped = sorted(p.stem for p in model_dir().glob("*.pt")) if model_dir().is_dir() else []
     aliases = load_yaml(CONFIG_DIR / "app.yaml").get("models") or {}
     if not spec or spec == "all":
-        return shipped
+        sets = {n: _landmark_set_of(model_dir() / f"{n}.pt") for n in shipped}
+        default = aliases.get("default")
+        want = landmark_set or (sets.get(default) if default in sets else None) or next(iter(sets.values()), None)
+        chosen = [n for n in shipped if sets[n] in (want, None)]
+        if shipped and not chosen:
+            raise ValueError(
+                f"No shipped model for landmark set {want!r}; sets available: {sorted(set(sets.values()) - {None})}"
+            )
+        others = sorted(n for n in shipped if n not in chosen)
+        if others:
+            logger.info(
+                f"Serving the {want} models {chosen}; not serving {others} (other landmark sets: pick them "
+                "with --conf models <name> or --conf landmark_set <set>)"
+            )
+        return chosen
     out = []
     for name in (s.strip() for s in spec.split(",") if s.strip()):
         name = aliases.get(name, name)
@@ -76,7 +104,7 @@ class LandmarkApp(MONAILabelApp):
     """MONAI Label app serving anatomark landmark models (one landmark set per app instance)."""
 
     def __init__(self, app_dir: str, studies: str, conf: dict[str, str]):
-        self.model_names = _select_models(conf.get("models", "all"))
+        self.model_names = _select_models(conf.get("models", "all"), conf.get("landmark_set"))
         local = not studies.startswith(("http://", "https://"))
         state = Path(studies) / ".anatomark" if local else cache_dir(studies, conf) / ".anatomark"
         published = Path(conf.get("published_model_dir") or state / "models")
