@@ -373,6 +373,7 @@ TRAIN_OPTIONS: dict[str, tuple[type, float, float]] = {
     "val_fraction": (float, 0.0, 0.9),
     "lr": (float, 1e-8, 1.0),
     "batch_size": (int, 1, 1024),
+    "cpu_processes": (int, 1, 64),
 }
 
 
@@ -396,6 +397,13 @@ def train_options_problem(body: bytes) -> tuple[int, str] | None:
         if not ok or not low <= v <= high:
             what = "an integer" if kind is int else "a number"
             return 422, f"Training option {key!r} must be {what} in [{low:g}, {high:g}], got {v!r}"
+    if "multi_gpu" in params and not isinstance(params["multi_gpu"], bool):
+        return 422, f"Training option 'multi_gpu' must be true or false, got {params['multi_gpu']!r}"
+    if "gpus" in params:
+        g = params["gpus"]
+        parts = [x.strip() for x in g.split(",")] if isinstance(g, str) else []
+        if not (g == "all" or (parts and all(x.isdigit() for x in parts))):
+            return 422, f'Training option \'gpus\' must be "all" or GPU indices like "0,1", got {g!r}'
     return None
 
 
