@@ -43,4 +43,6 @@ def test_every_shipped_recipe_loads():
     assert len(names) >= 7
     for n in names:
         r = load_recipe(n)
-        assert r["landmark_set"] == "isbi2015_cephalometric", n
+        expected = "aasce2019_spine" if n.startswith("aasce2019_") else "isbi2015_cephalometric"
+        assert r["landmark_set"] == expected, n
+        assert len(load_landmark_set(r["landmark_set"])) in (19, 68), n
