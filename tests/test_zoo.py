@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -23,7 +24,7 @@ from anatomark.training import train
 from anatomark.transforms import functional as Fn
 from anatomark.zoo import ZOO_KINDS, ZooModel, ZooPrediction, encode_target, grid_search_alpha, register_affine
 
-REPO = __import__("pathlib").Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[1]
 
 NETS = {
     "unet_seg": {"name": "unet_seg", "features": [8, 16, 16, 32, 32], "dropout": 0.0},
@@ -242,18 +243,24 @@ def test_grid_search_alpha_picks_the_best_validation_mre(dots, tmp_path):
     assert load_model(out["model_path"]).recipe["loss"]["alpha"] == out["best_alpha"]
 
 
-def test_benchmark_script_on_a_tiny_synthetic_dataset(dots, tmp_path):
+def _tiny_dataset(items: list[dict], n_train: int, tmp_path) -> Path:  # noqa: ANN001
+    """A dataset folder (native layout, ``train``/``test1`` splits) of dot images + ``tmp_path/dots.yaml``."""
     ds = tmp_path / "ds"
     (ds / "images").mkdir(parents=True)
     rows = ["image," + ",".join(f"{n}_{c}" for n in DOTS.names for c in "xy")]
-    for it in dots[:12]:
+    for it in items:
         name = os.path.basename(it["image"])
         (ds / "images" / name).write_bytes(open(it["image"], "rb").read())
         rows.append(name + "," + ",".join(f"{v:.1f}" for v in np.asarray(it["landmarks"]).ravel()))
     (ds / "landmarks_senior.csv").write_text("\n".join(rows) + "\n")
     names = sorted(os.listdir(ds / "images"))
-    (ds / "splits.json").write_text(json.dumps({"train": names[:8], "test1": names[8:]}))
+    (ds / "splits.json").write_text(json.dumps({"train": names[:n_train], "test1": names[n_train:]}))
     (tmp_path / "dots.yaml").write_text(yaml.safe_dump(DOTS.to_dict()))
+    return ds
+
+
+def test_benchmark_script_on_a_tiny_synthetic_dataset(dots, tmp_path):
+    ds = _tiny_dataset(dots[:12], 8, tmp_path)
     recipes = []
     for kind in ZOO_KINDS:
         r = copy.deepcopy(zoo_recipe(kind, val_fraction=0.25))
@@ -277,17 +284,7 @@ def test_benchmark_script_on_a_tiny_synthetic_dataset(dots, tmp_path):
 
 def test_benchmark_time_budget_plans_the_schedule_from_a_timed_first_epoch(dots, tmp_path):
     """``--minutes-per-model``: the first epoch is timed, then the run resumes with the epochs that fit the budget."""
-    ds = tmp_path / "ds"
-    (ds / "images").mkdir(parents=True)
-    rows = ["image," + ",".join(f"{n}_{c}" for n in DOTS.names for c in "xy")]
-    for it in dots[:6]:
-        name = os.path.basename(it["image"])
-        (ds / "images" / name).write_bytes(open(it["image"], "rb").read())
-        rows.append(name + "," + ",".join(f"{v:.1f}" for v in np.asarray(it["landmarks"]).ravel()))
-    (ds / "landmarks_senior.csv").write_text("\n".join(rows) + "\n")
-    names = sorted(os.listdir(ds / "images"))
-    (ds / "splits.json").write_text(json.dumps({"train": names[:4], "test1": names[4:]}))
-    (tmp_path / "dots.yaml").write_text(yaml.safe_dump(DOTS.to_dict()))
+    ds = _tiny_dataset(dots[:6], 4, tmp_path)
     r = copy.deepcopy(zoo_recipe("unet_seg", val_fraction=0.25))
     r["landmark_set"] = str(tmp_path / "dots.yaml")
     recipe = tmp_path / "tiny_unet_seg.yaml"
