@@ -342,10 +342,16 @@ def add_shape_prior(
 
     model = load_model(model_path)
     cfg = {**DEFAULTS, **(cfg if cfg is not None else model.recipe.get("shape_prior") or {})}
-    model.shape_prior = fit_shape_prior(items, cfg)
-    model.recipe["shape_prior"] = model.shape_prior.config()
-    model.info["shape_prior"] = {**model.shape_prior.config(), "n_shapes": len(items)}
-    return model.save(out_path or model_path)
+    return _store_shape_prior(model, fit_shape_prior(items, cfg), out_path or model_path, n_shapes=len(items))
+
+
+def _store_shape_prior(model: Any, prior: Any, path: str | Path, n_shapes: int | None = None) -> Path:
+    """Put ``prior`` into ``model`` (its recipe records the settings) and write the model file to ``path``."""
+    model.shape_prior = prior
+    model.recipe["shape_prior"] = prior.config()
+    if n_shapes is not None:
+        model.info["shape_prior"] = {**prior.config(), "n_shapes": n_shapes}
+    return model.save(path)
 
 
 def _with_shape_prior(
@@ -368,10 +374,7 @@ def _with_shape_prior(
 
         prior = load_model(init_weights).shape_prior
         if prior is not None:
-            model = load_model(path)
-            model.shape_prior = prior
-            model.recipe["shape_prior"] = prior.config()
-            model.save(path)
+            _store_shape_prior(load_model(path), prior, path)
             return res
     add_shape_prior(path, training_items(recipe, items, val_items), recipe["shape_prior"])
     return res
