@@ -7,14 +7,13 @@ small PNG made from one of them. Tests skip with a clear message when the datase
 from __future__ import annotations
 
 import os
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 from mlserver_constants import AUTO_TRAIN_EVERY, LABELLED, MODEL, SMALL, UNLABELLED
-from mlserver_process import Server, start_server, stop_server
+from mlserver_process import Server, isbi_studies, start_server, stop_server
 
 REPO = Path(__file__).resolve().parents[2]
 ISBI = Path(os.environ.get("ANATOMARK_ISBI", REPO.parent / "shared" / "datasets" / "isbi2015"))
@@ -38,10 +37,7 @@ def server(isbi: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ser
     from PIL import Image
 
     root = tmp_path_factory.mktemp("monailabel")
-    studies = root / "studies"
-    studies.mkdir()
-    for i in LABELLED + UNLABELLED:
-        shutil.copy(isbi / "images" / f"{i}.jpg", studies / f"{i}.jpg")
+    studies = isbi_studies(root, isbi, LABELLED + UNLABELLED)
     with Image.open(isbi / "images" / "151.jpg") as im:
         im.convert("L").resize((387, 480), Image.BILINEAR).save(studies / f"{SMALL}.png", dpi=(254, 254))
     srv = start_server(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -33,6 +34,15 @@ class Server:
 
     def log_tail(self, n: int = 40) -> str:
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:]) if self.log.is_file() else ""
+
+
+def isbi_studies(root: Path, isbi: Path, images: list[int] | tuple[int, ...]) -> Path:
+    """``root/studies`` holding copies of ISBI images ``<i>.jpg`` (copied at test time, never into the repo)."""
+    studies = root / "studies"
+    studies.mkdir(parents=True)
+    for i in images:
+        shutil.copy(isbi / "images" / f"{i}.jpg", studies / f"{i}.jpg")
+    return studies
 
 
 def start_server(root: Path, studies: Path, conf: dict[str, str], timeout: float = 120) -> Server:

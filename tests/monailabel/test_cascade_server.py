@@ -5,12 +5,11 @@ annotation, then one fine-tuning epoch of both stages through ``POST /train`` an
 
 from __future__ import annotations
 
-import shutil
 import time
 
 import numpy as np
 import pytest
-from mlserver_process import save_truth, start_server, stop_server, wait_done
+from mlserver_process import isbi_studies, save_truth, start_server, stop_server, wait_done
 from monailabel.client import MONAILabelClient
 
 CASCADE = "isbi2015_cascade"
@@ -24,10 +23,7 @@ def cascade_server(isbi, tmp_path_factory):
     if not (model_dir() / f"{CASCADE}.pt").is_file():
         pytest.skip(f"Shipped cascade weights {model_dir() / (CASCADE + '.pt')} not found")
     root = tmp_path_factory.mktemp("cascade")
-    studies = root / "studies"
-    studies.mkdir()
-    for i in IMAGES:
-        shutil.copy(isbi / "images" / f"{i}.jpg", studies / f"{i}.jpg")
+    studies = isbi_studies(root, isbi, IMAGES)
     srv = start_server(root, studies, {"models": "default", "train_epochs": "1"})
     yield srv
     stop_server(srv)

@@ -8,12 +8,11 @@ after an explicit (multi-process) training; changing a label fires again.
 
 from __future__ import annotations
 
-import shutil
 import time
 
 import pytest
 from mlserver_constants import MODEL
-from mlserver_process import save_truth, start_server, stop_server, train_tasks, wait_done
+from mlserver_process import isbi_studies, save_truth, start_server, stop_server, train_tasks, wait_done
 from monailabel.client import MONAILabelClient
 
 INTERVAL = 2.0  # seconds between schedule ticks
@@ -27,10 +26,7 @@ def sched(isbi, tmp_path_factory):
     if not (model_dir() / f"{MODEL}.pt").is_file():
         pytest.skip(f"Shipped weights {model_dir() / (MODEL + '.pt')} not found")
     root = tmp_path_factory.mktemp("scheduled")
-    studies = root / "studies"
-    studies.mkdir()
-    for i in IMAGES:
-        shutil.copy(isbi / "images" / f"{i}.jpg", studies / f"{i}.jpg")
+    studies = isbi_studies(root, isbi, IMAGES)
     conf = {"models": MODEL, "train_epochs": "1", "auto_train_interval": str(INTERVAL)}
     srv = start_server(root, studies, conf)
     yield srv
