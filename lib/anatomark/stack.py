@@ -147,19 +147,7 @@ def start_orthanc(workdir: str | Path, http_port: int | None = None) -> Service:
     workdir.mkdir(parents=True, exist_ok=True)
     port = http_port or free_port()
     cfg = write_orthanc_config(workdir, port)
-    log = workdir / "orthanc.log"
-    with log.open("w") as f:
-        proc = subprocess.Popen(
-            [orthanc_program(), str(cfg)], stdout=f, stderr=subprocess.STDOUT, start_new_session=True, cwd=workdir
-        )
-    url = f"http://127.0.0.1:{port}"
-    svc = Service("orthanc", url, proc, log)
-    try:
-        wait_http(f"{url}/dicom-web/studies", proc, timeout=60, log=log)
-    except StackError:
-        svc.stop()
-        raise
-    return svc
+    return _spawn("orthanc", [orthanc_program(), str(cfg)], workdir, None, port, "/dicom-web/studies", 60)
 
 
 def upload_dicom(orthanc_url: str, files: Iterable[str | Path]) -> list[dict[str, Any]]:
@@ -201,15 +189,20 @@ def start_monailabel(
         "MONAI_LABEL_INFER_CONCURRENCY": "1",
         **(env or {}),
     }
-    log = workdir / "monailabel.log"
+    return _spawn("monailabel", cmd, workdir, full_env, port, "/info/", 180)
+
+
+def _spawn(
+    name: str, cmd: list[str], workdir: Path, env: dict[str, str] | None, port: int, probe: str, timeout: float
+) -> Service:
+    """Start ``cmd`` in its own session (output to ``workdir/<name>.log``) and wait until ``probe`` answers on
+    127.0.0.1:``port``; stops the process if it does not."""
+    log = workdir / f"{name}.log"
     with log.open("w") as f:
-        proc = subprocess.Popen(
-            cmd, cwd=workdir, env=full_env, stdout=f, stderr=subprocess.STDOUT, start_new_session=True
-        )
-    url = f"http://127.0.0.1:{port}"
-    svc = Service("monailabel", url, proc, log)
+        proc = subprocess.Popen(cmd, cwd=workdir, env=env, stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
+    svc = Service(name, f"http://127.0.0.1:{port}", proc, log)
     try:
-        wait_http(f"{url}/info/", proc, timeout=180, log=log)
+        wait_http(f"{svc.url}{probe}", proc, timeout=timeout, log=log)
     except StackError:
         svc.stop()
         raise
