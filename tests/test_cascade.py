@@ -3,17 +3,45 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from _synthetic import DOTS, make_dot_images
-from anatomark.cascade import CascadeModel
+from anatomark.cascade import CascadeModel, LocalInput
 from anatomark.data.image_io import load_image
+from anatomark.errors import AnatomarkError
 from anatomark.metrics import radial_errors
 from anatomark.model import load_model
 from anatomark.training import train
 
 
-def test_cascade_trains_saves_loads_and_refines(dots_model, tmp_path):
+def test_local_input_context_patches_share_the_centre():
+    """Every channel (fine patch, 4x zoomed-out context) is centred on the requested point, turned and scaled alike."""
+    yy, xx = np.mgrid[:400, :300]
+    image = np.exp(-((xx - 123.0) ** 2 + (yy - 211.0) ** 2) / (2 * 6.0**2)).astype(np.float32)
+    li = LocalInput({"patch_size": 32, "context": [4], "network": {"in_channels": 2}})
+    x, m = li.sample(li.pyramid(image), np.array([123.0, 211.0]), rotate_deg=7.0, scale=1.05)
+    assert x.shape == (2, 32, 32)
+    v, u = np.mgrid[:32, :32]
+    for c in range(2):
+        w = x[c] / x[c].sum()
+        assert abs((w * u).sum() - 15.5) < 0.05 and abs((w * v).sum() - 15.5) < 0.05, f"channel {c} off centre"
+    # the context channel shows the blob 4x smaller: its second moment is ~16x smaller than the fine patch's
+    spread = [((x[c] / x[c].sum()) * ((u - 15.5) ** 2 + (v - 15.5) ** 2)).sum() for c in range(2)]
+    assert spread[1] < spread[0] / 8
+    assert np.allclose(m @ [15.5, 15.5, 1.0], [123.0, 211.0, 1.0])
+
+
+def test_local_input_rejects_inconsistent_channels():
+    with pytest.raises(AnatomarkError, match="in_channels is 1 but local.context"):
+        LocalInput({"patch_size": 32, "context": [4], "network": {"in_channels": 1}})
+    with pytest.raises(AnatomarkError, match="must be > 1"):
+        LocalInput({"patch_size": 32, "context": [0.5], "network": {"in_channels": 2}})
+
+
+@pytest.mark.parametrize("context", [None, [3]], ids=["fine_only", "with_context"])
+def test_cascade_trains_saves_loads_and_refines(dots_model, tmp_path, context):
     _, stage1_res = dots_model
+    ctx = {"context": context} if context else {}
     items = make_dot_images(tmp_path / "train", 48, seed=5)
     recipe = {
         "name": "dots_cascade",
@@ -21,7 +49,13 @@ def test_cascade_trains_saves_loads_and_refines(dots_model, tmp_path):
         "landmark_set": DOTS.to_dict(),
         "global": {"weights": stage1_res["model_path"]},
         "local": {
-            "network": {"name": "heatmap_unet", "spatial_dims": 2, "features": [8, 8, 16, 16, 32, 8]},
+            "network": {
+                "name": "heatmap_unet",
+                "spatial_dims": 2,
+                "in_channels": 1 + len(context or []),
+                "features": [8, 8, 16, 16, 32, 8],
+            },
+            **ctx,
             "spacing_mm": 0.5,  # patches at twice the image resolution
             "patch_size": 32,
             "sigma": 2.0,
@@ -35,6 +69,7 @@ def test_cascade_trains_saves_loads_and_refines(dots_model, tmp_path):
     res = train(recipe, items, tmp_path / "run", progress=False)
     model = load_model(res["model_path"])
     assert isinstance(model, CascadeModel)
+    assert model.refiner.input.channels == 1 + len(context or [])
     assert model.info["stage1"]["path"] == stage1_res["model_path"]
     stage1 = load_model(stage1_res["model_path"])
     test = make_dot_images(tmp_path / "test", 10, seed=77)

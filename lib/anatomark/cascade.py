@@ -32,11 +32,67 @@ from anatomark.transforms import functional as Fn
 
 
 def _patch_input(patches: np.ndarray) -> torch.Tensor:
-    """``(N, P, P)`` [0, 1] patches -> ``(N, 1, P, P)`` z-scored per patch."""
-    t = torch.as_tensor(np.asarray(patches, np.float32))[:, None]
+    """``(N, P, P)`` or ``(N, C, P, P)`` [0, 1] patches -> ``(N, C, P, P)`` z-scored per patch and channel."""
+    t = torch.as_tensor(np.asarray(patches, np.float32))
+    if t.ndim == 3:
+        t = t[:, None]
     m = t.mean(dim=(2, 3), keepdim=True)
     s = t.std(dim=(2, 3), keepdim=True).clamp_min(1e-6)
     return (t - m) / s
+
+
+class LocalInput:
+    """The refiner's input around a point: the fine patch plus optional wider, coarser context patches.
+
+    ``local.context`` lists zoom-out factors: factor ``f`` adds a channel showing ``f`` times the field of view at
+    ``f`` times the pixel size (sampled from an antialiased ``1/f`` copy of the fine image), centred and turned like
+    the fine patch. Channel 0 is always the fine patch, so ``network.in_channels`` must be ``1 + len(context)``.
+
+    Args:
+        cfg: the recipe's ``local`` section.
+    """
+
+    def __init__(self, cfg: dict[str, Any]) -> None:
+        self.size = int(cfg["patch_size"])
+        self.factors = [float(f) for f in cfg.get("context", []) or []]
+        if any(f <= 1.0 for f in self.factors):
+            raise AnatomarkError(f"local.context factors must be > 1 (zoom-out), got {self.factors}")
+        want = int(cfg.get("network", {}).get("in_channels", 1 + len(self.factors)))
+        if want != 1 + len(self.factors):
+            raise AnatomarkError(
+                f"local.network.in_channels is {want} but local.context {self.factors} needs {1 + len(self.factors)}"
+            )
+
+    @property
+    def channels(self) -> int:
+        return 1 + len(self.factors)
+
+    def pyramid(self, fine: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+        """``[(image, fine-to-image matrix)]``: the fine ``(H, W)`` image itself, then one copy per context factor."""
+        out = [(fine, np.eye(3))]
+        h, w = fine.shape
+        for f in self.factors:
+            hw = (max(8, round(h / f)), max(8, round(w / f)))
+            sx, sy = hw[1] / w, hw[0] / h
+            to_ctx = np.array([[sx, 0.0, 0.5 * sx - 0.5], [0.0, sy, 0.5 * sy - 0.5], [0.0, 0.0, 1.0]])
+            out.append((Fn.resize_image(fine, hw), to_ctx))
+        return out
+
+    def sample(
+        self,
+        pyramid: list[tuple[np.ndarray, np.ndarray]],
+        center_xy: np.ndarray,
+        rotate_deg: float = 0.0,
+        scale: float = 1.0,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """``(C, P, P)`` patches centred on ``center_xy`` (fine-grid x, y) and the fine patch's matrix (patch -> fine)."""
+        p = self.size
+        m = Fn.patch_matrix(center_xy, p, rotate_deg=rotate_deg, scale=scale)
+        chans = [Fn.sample_patch(pyramid[0][0], m, p)]
+        for f, (img, to_img) in zip(self.factors, pyramid[1:]):
+            mf = to_img @ Fn.patch_matrix(center_xy, p, rotate_deg=rotate_deg, scale=scale * f)
+            chans.append(Fn.sample_patch(img, mf, p))
+        return np.stack(chans), m
 
 
 class LocalRefiner:
@@ -53,6 +109,7 @@ class LocalRefiner:
         self.spacing_mm = float(cfg["spacing_mm"])
         self.patch_size = int(cfg["patch_size"])
         self.iterations = int(cfg.get("iterations", 1))
+        self.input = LocalInput(cfg)
         dec = cfg.get("decode", {})
         self.decode_method = dec.get("method", "local_mean")
         self.decode_radius = int(dec.get("radius", 3))
@@ -77,11 +134,12 @@ class LocalRefiner:
         idx = np.nonzero(ok)[0]
         if idx.size == 0:
             return pts, conf
-        p = self.patch_size
         dev = next(self.network.parameters()).device
+        pyramid = self.input.pyramid(fine)
         for _ in range(iterations if iterations is not None else self.iterations):
-            mats = [Fn.patch_matrix(pts[i], p) for i in idx]
-            patches = np.stack([Fn.sample_patch(fine, m, p) for m in mats])
+            sampled = [self.input.sample(pyramid, pts[i]) for i in idx]
+            mats = [m for _, m in sampled]
+            patches = np.stack([x for x, _ in sampled])
             logits = self.network(_patch_input(patches).to(dev))  # (n, K, P, P)
             own = logits[torch.arange(idx.size), torch.as_tensor(idx)]  # channel k of the patch centred on k
             prob = torch.softmax(own.reshape(idx.size, -1).float(), -1).reshape(own.shape)
@@ -151,8 +209,9 @@ class CascadeModel(LandmarkModel):
 class LocalPatchSet(Dataset):
     """Random patches around true landmarks (with a random offset, as stage 1 would miss them).
 
-    Each item is ``(patch (1, P, P), target (K, P, P))``: the Gaussian heatmaps of every landmark inside the patch
-    (zeros = absent, ignored by the loss).
+    Each item is ``(patch (C, P, P), target (K, P, P))``: the fine patch (plus ``local.context`` channels, see
+    :class:`LocalInput`) and the Gaussian heatmaps of every landmark inside the fine patch (zeros = absent, ignored by
+    the loss).
     """
 
     def __init__(self, items: list[dict[str, Any]], recipe: dict[str, Any], augment: bool = True) -> None:
@@ -169,6 +228,8 @@ class LocalPatchSet(Dataset):
         self.scale = tuple(aug.get("scale", (1.0, 1.0)))
         self.gamma = tuple(aug.get("intensity_gamma", (1.0, 1.0)))
         self.R = np.random.RandomState(0)
+        self.input = LocalInput(lc)
+        self.pyramids = [self.input.pyramid(it["scaled"]) for it in items]
 
     def set_random_state(self, seed: int) -> None:
         self.R = np.random.RandomState(seed)
@@ -178,17 +239,17 @@ class LocalPatchSet(Dataset):
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         it = self.items[i // self.per_image]
+        pyramid = self.pyramids[i // self.per_image]
         pts = it["points"]
         present = np.nonzero(np.isfinite(pts).all(axis=1))[0]
         k = int(self.R.choice(present))
         off = np.clip(self.R.normal(0.0, self.offset_sigma, 2), -self.max_offset, self.max_offset)
-        m = Fn.patch_matrix(
+        patch, m = self.input.sample(
+            pyramid,
             pts[k] + off,
-            self.size,
             rotate_deg=self.R.uniform(-self.rotate, self.rotate),
             scale=self.R.uniform(*self.scale),
         )
-        patch = Fn.sample_patch(it["scaled"], m, self.size)
         if self.gamma != (1.0, 1.0):
             patch = np.clip(patch, 0, 1) ** math.exp(self.R.uniform(math.log(self.gamma[0]), math.log(self.gamma[1])))
         inside = Fn.transform_points(pts, np.linalg.inv(m))
