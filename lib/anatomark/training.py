@@ -195,6 +195,11 @@ def split_train_val(n: int, val_fraction: float, seed: int) -> tuple[list[int], 
     return sorted(idx[n_val:]), sorted(idx[:n_val])
 
 
+def val_seed(tcfg: dict[str, Any]) -> int:
+    """The seed of the validation split: ``train.val_seed``, default 0, independent of ``train.seed``."""
+    return int(tcfg.get("val_seed", 0))
+
+
 def cache_and_split(
     items: Sequence[dict[str, Any]],
     val_items: Sequence[dict[str, Any]] | None,
@@ -205,7 +210,9 @@ def cache_and_split(
     spacing_mm: float | None = None,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
     """:func:`cache_items`, then the validation split every stage uses: ``val_items`` when given, else the
-    recipe's ``val_fraction`` of ``items`` (seeded by ``tcfg["seed"]``, see :func:`split_train_val`).
+    recipe's ``val_fraction`` of ``items``, drawn with ``tcfg["val_seed"]`` (default 0, see :func:`split_train_val`).
+    The split does not follow ``tcfg["seed"]`` (weights and augmentation): models trained with different seeds are
+    validated on the same images, and a cascade's stage 2 holds out the images its reused stage 1 held out.
 
     Returns:
         cached training items, cached validation items and the validation items as given (with their paths).
@@ -214,7 +221,7 @@ def cache_and_split(
     if val_items is not None:
         val_c = cache_items(val_items, size_hw, landmark_set, progress, spacing_mm=spacing_mm)
         return cached, val_c, list(val_items)
-    tr, va = split_train_val(len(cached), float(tcfg.get("val_fraction", 0.1)), int(tcfg.get("seed", 0)))
+    tr, va = split_train_val(len(cached), float(tcfg.get("val_fraction", 0.1)), val_seed(tcfg))
     return [cached[i] for i in tr], [cached[i] for i in va], [items[i] for i in va]
 
 
@@ -319,7 +326,7 @@ def training_items(
     if val_items is not None:
         return list(items)
     tcfg = recipe.get("train", {})
-    tr, _ = split_train_val(len(items), float(tcfg.get("val_fraction", 0.1)), int(tcfg.get("seed", 0)))
+    tr, _ = split_train_val(len(items), float(tcfg.get("val_fraction", 0.1)), val_seed(tcfg))
     return [items[i] for i in tr]
 
 
