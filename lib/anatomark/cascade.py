@@ -99,7 +99,8 @@ class LocalRefiner:
     """Stage 2: refine ``(K, 2)`` points on a fine grid with a shared local network.
 
     Args:
-        network: maps ``(N, 1, P, P)`` patches to ``(N, K, P, P)`` logits.
+        network: maps ``(N, C, P, P)`` patches (C = 1 + len(``local.context``), see :class:`LocalInput`) to
+            ``(N, K, P, P)`` logits.
         cfg: the recipe's ``local`` section (``spacing_mm``, ``patch_size``, ``iterations``, ``decode``).
     """
 
