@@ -195,9 +195,10 @@ def split_train_val(n: int, val_fraction: float, seed: int) -> tuple[list[int], 
     return sorted(idx[n_val:]), sorted(idx[:n_val])
 
 
-def val_seed(tcfg: dict[str, Any]) -> int:
-    """The seed of the validation split: ``train.val_seed``, default 0, independent of ``train.seed``."""
-    return int(tcfg.get("val_seed", 0))
+def recipe_split(n: int, tcfg: dict[str, Any]) -> tuple[list[int], list[int]]:
+    """A recipe's train/validation split of ``range(n)``: ``train.val_fraction`` (default 0.1), drawn with
+    ``train.val_seed`` (default 0, independent of ``train.seed``)."""
+    return split_train_val(n, float(tcfg.get("val_fraction", 0.1)), int(tcfg.get("val_seed", 0)))
 
 
 def cache_and_split(
@@ -221,7 +222,7 @@ def cache_and_split(
     if val_items is not None:
         val_c = cache_items(val_items, size_hw, landmark_set, progress, spacing_mm=spacing_mm)
         return cached, val_c, list(val_items)
-    tr, va = split_train_val(len(cached), float(tcfg.get("val_fraction", 0.1)), val_seed(tcfg))
+    tr, va = recipe_split(len(cached), tcfg)
     return [cached[i] for i in tr], [cached[i] for i in va], [items[i] for i in va]
 
 
@@ -325,8 +326,7 @@ def training_items(
     """The items a recipe trains on: all of ``items`` with explicit ``val_items``, else the seeded split's train part."""
     if val_items is not None:
         return list(items)
-    tcfg = recipe.get("train", {})
-    tr, _ = split_train_val(len(items), float(tcfg.get("val_fraction", 0.1)), val_seed(tcfg))
+    tr, _ = recipe_split(len(items), recipe.get("train", {}))
     return [items[i] for i in tr]
 
 
