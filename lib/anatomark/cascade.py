@@ -32,10 +32,8 @@ from anatomark.transforms import functional as Fn
 
 
 def _patch_input(patches: np.ndarray) -> torch.Tensor:
-    """``(N, P, P)`` or ``(N, C, P, P)`` [0, 1] patches -> ``(N, C, P, P)`` z-scored per patch and channel."""
+    """``(N, C, P, P)`` [0, 1] patches -> the same, z-scored per patch and channel."""
     t = torch.as_tensor(np.asarray(patches, np.float32))
-    if t.ndim == 3:
-        t = t[:, None]
     m = t.mean(dim=(2, 3), keepdim=True)
     s = t.std(dim=(2, 3), keepdim=True).clamp_min(1e-6)
     return (t - m) / s
@@ -87,12 +85,12 @@ class LocalInput:
     ) -> tuple[np.ndarray, np.ndarray]:
         """``(C, P, P)`` patches centred on ``center_xy`` (fine-grid x, y) and the fine patch's matrix (patch -> fine)."""
         p = self.size
-        m = Fn.patch_matrix(center_xy, p, rotate_deg=rotate_deg, scale=scale)
-        chans = [Fn.sample_patch(pyramid[0][0], m, p)]
-        for f, (img, to_img) in zip(self.factors, pyramid[1:]):
-            mf = to_img @ Fn.patch_matrix(center_xy, p, rotate_deg=rotate_deg, scale=scale * f)
-            chans.append(Fn.sample_patch(img, mf, p))
-        return np.stack(chans), m
+        mats = [
+            to_img @ Fn.patch_matrix(center_xy, p, rotate_deg=rotate_deg, scale=scale * f)
+            for f, (_, to_img) in zip([1.0, *self.factors], pyramid)
+        ]
+        chans = [Fn.sample_patch(img, m, p) for (img, _), m in zip(pyramid, mats)]
+        return np.stack(chans), mats[0]
 
 
 class LocalRefiner:
@@ -108,7 +106,6 @@ class LocalRefiner:
         self.network = network.eval()
         self.cfg = cfg
         self.spacing_mm = float(cfg["spacing_mm"])
-        self.patch_size = int(cfg["patch_size"])
         self.iterations = int(cfg.get("iterations", 1))
         self.input = LocalInput(cfg)
         dec = cfg.get("decode", {})
