@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from _synthetic import DOTS, make_dot_images
-from anatomark.cascade import CascadeModel, LocalInput
+from anatomark.cascade import CascadeModel, LocalInput, LocalRefiner
 from anatomark.data.image_io import load_image
 from anatomark.errors import AnatomarkError
 from anatomark.metrics import radial_errors
@@ -36,6 +37,14 @@ def test_local_input_rejects_inconsistent_channels():
         LocalInput({"patch_size": 32, "context": [4], "network": {"in_channels": 1}})
     with pytest.raises(AnatomarkError, match="must be > 1"):
         LocalInput({"patch_size": 32, "context": [0.5], "network": {"in_channels": 2}})
+
+
+def test_refiner_precision_is_checked():
+    net = torch.nn.Conv2d(1, 2, 3, padding=1)
+    with pytest.raises(AnatomarkError, match="Unknown inference precision 'fp8'"):
+        LocalRefiner(net, {"spacing_mm": 0.2, "patch_size": 32, "precision": "fp8"})
+    for p in ("float32", "bfloat16", "auto"):
+        assert LocalRefiner(net, {"spacing_mm": 0.2, "patch_size": 32, "precision": p}).precision == p
 
 
 @pytest.mark.parametrize("context", [None, [3]], ids=["fine_only", "with_context"])
@@ -83,6 +92,14 @@ def test_cascade_trains_saves_loads_and_refines(dots_model, tmp_path, context):
     e1, e2 = np.array(e1), np.array(e2)
     assert e2.max() < 2.0, f"refined max error {e2.max():.2f} px"
     assert e2.mean() < e1.mean(), f"refinement did not help: {e2.mean():.2f} vs {e1.mean():.2f} px"
+
+    # local.precision bfloat16: the refiner runs a bf16 copy; points barely move and the model keeps float32 weights
+    p32 = [model.predict(load_image(it["image"], spacing=1.0)).points for it in test[:4]]
+    model.refiner = LocalRefiner(model.refiner.network, {**model.recipe["local"], "precision": "bfloat16"})
+    p16 = [model.predict(load_image(it["image"], spacing=1.0)).points for it in test[:4]]
+    moved = np.linalg.norm(np.array(p16) - np.array(p32), axis=-1)
+    assert 0 < moved.max() < 0.5, f"bf16 moved points by up to {moved.max():.3f} px"
+    assert all(p.dtype == torch.float32 for p in model.refiner.network.parameters())
 
     # fine-tuning from the cascade file itself (what the server's Train button does): both stages, then one file
     ft_recipe = {**model.recipe, "landmark_set": model.landmark_set.to_dict()}

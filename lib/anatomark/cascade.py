@@ -27,7 +27,7 @@ from anatomark.data.image_io import XrayImage
 from anatomark.errors import AnatomarkError
 from anatomark.metrics import radial_errors
 from anatomark.model import LandmarkModel, Prediction, save_model_file, scale_intensity
-from anatomark.networks import build_network
+from anatomark.networks import build_network, check_precision, inference_dtype
 from anatomark.transforms import functional as Fn
 
 
@@ -99,12 +99,18 @@ class LocalRefiner:
     Args:
         network: maps ``(N, C, P, P)`` patches (C = 1 + len(``local.context``), see :class:`LocalInput`) to
             ``(N, K, P, P)`` logits.
-        cfg: the recipe's ``local`` section (``spacing_mm``, ``patch_size``, ``iterations``, ``decode``).
+        cfg: the recipe's ``local`` section (``spacing_mm``, ``patch_size``, ``iterations``, ``decode``,
+            ``precision``: ``float32`` (default), ``bfloat16`` or ``auto``, see
+            :func:`anatomark.networks.inference_dtype`). A bfloat16 copy of ``network`` is made on first use and kept;
+            ``network`` itself stays float32, so saving or fine-tuning it loses nothing. Build a new refiner after
+            changing ``network``'s weights.
     """
 
     def __init__(self, network: torch.nn.Module, cfg: dict[str, Any]) -> None:
         self.network = network.eval()
         self.cfg = cfg
+        self.precision = check_precision(str(cfg.get("precision", "float32")))
+        self._runner: tuple[torch.device, torch.dtype, torch.nn.Module] | None = None
         self.spacing_mm = float(cfg["spacing_mm"])
         self.iterations = int(cfg.get("iterations", 1))
         self.input = LocalInput(cfg)
@@ -133,12 +139,13 @@ class LocalRefiner:
         if idx.size == 0:
             return pts, conf
         dev = next(self.network.parameters()).device
+        net, dtype = self._network_for(dev)
         pyramid = self.input.pyramid(fine)
         for _ in range(iterations if iterations is not None else self.iterations):
             sampled = [self.input.sample(pyramid, pts[i]) for i in idx]
             mats = [m for _, m in sampled]
             patches = np.stack([x for x, _ in sampled])
-            logits = self.network(_patch_input(patches).to(dev))  # (n, K, P, P)
+            logits = net(_patch_input(patches).to(dev, dtype))  # (n, K, P, P)
             own = logits[torch.arange(idx.size), torch.as_tensor(idx)]  # channel k of the patch centred on k
             prob = torch.softmax(own.reshape(idx.size, -1).float(), -1).reshape(own.shape)
             found, _, mass = Fn.heatmaps_to_points(prob, self.decode_method, self.decode_radius)
@@ -146,6 +153,15 @@ class LocalRefiner:
                 pts[i] = Fn.transform_points(found[j : j + 1], mats[j])[0]
             conf[idx] = np.clip(mass, 0, 1)
         return pts, conf
+
+    def _network_for(self, dev: torch.device) -> tuple[torch.nn.Module, torch.dtype]:
+        """The network to run on ``dev`` and its dtype: ``self.network``, or its cached bfloat16 copy."""
+        dtype = inference_dtype(self.precision, dev)
+        if dtype == torch.float32:
+            return self.network, dtype
+        if self._runner is None or self._runner[:2] != (dev, dtype):
+            self._runner = (dev, dtype, copy.deepcopy(self.network).to(dev, dtype).eval())
+        return self._runner[2], dtype
 
 
 class CascadeModel(LandmarkModel):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from torch import nn
 
 from anatomark.errors import AnatomarkError
@@ -33,8 +34,39 @@ def build_network(cfg: dict[str, Any], out_channels: int) -> nn.Module:
     return NETWORKS[name](out_channels=out_channels, **cfg)
 
 
+PRECISIONS = ("float32", "bfloat16", "auto")
+
+
+def check_precision(precision: str) -> str:
+    """Return ``precision`` if it is one of :data:`PRECISIONS`, else raise a clear error."""
+    if precision not in PRECISIONS:
+        raise AnatomarkError(f"Unknown inference precision {precision!r}; use one of {', '.join(PRECISIONS)}")
+    return precision
+
+
+def inference_dtype(precision: str, device: torch.device) -> torch.dtype:
+    """The dtype a network runs in for a ``precision`` setting on ``device``.
+
+    ``auto`` means bfloat16 where the hardware computes it natively (a CPU whose oneDNN build has bf16 kernels, e.g.
+    AVX512-BF16 or AMX; a CUDA GPU with bf16 support) and float32 elsewhere, where bf16 would be emulated and slower.
+    """
+    check_precision(precision)
+    if precision != "auto":
+        return torch.bfloat16 if precision == "bfloat16" else torch.float32
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
+    if device.type == "cpu":
+        try:
+            native = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        except (AttributeError, RuntimeError):  # a torch build without oneDNN
+            native = False
+        return torch.bfloat16 if native else torch.float32
+    return torch.float32
+
+
 __all__ = [
     "NETWORKS",
+    "PRECISIONS",
     "AppearanceContextNet",
     "FARNet",
     "FPNSeg",
@@ -42,4 +74,6 @@ __all__ = [
     "SegRegressionNet",
     "UNetSeg",
     "build_network",
+    "check_precision",
+    "inference_dtype",
 ]
