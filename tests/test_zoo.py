@@ -297,7 +297,11 @@ def test_benchmark_time_budget_plans_the_schedule_from_a_timed_first_epoch(dots,
     line = next(x for x in proc.stdout.splitlines() if "s per epoch ->" in x)
     per_epoch = float(line.split(": ")[1].split(" s per epoch")[0])
     planned = int(line.split("-> ")[1].split(" epochs")[0])
-    assert abs(planned - max(1.0, 3.0 / per_epoch)) <= 1.0, line  # 0.05 min = 3 s of training
+    # 0.05 min = 3 s of training. The log rounds the epoch time to 1 ms, so the plan is checked against the
+    # whole interval of epoch times that print as this value (fast CI epochs make that interval matter).
+    fewest = max(1, int(3.0 // (per_epoch + 5e-4)))
+    most = max(1, int(3.0 // max(per_epoch - 5e-4, 1e-6)))
+    assert fewest <= planned <= most, line
     history = json.loads((tmp_path / "runs" / r["name"] / "history.json").read_text())
     assert len(history) == planned
     row = json.loads(out.with_suffix(".json").read_text())[0]
