@@ -5,7 +5,10 @@ Usage:
         --out benchmarks/results/isbi2015.md
 
 Writes the report (command, date, machine, commit, training provenance from the model file, MRE, SDR,
-per-landmark table), an SDR-vs-radius plot and overlays of the best and worst images next to it.
+per-landmark table), an SDR-vs-radius plot and overlays of the best and worst images next to it. When the dataset
+has other annotators' CSVs, the report also measures the inter-observer disagreement and the model's error against
+the other annotator and on the points where the annotators agree (how much of the error is annotation noise).
+A hand-written "## Models measured" section already in the report is kept (it is the history of models tried).
 Skips with a clear message when ../shared/datasets/isbi2015 is absent.
 """
 
@@ -27,6 +30,72 @@ PUBLISHED = [
     ("FARNet (Ao & Wu 2022), GPU, ImageNet weights, senior", 1.12, [88.03, 92.73, 95.96, 98.48]),
     ("landmarker SCN, mean of annotators", 1.20, [84.5, 90.2, 93.5, 97.2]),
 ]
+
+
+def observer_lines(args: argparse.Namespace, ls, res, agree_mm: float = 2.0) -> list[str]:  # noqa: ANN001
+    """Report lines comparing ``args.annotator`` with every other annotator of the dataset (empty if none)."""
+    from anatomark.data.dataset import LandmarkDataset
+    from anatomark.metrics import radial_errors
+
+    others = sorted(p.stem.removeprefix("landmarks_") for p in Path(args.dataset).glob("landmarks_*.csv"))
+    others = [o for o in others if o not in (args.annotator, "mean")] if args.annotator != "mean" else []
+    lines: list[str] = []
+    for other in others:
+        table = {it["id"]: it["landmarks"] for it in LandmarkDataset(args.dataset, args.split, other, ls).items}
+        if not all(i in table for i in res.ids):
+            continue
+        alt = np.stack([table[i] for i in res.ids])
+        inter = radial_errors(res.truth, alt, res.spacing)  # (N, K) annotator vs annotator
+        e_ref, e_alt = res.errors, radial_errors(res.points, alt, res.spacing)
+        agree = inter <= agree_mm
+        far = e_ref > 4.0
+        lines += [
+            f"## Annotation noise: {args.annotator} against {other}",
+            "",
+            f"- The two annotations of `{args.split}` differ by {np.nanmean(inter):.2f} mm on average "
+            f"(median {np.nanmedian(inter):.2f} mm; {100 * np.nanmean(inter > 4):.1f} % of points more than 4 mm apart).",
+            f"- This model against the {other} annotation: MRE {np.nanmean(e_alt):.3f} mm "
+            f"(against {args.annotator}: {np.nanmean(e_ref):.3f} mm).",
+            f"- On the {int(agree.sum())} points ({100 * agree.mean():.1f} %) where the annotators agree within "
+            f"{agree_mm:g} mm: MRE {np.nanmean(e_ref[agree]):.3f} mm against {args.annotator}, SDR 2 mm "
+            f"{100 * np.mean(e_ref[agree] <= 2.0):.2f} %.",
+            f"- Of the {int(far.sum())} points more than 4 mm from the {args.annotator} annotation, "
+            f"{int((far & (inter > 4.0)).sum())} are where the annotators themselves are more than 4 mm apart, and "
+            f"{int((far & (e_alt <= 2.0)).sum())} are within 2 mm of the {other} annotation.",
+            "",
+            f"| # | landmark | {args.annotator} vs {other} mm | model vs {args.annotator} | model vs {other} "
+            f"| model vs {args.annotator} where they agree (n) |",
+            "|---|---|---|---|---|---|",
+        ]
+        for k, name in enumerate(ls.names):
+            a = agree[:, k]
+            lines.append(
+                f"| {k + 1} | {name} | {np.nanmean(inter[:, k]):.2f} | {np.nanmean(e_ref[:, k]):.2f} | "
+                f"{np.nanmean(e_alt[:, k]):.2f} | {np.nanmean(e_ref[a, k]) if a.any() else float('nan'):.2f} "
+                f"({int(a.sum())}) |"
+            )
+        lines.append("")
+    return lines
+
+
+def _spacing_text(spacing: np.ndarray) -> str:
+    """``"0.1 mm/px"`` when every image has the same square spacing, else the range."""
+    sp = np.unique(np.round(np.asarray(spacing, float), 4), axis=0)
+    if len(sp) == 1 and sp[0][0] == sp[0][1]:
+        return f"{sp[0][0]:g} mm/px"
+    return f"{sp.min():g}-{sp.max():g} mm/px"
+
+
+def kept_section(out: Path, title: str = "## Models measured") -> list[str]:
+    """The hand-written ``title`` section of an existing report (up to the next ``## `` heading), or ``[]``."""
+    if not out.is_file():
+        return []
+    text = out.read_text().splitlines()
+    if title not in text:
+        return []
+    start = text.index(title)
+    end = next((i for i in range(start + 1, len(text)) if text[i].startswith("## ")), len(text))
+    return [*text[start:end]]
 
 
 def main() -> int:
@@ -95,7 +164,7 @@ def main() -> int:
         f"- Command: `{cmd}`",
         f"- Date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; commit `{_git_commit()}`",
         f"- Machine: {platform.machine()}, {os.cpu_count()} cores, no GPU, torch {torch.__version__} ({torch.get_num_threads()} threads)",
-        f"- Evaluated on: `{args.split}` ({len(ds)} images), ground truth = **{args.annotator}** annotation, 0.1 mm/px",
+        f"- Evaluated on: `{args.split}` ({len(ds)} images), ground truth = **{args.annotator}** annotation, {_spacing_text(res.spacing)}",
         f"- Model file: `{Path(model.path).relative_to(REPO) if model.path and Path(model.path).is_relative_to(REPO) else model.path}`"
         f" ({Path(model.path).stat().st_size / 1e6:.1f} MB)",
         f"- Training: {info.get('n_train', '?')} training images + {info.get('n_val', '?')} held-out validation images from "
@@ -103,10 +172,12 @@ def main() -> int:
         f"({info.get('val_mre_mm', float('nan')):.3f} mm); training time {info.get('train_seconds', 0) / 60:.1f} min on this CPU",
         f"- Latency (load JPEG + predict, in-process): median {np.median(lat) * 1000:.0f} ms, p95 {np.percentile(lat, 95) * 1000:.0f} ms",
         "",
+        *kept_section(out),
         "## Result",
         "",
         format_summary(summ),
         "",
+        *observer_lines(args, ls, res),
         "## Published results on Test1 (for comparison; not re-run here)",
         "",
         "| method | MRE mm | SDR 2 | 2.5 | 3 | 4 |",
