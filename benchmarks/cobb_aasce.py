@@ -22,15 +22,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
-import shlex
 import sys
 import time
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
+from _report import provenance, write_report
 
 REPO = Path(__file__).resolve().parents[1]
 TEST_TOLERANCE_DEG = {"mat": 0.01, "csv": 0.02}  # tests/measurements/test_spine.py
@@ -51,17 +49,13 @@ def main() -> int:
     if args.model:
         return model_report(args)
     args.out = args.out or str(REPO / "benchmarks" / "results" / "cobb_aasce.md")
-    from anatomark.cli import _git_commit
     from anatomark.measurements.spine import cobb_angles_array, smape, smape_per_angle, sort_corners
 
     t0 = time.perf_counter()
     lines = [
         "# AASCE 2019 Cobb angles from the provided labels vs `angles.csv`",
         "",
-        f"- Command: `{shlex.join(['.venv/bin/python', *sys.argv])}` (from the repo root)",
-        f"- Date: {time.strftime('%Y-%m-%d %H:%M:%S %Z')}; git commit {_git_commit()}",
-        f"- Machine: {platform.machine()} {platform.processor() or ''} {os.cpu_count()} cores, "
-        f"Python {platform.python_version()}",
+        *provenance(),
         f"- Dataset: `{args.dataset}` (all images with labels; the 128-image test split is withheld)",
         "- Angles: `anatomark.measurements.spine` (AASCE `angleCal`/`isS` convention, "
         "`../shared/docs/measurements.md` section 2); columns in the challenge order PT, MT, TL/L, which are "
@@ -103,10 +97,7 @@ def main() -> int:
                 "are already in TL, TR, BL, BR order, so `cobb_measurements` does not re-sort unless asked.",
             ]
     lines += ["", "Notes:", *notes, f"- Runtime: {time.perf_counter() - t0:.1f} s.", ""]
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text("\n".join(lines))
-    print("\n".join(lines))
-    print(f"Wrote {args.out}")
+    write_report(args.out, lines)
     return 0
 
 
@@ -117,7 +108,6 @@ def model_report(args: argparse.Namespace) -> int:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from anatomark.cli import _git_commit
     from anatomark.data.aasce import image_size_wh
     from anatomark.data.dataset import LandmarkDataset
     from anatomark.data.image_io import load_image
@@ -192,9 +182,7 @@ def model_report(args: argparse.Namespace) -> int:
     lines = [
         f"# AASCE 2019 spine model `{model.name}`: landmarks and Cobb angles on the `{args.split}` split",
         "",
-        f"- Command: `{shlex.join(['.venv/bin/python', *sys.argv])}` (from the repo root)",
-        f"- Date: {time.strftime('%Y-%m-%d %H:%M:%S %Z')}; git commit {_git_commit()}",
-        f"- Machine: {platform.machine()} {os.cpu_count()} cores, Python {platform.python_version()}, CPU only",
+        *provenance(),
         f"- Data: `{args.dataset}`, split `{args.split}` ({len(ds)} images; `holdout` = the fixed name-hashed ~20 % "
         "never trained on; the challenge's 128 test images are withheld). Model trained on `train` (389 images, "
         "10 % of them held out for model selection).",
@@ -234,10 +222,7 @@ def model_report(args: argparse.Namespace) -> int:
     if failed:
         lines += ["", "Not computable:", *[f"- {f}" for f in failed]]
     lines.append("")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text("\n".join(lines))
-    print("\n".join(lines))
-    print(f"Wrote {out}")
+    write_report(out, lines)
     return 0
 
 

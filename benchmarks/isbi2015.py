@@ -15,15 +15,11 @@ Skips with a clear message when ../shared/datasets/isbi2015 is absent.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
-import shlex
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
+from _report import provenance, write_report
 
 REPO = Path(__file__).resolve().parents[1]
 PUBLISHED = [
@@ -112,7 +108,6 @@ def main() -> int:
 
     import torch
 
-    from anatomark.cli import _git_commit
     from anatomark.data.dataset import LandmarkDataset
     from anatomark.data.image_io import load_image
     from anatomark.metrics import DEFAULT_RADII_MM, format_summary, sdr, summarize
@@ -157,13 +152,10 @@ def main() -> int:
         save_overlay(out.parent / f"{stem}_{tag}.png", img, preds[i], ls.shorts, ls.colors, truth=gts[i], max_size=800)
 
     info = model.info
-    cmd = " ".join(shlex.quote(a) for a in [".venv/bin/python", "benchmarks/isbi2015.py", *sys.argv[1:]])
     lines = [
         f"# ISBI 2015 cephalometric landmarks: {model.name}",
         "",
-        f"- Command: `{cmd}`",
-        f"- Date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; commit `{_git_commit()}`",
-        f"- Machine: {platform.machine()}, {os.cpu_count()} cores, no GPU, torch {torch.__version__} ({torch.get_num_threads()} threads)",
+        *provenance(torch.get_num_threads()),
         f"- Evaluated on: `{args.split}` ({len(ds)} images), ground truth = **{args.annotator}** annotation, {_spacing_text(res.spacing)}",
         f"- Model file: `{Path(model.path).relative_to(REPO) if model.path and Path(model.path).is_relative_to(REPO) else model.path}`"
         f" ({Path(model.path).stat().st_size / 1e6:.1f} MB)",
@@ -195,10 +187,8 @@ def main() -> int:
         f"![best]({stem}_best.png) ![worst]({stem}_worst.png)",
         "",
     ]
-    out.write_text("\n".join(lines))
-    (out.parent / f"{stem}.json").write_text(json.dumps(summ, indent=1))
+    write_report(out, lines, summ, echo=False)
     print(format_summary(summ))
-    print(f"Wrote {out}")
     return 0
 
 

@@ -16,14 +16,12 @@ of the row-normalised confusion matrix). ``--predictions`` reuses a landmark CSV
 from __future__ import annotations
 
 import argparse
-import os
-import platform
-import shlex
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+from _report import provenance, write_report
 
 REPO = Path(__file__).resolve().parents[1]
 PUBLISHED = (
@@ -57,7 +55,6 @@ def main() -> int:
         print(f"SKIP: ISBI 2015 dataset not found at {args.dataset}")
         return 0
 
-    from anatomark.cli import _git_commit
     from anatomark.config import load_landmark_set
     from anatomark.data.annotations import read_landmark_csv, write_landmark_csv
     from anatomark.data.dataset import LandmarkDataset
@@ -113,10 +110,7 @@ def main() -> int:
     lines = [
         f"# ISBI 2015 anatomical-type classification on {args.split} (predicted vs senior)",
         "",
-        f"- Command: `{shlex.join(['.venv/bin/python', *sys.argv])}` (from the repo root)",
-        f"- Date: {time.strftime('%Y-%m-%d %H:%M:%S %Z')}; git commit {_git_commit()}",
-        f"- Machine: {platform.machine()} {platform.processor() or ''} {os.cpu_count()} cores (shared with "
-        f"other jobs), Python {platform.python_version()}",
+        *provenance(),
         f"- Model: `{model_name}` ({model_path}); landmark MRE vs senior on this split: {mre:.2f} mm; "
         f"inference {infer_s:.0f} s for {len(ids)} images",
         "- Ground truth: types from the senior annotation; reference: the junior annotation vs senior. "
@@ -134,10 +128,7 @@ def main() -> int:
         f"{mean['jun_bal']:.2f} | |",
         "",
     ]
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text("\n".join(lines))
-    print("\n".join(lines))
-    print(f"Wrote {args.out}")
+    write_report(args.out, lines)
     return 0
 
 

@@ -21,15 +21,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
-import shlex
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from _report import provenance, write_report
 
 REPO = Path(__file__).resolve().parents[1]
 FAMILIES = ("unet_seg", "fpn_seg", "appearance_context", "seg_regression", "farnet")
@@ -142,7 +140,6 @@ def main() -> int:
 
     import torch
 
-    from anatomark.cli import _git_commit
     from anatomark.config import LandmarkSet, load_landmark_set
     from anatomark.data.dataset import LandmarkDataset
 
@@ -161,15 +158,11 @@ def main() -> int:
         rows.append({"recipe": recipe["name"], "kind": recipe.get("kind", "heatmap"), **res, **ev})
         print(f"   MRE {ev['mre_mm']:.3f} mm, SDR2 {ev['sdr']['2.0']:.1f} %, {res['train_seconds'] / 60:.1f} min")
 
-    cmd = " ".join(shlex.quote(a) for a in [".venv/bin/python", "benchmarks/model_zoo.py", *sys.argv[1:]])
     budget_txt = f"{args.minutes_per_model:g} min per model" if args.minutes_per_model else f"{args.epochs} epochs"
     lines = [
         "# Model zoo: five landmark-detection families, same data, same budget",
         "",
-        f"- Command: `{cmd}`",
-        f"- Date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; commit `{_git_commit()}`",
-        f"- Machine: {platform.machine()}, {os.cpu_count()} cores, no GPU, torch {torch.__version__} "
-        f"({args.threads} threads)",
+        *provenance(args.threads),
         f"- Data: `{args.dataset}`; trained on `{args.train_split}` (10 % held out for model selection), evaluated on "
         f"`{args.test_split}`, ground truth = **{args.annotator}**",
         f"- Budget: {budget_txt}; recipes in `configs/models/` (each says how it differs from its paper)",
@@ -190,12 +183,7 @@ def main() -> int:
         )
     n_lm = rows[0]["n_landmarks"] if rows else 0
     lines += ["", f"Landmarks evaluated per model: {n_lm} ({rows[0]['n_images'] if rows else 0} images).", ""]
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text("\n".join(lines))
-    out.with_suffix(".json").write_text(json.dumps(rows, indent=1))
-    print("\n".join(lines))
-    print(f"Wrote {out}")
+    write_report(args.out, lines, rows)
     return 0
 
 

@@ -19,14 +19,10 @@ median seconds per stage. Never touches the test splits. Skips with a clear mess
 from __future__ import annotations
 
 import argparse
-import os
-import platform
-import shlex
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
+from _report import provenance, write_report
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -46,7 +42,6 @@ def main() -> int:
     from tqdm import tqdm
 
     from anatomark.cascade import CascadeModel, LocalRefiner
-    from anatomark.cli import _git_commit
     from anatomark.data.dataset import LandmarkDataset
     from anatomark.data.image_io import load_image
     from anatomark.metrics import radial_errors
@@ -109,14 +104,11 @@ def main() -> int:
             f"{moved.max():.2f} | {t[1] * 1000:.0f} | {t[2] * 1000:.0f} |"
         )
     auto = inference_dtype("auto", torch.device("cpu"))
-    cmd = " ".join(shlex.quote(a) for a in [".venv/bin/python", "benchmarks/precision.py", *sys.argv[1:]])
     lines = [
         f"# Inference precision: {model.name}",
         "",
-        f"- Command: `{cmd}`",
-        f"- Date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; commit `{_git_commit()}`",
-        f"- Machine: {platform.machine()}, {os.cpu_count()} cores, no GPU, torch {torch.__version__} "
-        f"({torch.get_num_threads()} threads); `local.precision: auto` resolves to `{str(auto).replace('torch.', '')}` here",
+        *provenance(torch.get_num_threads()),
+        f"- `local.precision: auto` resolves to `{str(auto).replace('torch.', '')}` on this CPU",
         f"- Images: the {nv} validation images of the recipe's split of ISBI 2015 `train` (never trained on by stage 1) "
         f"and {len(tr_part)} training images; ground truth = senior annotation",
         "",
@@ -129,11 +121,7 @@ def main() -> int:
         "patches). `both bf16` is not a setting the product offers: it shows why stage 1 stays float32.",
         "",
     ]
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text("\n".join(lines))
-    print("\n".join(lines))
-    print(f"Wrote {out}")
+    write_report(args.out, lines)
     return 0
 
 

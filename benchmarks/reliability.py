@@ -55,21 +55,16 @@ sys.path.insert(0, str(REPO / "tests" / "monailabel"))
 
 import hardening_support as hs  # noqa: E402
 
+from anatomark import paths  # noqa: E402
+
 MODEL = hs.MODEL
 
 
 # ---------------------------------------------------------------------------------------------------- helpers
 def git_commit() -> str:
-    out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout
-    mine = ["lib/anatomark/monailabel", "lib/anatomark/data/image_io.py", "apps/landmarks/main.py"]
-    mine += ["tests/monailabel/hardening_support.py", "benchmarks/reliability.py"]
-    dirty = subprocess.run(
-        ["git", "status", "--porcelain", "--", *mine],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-    ).stdout
-    return out.strip() + (" (+uncommitted changes to the server code)" if dirty.strip() else "")
+    """HEAD, marked when the server code this benchmark exercises has uncommitted changes."""
+    mine = ("lib/anatomark/monailabel", "lib/anatomark/data/image_io.py", "apps/landmarks/main.py")
+    return paths.git_commit(mine + ("tests/monailabel/hardening_support.py", "benchmarks/reliability.py"))
 
 
 def other_trainings() -> list[str]:

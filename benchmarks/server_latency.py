@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
-import shlex
 import shutil
 import socket
 import subprocess
@@ -27,6 +25,7 @@ import urllib.request
 from pathlib import Path
 
 import numpy as np
+from _report import provenance, write_report
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -35,17 +34,6 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def _git_commit() -> str:
-    try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--", "lib", "apps"], cwd=REPO, capture_output=True, text=True
-        )
-        return out.stdout.strip() + (" (+uncommitted changes in lib/apps)" if dirty.stdout.strip() else "")
-    except OSError:
-        return "unknown"
 
 
 def _rss_mb(pid: int) -> float:
@@ -138,24 +126,12 @@ def main() -> int:
     med, p95 = float(np.median(t)), float(np.percentile(t, 95))
     stage_keys = [k for k in stages[0] if k != "model_load"]
     stage_med = {k: float(np.median([s[k] for s in stages])) for k in stage_keys}
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    import torch
+    import torch  # noqa: F401  (imported for provenance(): the report names the server's torch version)
 
     lines = [
         "# End-to-end /infer latency of the MONAI Label server",
         "",
-        f"- Command: `{' '.join(shlex.quote(a) for a in [Path(sys.executable).name] + sys.argv)}`",
-        f"- Date: {time.strftime('%Y-%m-%d %H:%M:%S %Z')}",
-        f"- Machine: {cpu}, {os.cpu_count()} CPU cores, no GPU used ({'CUDA available' if torch.cuda.is_available() else 'no CUDA'}),"
-        f" Python {platform.python_version()}, torch {torch.__version__}",
-        f"- Git commit: {_git_commit()}",
+        *provenance(),
         f"- Model: {args.model} version {version}; image {src.name} ({size[0]} x {size[1]} px); "
         f"result_format {args.format}; monailabel 0.8.5 server (uvicorn, 1 worker) on 127.0.0.1",
         f"- Requests: {args.warmup} warm-up, then {args.requests} timed, sequential, through `monailabel.client.MONAILabelClient.infer`",
@@ -175,10 +151,7 @@ def main() -> int:
         "`infer` = network, `post` = decoding + drawing the label map, `write` = PNG encoding.",
         "",
     ]
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text("\n".join(lines))
-    print("\n".join(lines))
+    write_report(args.out, lines)
     return 0
 
 

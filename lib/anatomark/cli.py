@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -13,17 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from anatomark.errors import AnatomarkError
-
-
-def _git_commit() -> str:
-    from anatomark.paths import REPO_ROOT
-
-    try:
-        return subprocess.run(
-            ["git", "-C", str(REPO_ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
-        ).stdout.strip()
-    except Exception:  # noqa: BLE001
-        return "unknown"
+from anatomark.paths import git_commit
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -48,7 +37,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         epochs=args.epochs,
         device=args.device,
         val_items=val,
-        info={"dataset": str(args.dataset), "split": args.split, "annotator": args.annotator, "commit": _git_commit()},
+        info={"dataset": str(args.dataset), "split": args.split, "annotator": args.annotator, "commit": git_commit()},
     )
     print(f"Best validation MRE: {res['best_val_mre_mm']} mm; model written to {res['model_path']}")
     return 0
@@ -125,7 +114,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                 {"id": i, "mre_mm": float(np.nanmean(np.where(np.isinf(e), np.nan, e)))} for i, e in zip(res.ids, err)
             ],
             "date": time.strftime("%Y-%m-%d %H:%M:%S"),
-            "commit": _git_commit(),
+            "commit": git_commit(),
             "machine": f"{platform.machine()} {platform.processor() or ''} {__import__('os').cpu_count()} cores".strip(),
         }
     )

@@ -24,6 +24,24 @@ def model_dir() -> Path:
     return REPO_ROOT / app.get("model_dir", "apps/landmarks/model")
 
 
+def git_commit(paths: tuple[str, ...] = ("lib", "apps", "configs", "benchmarks")) -> str:
+    """The repository's short HEAD commit, ``"<sha> (+uncommitted changes)"`` when ``paths`` have uncommitted changes.
+
+    Recorded in model files and benchmark reports; ``"unknown"`` outside a git checkout.
+    """
+    import subprocess
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(REPO_ROOT), *args], capture_output=True, text=True, check=True).stdout
+
+    try:
+        sha = git("rev-parse", "--short", "HEAD").strip()
+        dirty = git("status", "--porcelain", "--", *paths).strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return f"{sha} (+uncommitted changes in {', '.join(paths)})" if dirty else sha
+
+
 def cache_dir() -> Path:
     """Directory for cached preprocessed data (``ANATOMARK_CACHE`` overrides)."""
     return Path(os.environ.get("ANATOMARK_CACHE", Path.home() / ".cache" / "anatomark"))
