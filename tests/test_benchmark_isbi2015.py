@@ -54,5 +54,6 @@ def test_report_measures_annotation_noise_and_keeps_the_models_section(dots_mode
     assert "50.0 % of points more than 4 mm apart" in section
     assert "On the 8 points (50.0 %) where the annotators agree within 2 mm" in section
     table = [ln for ln in section.splitlines() if ln.startswith("| 1 | left_dot")]
-    assert table and table[0].split(" | ")[2] == "2.50"
+    cells = table[0].split(" | ")
+    assert cells[2] == "2.50" and cells[3] == "(-1.50, -2.00)"  # junior is (3, 4) px off on half the images
     assert (out.parent / "isbi2015_sdr.png").is_file() and (out.parent / "isbi2015_best.png").is_file()
