@@ -48,7 +48,7 @@ def observer_lines(args: argparse.Namespace, ls, res, agree_mm: float = 2.0) -> 
         lines += [
             f"## Annotation noise: {args.annotator} against {other}",
             "",
-            f"- The two annotations of `{args.split}` differ by {np.nanmean(inter):.2f} mm on average "
+            f"- The two annotations of these {len(res.ids)} images differ by {np.nanmean(inter):.2f} mm on average "
             f"(median {np.nanmedian(inter):.2f} mm; {100 * np.nanmean(inter > 4):.1f} % of points more than 4 mm apart).",
             f"- This model against the {other} annotation: MRE {np.nanmean(e_alt):.3f} mm "
             f"(against {args.annotator}: {np.nanmean(e_ref):.3f} mm).",
@@ -93,13 +93,14 @@ def _spacing_text(spacing: np.ndarray) -> str:
 
 
 def kept_section(out: Path, title: str = "## Models measured") -> list[str]:
-    """The hand-written ``title`` section of an existing report (up to the next ``## `` heading), or ``[]``."""
+    """The hand-written section of an existing report whose heading starts with ``title`` (up to the next ``## ``
+    heading), or ``[]``."""
     if not out.is_file():
         return []
     text = out.read_text().splitlines()
-    if title not in text:
+    start = next((i for i, line in enumerate(text) if line.startswith(title)), None)
+    if start is None:
         return []
-    start = text.index(title)
     end = next((i for i in range(start + 1, len(text)) if text[i].startswith("## ")), len(text))
     return [*text[start:end]]
 
@@ -110,6 +111,12 @@ def main() -> int:
     ap.add_argument("--dataset", default=str(REPO.parent / "shared" / "datasets" / "isbi2015"))
     ap.add_argument("--split", default="test1")
     ap.add_argument("--annotator", default="senior")
+    ap.add_argument(
+        "--subset",
+        choices=["all", "validation"],
+        default="all",
+        help="validation: only the images the model's recipe held out of --split (use with --split train)",
+    )
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "isbi2015.md"))
     args = ap.parse_args()
     if not (Path(args.dataset) / "images").is_dir():
@@ -122,13 +129,19 @@ def main() -> int:
     from anatomark.data.image_io import load_image
     from anatomark.metrics import DEFAULT_RADII_MM, format_summary, sdr, summarize
     from anatomark.model import load_model, predict_items
+    from anatomark.training import recipe_split
     from anatomark.visualize import save_overlay
 
     torch.set_num_threads(2)
     model = load_model(args.model)
     ls = model.landmark_set
-    ds = LandmarkDataset(args.dataset, args.split, args.annotator, ls)
-    res = predict_items(model, ds.items, desc=f"{model.name} on {args.split}")
+    items = LandmarkDataset(args.dataset, args.split, args.annotator, ls).items
+    where = f"`{args.split}` ({len(items)} images)"
+    if args.subset == "validation":
+        _, val = recipe_split(len(items), model.recipe.get("train", {}))
+        items = [items[i] for i in val]
+        where = f"the {len(items)} validation images the model's recipe held out of `{args.split}`"
+    res = predict_items(model, items, desc=f"{model.name} on {args.split}")
     preds, gts, lat, err = res.points, res.truth, res.seconds, res.errors
     summ = summarize(err, ls.names, DEFAULT_RADII_MM)
 
@@ -145,7 +158,8 @@ def main() -> int:
     curve = [sdr(err, [r])[f"{r:.1f}"] for r in radii]
     fig, ax = plt.subplots(figsize=(5, 3.5), dpi=120)
     ax.plot(radii, curve, label=model.name)
-    for name, _, pts in PUBLISHED[:1]:
+    published = PUBLISHED if args.split == "test1" and args.subset == "all" else []
+    for name, _, pts in published[:1]:
         ax.plot(DEFAULT_RADII_MM, pts, "o", label=name.split(",")[0])
     ax.set_xlabel("radius (mm)")
     ax.set_ylabel("SDR (%)")
@@ -158,7 +172,7 @@ def main() -> int:
     per_img = np.nanmean(np.where(np.isinf(err), np.nan, err), axis=1)
     best, worst = int(np.argmin(per_img)), int(np.argmax(per_img))
     for tag, i in (("best", best), ("worst", worst)):
-        img = load_image(ds.items[i]["image"], spacing=ds.items[i]["spacing"])
+        img = load_image(items[i]["image"], spacing=items[i]["spacing"])
         save_overlay(out.parent / f"{stem}_{tag}.png", img, preds[i], ls.shorts, ls.colors, truth=gts[i], max_size=800)
 
     info = model.info
@@ -166,7 +180,7 @@ def main() -> int:
         f"# ISBI 2015 cephalometric landmarks: {model.name}",
         "",
         *provenance(torch.get_num_threads()),
-        f"- Evaluated on: `{args.split}` ({len(ds)} images), ground truth = **{args.annotator}** annotation, {_spacing_text(res.spacing)}",
+        f"- Evaluated on: {where}, ground truth = **{args.annotator}** annotation, {_spacing_text(res.spacing)}",
         f"- Model file: `{Path(model.path).relative_to(REPO) if model.path and Path(model.path).is_relative_to(REPO) else model.path}`"
         f" ({Path(model.path).stat().st_size / 1e6:.1f} MB)",
         f"- Training: {info.get('n_train', '?')} training images + {info.get('n_val', '?')} held-out validation images from "
@@ -180,18 +194,20 @@ def main() -> int:
         format_summary(summ),
         "",
         *observer_lines(args, ls, res),
-        "## Published results on Test1 (for comparison; not re-run here)",
-        "",
-        "| method | MRE mm | SDR 2 | 2.5 | 3 | 4 |",
-        "|---|---|---|---|---|---|",
     ]
-    for name, mre, pts in PUBLISHED:
-        lines.append(f"| {name} | {mre:.2f} | " + " | ".join(f"{p:.2f}" for p in pts) + " |")
+    if published:
+        lines += [
+            "## Published results on Test1 (for comparison; not re-run here)",
+            "",
+            "| method | MRE mm | SDR 2 | 2.5 | 3 | 4 |",
+            "|---|---|---|---|---|---|",
+            *(f"| {name} | {mre:.2f} | " + " | ".join(f"{p:.2f}" for p in pts) + " |" for name, mre, pts in published),
+            "",
+        ]
     lines += [
-        "",
         f"![SDR vs radius]({plot.name})",
         "",
-        f"Best image ({ds.items[best]['id']}, MRE {per_img[best]:.2f} mm) and worst image ({ds.items[worst]['id']}, "
+        f"Best image ({items[best]['id']}, MRE {per_img[best]:.2f} mm) and worst image ({items[worst]['id']}, "
         f"MRE {per_img[worst]:.2f} mm); filled = prediction, white ring = {args.annotator} ground truth:",
         "",
         f"![best]({stem}_best.png) ![worst]({stem}_worst.png)",

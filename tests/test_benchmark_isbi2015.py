@@ -17,7 +17,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _two_annotator_dataset(root: Path) -> Path:
-    """8 dot images, all in ``test1``; the junior annotation is 5 px (3, 4) off on the first 4 images, exact on the rest."""
+    """8 dot images, in ``train`` and in ``test1``; the junior annotation is 5 px (3, 4) off on the first 4 images, exact on the rest."""
     items = make_dot_images(root / "images", 8, seed=11)
     header = "image," + ",".join(f"{n}_{c}" for n in DOTS.names for c in "xy")
     rows = {"senior": [header], "junior": [header]}
@@ -28,9 +28,8 @@ def _two_annotator_dataset(root: Path) -> Path:
         rows["junior"].append(name + "," + ",".join(f"{v:.1f}" for v in (pts + ([3, 4] if i < 4 else 0)).ravel()))
     for who, lines in rows.items():
         (root / f"landmarks_{who}.csv").write_text("\n".join(lines) + "\n")
-    (root / "splits.json").write_text(
-        json.dumps({"train": [], "test1": sorted(p.name for p in (root / "images").iterdir())})
-    )
+    names = sorted(p.name for p in (root / "images").iterdir())
+    (root / "splits.json").write_text(json.dumps({"train": names, "test1": names}))
     (root / "dataset.yaml").write_text(yaml.safe_dump({"spacing_mm": [1.0, 1.0]}))
     return root
 
@@ -40,7 +39,7 @@ def test_report_measures_annotation_noise_and_keeps_the_models_section(dots_mode
     ds = _two_annotator_dataset(tmp_path / "ds")
     out = tmp_path / "report" / "isbi2015.md"
     out.parent.mkdir()
-    history = "## Models measured\n\n| model | MRE |\n|---|---|\n| an older model | 9.99 |\n"
+    history = "## Models measured on the test split\n\n| model | MRE |\n|---|---|\n| an older model | 9.99 |\n"
     out.write_text("# old report\n\n" + history + "\n## Result\n\nold numbers\n")
     cmd = [sys.executable, str(REPO / "benchmarks" / "isbi2015.py"), "--model", res["model_path"]]
     proc = subprocess.run([*cmd, "--dataset", str(ds), "--out", str(out)], capture_output=True, text=True, timeout=300)
@@ -57,3 +56,21 @@ def test_report_measures_annotation_noise_and_keeps_the_models_section(dots_mode
     cells = table[0].split(" | ")
     assert cells[2] == "2.50" and cells[3] == "(-1.50, -2.00)"  # junior is (3, 4) px off on half the images
     assert (out.parent / "isbi2015_sdr.png").is_file() and (out.parent / "isbi2015_best.png").is_file()
+
+
+def test_report_on_the_validation_images_of_the_models_recipe(dots_model, tmp_path):
+    from anatomark.model import load_model
+    from anatomark.training import recipe_split
+
+    _, res = dots_model
+    ds = _two_annotator_dataset(tmp_path / "ds")
+    out = tmp_path / "val.md"
+    cmd = [sys.executable, str(REPO / "benchmarks" / "isbi2015.py"), "--model", res["model_path"], "--split", "train"]
+    cmd += ["--subset", "validation", "--dataset", str(ds), "--out", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    _, val = recipe_split(8, load_model(res["model_path"]).recipe["train"])
+    text = out.read_text()
+    assert f"the {len(val)} validation images the model's recipe held out of `train`" in text
+    assert f"over {len(val)} images" in text
+    assert "Published results on Test1" not in text  # the published numbers are Test1 numbers
