@@ -102,7 +102,7 @@ def kept_section(out: Path, title: str = "## Models measured") -> list[str]:
     if start is None:
         return []
     end = next((i for i in range(start + 1, len(text)) if text[i].startswith("## ")), len(text))
-    return [*text[start:end]]
+    return text[start:end]
 
 
 def main() -> int:
