@@ -463,7 +463,7 @@ def run_crash_save(work: Path, kills: int) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------------- 4. crash train
 def run_crash_train(work: Path, kills: int, n_labelled: int = 8) -> dict[str, Any]:
     from anatomark.model import load_model
-    from anatomark.monailabel.infer import file_version
+    from anatomark.monailabel.published import file_version
 
     root = work / "crash_train"
     ids, gt = isbi_studies(root / "studies", n_labelled)

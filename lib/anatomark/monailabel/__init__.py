@@ -8,7 +8,8 @@ from __future__ import annotations
 from anatomark.monailabel.activelearning import LandmarkMRE, LowestConfidence
 from anatomark.monailabel.config import LandmarkTaskConfig
 from anatomark.monailabel.datastore import LandmarkDatastore
-from anatomark.monailabel.infer import LandmarkInferTask, PublishedModel
+from anatomark.monailabel.infer import LandmarkInferTask
+from anatomark.monailabel.published import PublishedModel
 from anatomark.monailabel.train import LandmarkTrainTask
 
 __all__ = [

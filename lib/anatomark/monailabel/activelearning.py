@@ -14,7 +14,7 @@ from monailabel.interfaces.tasks.strategy import Strategy
 from anatomark.data.image_io import load_image
 from anatomark.errors import AnatomarkError
 from anatomark.metrics import radial_errors
-from anatomark.monailabel.infer import PublishedModel
+from anatomark.monailabel.published import PublishedModel
 
 logger = logging.getLogger(__name__)
 

@@ -7,7 +7,8 @@ from typing import Any
 
 from monailabel.interfaces.config import TaskConfig
 
-from anatomark.monailabel.infer import LandmarkInferTask, PublishedModel, default_device
+from anatomark.monailabel.infer import LandmarkInferTask
+from anatomark.monailabel.published import PublishedModel, default_device
 from anatomark.monailabel.train import FINE_TUNE_LR, LandmarkTrainTask
 
 

@@ -30,7 +30,7 @@ from monailabel.interfaces.tasks.train import TrainTask
 
 from anatomark import distributed
 from anatomark.errors import AnatomarkError
-from anatomark.monailabel.infer import PublishedModel, file_version
+from anatomark.monailabel.published import PublishedModel, file_version
 from anatomark.paths import atomic_write
 
 logger = logging.getLogger(__name__)
