@@ -5,9 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import os
-import threading
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
