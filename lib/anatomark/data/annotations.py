@@ -3,6 +3,11 @@
 All readers return points as a ``(K, 2)`` float array in landmark-set order, ``(x, y)`` in pixels of the
 image (origin at the centre of the top-left pixel); a landmark that is absent is ``NaN`` (never ``(0, 0)``).
 
+Every reader is strict about what it is given, so that a malformed label never silently becomes a wrong point: a
+coordinate must be a finite JSON number (``NaN``, ``Infinity``, strings and ``true``/``false`` are refused), each
+landmark may appear once (a second copy is refused even when one of the copies is empty), and an absent landmark is
+said by leaving it out (or ``null`` / an empty CSV cell / ``positionStatus: undefined``), never by a half-given point.
+
 Formats:
 - CSV (the project's native format, as in ``../shared/datasets/isbi2015``): one row per image,
   columns ``image, <name>_x, <name>_y, ...`` in landmark-set order.
@@ -15,6 +20,8 @@ from __future__ import annotations
 
 import csv
 import json
+import math
+import numbers
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -35,6 +42,42 @@ def _atomic_write_text(path: str | Path, text: str) -> Path:
     with atomic_write(path) as tmp, open(tmp, "w", newline="") as f:
         f.write(text)
     return path
+
+
+def _shown(value: Any) -> str:
+    """``value`` as the user wrote it in JSON (``true``, ``"12"``, ``NaN``), shortened."""
+    try:
+        text = json.dumps(value, default=str)
+    except (TypeError, ValueError, RecursionError):
+        text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def coordinate(value: Any, what: str) -> float:
+    """A coordinate read from a label file as a finite float.
+
+    Args:
+        value: the parsed JSON value.
+        what: how to name it in the error, e.g. ``"landmark 'sella': x"``.
+
+    Raises:
+        AnnotationError: ``value`` is a boolean, not a number (a string, a list, ``null``) or not finite.
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise AnnotationError(
+            f"{what} is {_shown(value)}, not a number; coordinates must be JSON numbers such as 123.4 "
+            "(leave the landmark out, or null, if it is not visible)"
+        )
+    try:
+        v = float(value)
+    except OverflowError:
+        v = math.inf
+    if not math.isfinite(v):
+        raise AnnotationError(
+            f"{what} is {_shown(value)}: coordinates must be finite numbers; leave the landmark out (or null) if it "
+            "is not visible"
+        )
+    return v
 
 
 def _check_points(points: np.ndarray, names: Sequence[str], what: str) -> np.ndarray:
@@ -58,7 +101,8 @@ def read_landmark_csv(path: str | Path, names: Sequence[str]) -> dict[str, np.nd
         ``{image file name: (K, 2) array}``; empty cells become ``NaN``.
 
     Raises:
-        AnnotationError: file missing, columns missing, non-numeric values or duplicate images.
+        AnnotationError: file missing, columns missing, non-numeric or non-finite values, a landmark with only one
+            of its two coordinates, or duplicate images.
     """
     path = Path(path)
     if not path.is_file():
@@ -91,7 +135,17 @@ def read_landmark_csv(path: str | Path, names: Sequence[str]) -> dict[str, np.nd
                         pts[k, j] = float(cell)
                     except ValueError as e:
                         raise AnnotationError(f"{path.name} line {line}: {n}_{c}={cell!r} is not a number") from e
-            pts[np.isnan(pts).any(axis=1)] = np.nan
+                    if not math.isfinite(pts[k, j]):
+                        raise AnnotationError(
+                            f"{path.name} line {line}: {n}_{c}={cell!r} is not a finite number; leave both cells of "
+                            "a landmark empty when it is missing"
+                        )
+                if np.isnan(pts[k]).sum() == 1:
+                    given, empty = ("x", "y") if np.isnan(pts[k, 1]) else ("y", "x")
+                    raise AnnotationError(
+                        f"{path.name} line {line}: landmark {n!r} has {given} but an empty {n}_{empty}; give both "
+                        "coordinates, or leave both cells empty when the landmark is missing"
+                    )
             out[img] = pts
     return out
 
@@ -111,26 +165,37 @@ def write_landmark_csv(path: str | Path, points: Mapping[str, np.ndarray], names
 
 # ---------------------------------------------------------------- LabelMe
 def read_labelme(path: str | Path, names: Sequence[str]) -> np.ndarray:
-    """Read a LabelMe JSON file: point shapes labelled by landmark name -> ``(K, 2)``."""
+    """Read a LabelMe JSON file: point shapes labelled by landmark name -> ``(K, 2)``.
+
+    Raises:
+        AnnotationError: unknown or repeated landmark names, or a point shape without exactly one finite ``[x, y]``.
+    """
     data = _load_json(path)
+    what = Path(path).name
     shapes = data.get("shapes")
     if not isinstance(shapes, list):
-        raise AnnotationError(f"{Path(path).name} is not a LabelMe file: no 'shapes' list")
+        raise AnnotationError(f"{what} is not a LabelMe file: no 'shapes' list")
     index = {n: i for i, n in enumerate(names)}
     pts = np.full((len(names), 2), np.nan)
+    seen: set[str] = set()
     for s in shapes:
         if not isinstance(s, dict) or s.get("shape_type", "point") != "point":
             continue
         label = str(s.get("label", ""))
         if label not in index:
-            raise AnnotationError(f"{Path(path).name}: unknown landmark {label!r}; expected one of the set's names")
-        try:
-            x, y = (float(v) for v in s["points"][0])
-        except (KeyError, IndexError, TypeError, ValueError) as e:
-            raise AnnotationError(f"{Path(path).name}: point {label!r} has no valid [x, y]") from e
-        if not np.isnan(pts[index[label], 0]):
-            raise AnnotationError(f"{Path(path).name}: landmark {label!r} is given twice")
-        pts[index[label]] = (x, y)
+            raise AnnotationError(f"{what}: unknown landmark {label!r}; expected one of the set's names")
+        if label in seen:
+            raise AnnotationError(f"{what}: landmark {label!r} is given twice; keep one point per landmark")
+        seen.add(label)
+        xy = s.get("points")
+        if not (isinstance(xy, list) and len(xy) == 1 and isinstance(xy[0], list) and len(xy[0]) == 2):
+            raise AnnotationError(
+                f"{what}: point {label!r} has no valid [x, y]; a LabelMe point shape has 'points': [[x, y]]"
+            )
+        pts[index[label]] = (
+            coordinate(xy[0][0], f"{what}: point {label!r} x"),
+            coordinate(xy[0][1], f"{what}: point {label!r} y"),
+        )
     return pts
 
 
@@ -176,7 +241,11 @@ def read_slicer_markups(
         origin: LPS ``(x, y)`` of the image's top-left pixel centre.
 
     Returns:
-        ``(K, 2)`` pixel points; landmarks not present are ``NaN``.
+        ``(K, 2)`` pixel points; landmarks not present (or with ``positionStatus: undefined``) are ``NaN``.
+
+    Raises:
+        AnnotationError: not a markups document, unknown or repeated labels (also when a copy is undefined), an
+            unknown ``positionStatus``, or a defined point whose ``position`` is not finite numbers.
     """
     doc = path_or_doc if isinstance(path_or_doc, Mapping) else _load_json(path_or_doc)
     what = "markups" if isinstance(path_or_doc, Mapping) else Path(path_or_doc).name
@@ -185,6 +254,7 @@ def read_slicer_markups(
         raise AnnotationError(f"{what} is not a Slicer markups file: no 'markups' list")
     index = {n: i for i, n in enumerate(names)}
     pts = np.full((len(names), 2), np.nan)
+    seen: set[str] = set()
     for m in markups:
         if not isinstance(m, dict):
             raise AnnotationError(f"{what}: each entry of 'markups' must be an object")
@@ -200,18 +270,29 @@ def read_slicer_markups(
             label = str(cp.get("label", ""))
             if label not in index:
                 raise AnnotationError(f"{what}: unknown landmark {label!r}; expected one of the set's names")
-            if cp.get("positionStatus", "defined") not in ("defined", "preview"):
+            if label in seen:
+                raise AnnotationError(
+                    f"{what}: landmark {label!r} is given twice; keep one control point per landmark (an undefined "
+                    "copy counts too)"
+                )
+            seen.add(label)
+            status = cp.get("positionStatus", "defined")
+            if status == "undefined":
                 continue
-            try:
-                pos = [float(v) for v in cp["position"]]
-                if len(pos) < 2 or not all(np.isfinite(pos)):
-                    raise ValueError
-            except (KeyError, TypeError, ValueError) as e:
-                raise AnnotationError(f"{what}: control point {label!r} has no valid 'position'") from e
+            if status not in ("defined", "preview"):
+                raise AnnotationError(
+                    f"{what}: control point {label!r} has positionStatus {_shown(status)}; use 'defined', 'preview' "
+                    "or 'undefined'"
+                )
+            position = cp.get("position")
+            if not isinstance(position, (list, tuple)) or not 2 <= len(position) <= 3:
+                raise AnnotationError(
+                    f"{what}: control point {label!r} has no valid 'position' (expected [x, y, z] in mm, got "
+                    f"{_shown(position)})"
+                )
+            pos = [coordinate(v, f"{what}: control point {label!r} position[{j}]") for j, v in enumerate(position)]
             if system == "RAS":
                 pos[0], pos[1] = -pos[0], -pos[1]
-            if not np.isnan(pts[index[label], 0]):
-                raise AnnotationError(f"{what}: landmark {label!r} is given twice")
             pts[index[label]] = ((pos[0] - origin[0]) / spacing[0], (pos[1] - origin[1]) / spacing[1])
     return pts
 

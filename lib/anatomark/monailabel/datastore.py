@@ -13,10 +13,25 @@ atomically (temp file + fsync + rename: a ``kill -9`` leaves the old or the new 
 change of the JSON is a read-modify-write under the datastore's file lock, so the server and MONAI Label's
 subprocesses (training, scoring) never overwrite each other's labels. A ``datastore_v2.json`` that cannot be parsed
 at start-up is moved aside (``.corrupt-<time>``) and the datastore rebuilt from the files instead of refusing to start.
+
+Symbolic links (issue 14). A studies folder made of links to images kept elsewhere (to avoid copying a dataset) is
+supported, with one policy:
+
+- an *image* that is a link is read and served (``GET``/``HEAD /datastore/image``, ``/infer``, training, the dataset
+  archive) only when the link ends at a regular file that starts like an image of its extension's family (PNG, JPEG,
+  BMP, TIFF, DICOM, NIfTI, NRRD signature); a link to anything else (``/etc/passwd``, a folder, a device, a dangling
+  link) is treated as not an image: 403 with the reason from the request guard, never its bytes;
+- *labels* are the server's own files: a label file reached through a link that leaves the studies folder is
+  neither served nor read, a label is never written into a label folder that is (or lies under) a link leaving the
+  studies folder (409), and saving over a label file that is a link replaces the link, not its target;
+- deleting (``DELETE /datastore/image``, ``/datastore/label``) removes only the entry in the studies folder: a link
+  is unlinked and its target never touched, and nothing is deleted inside a folder reached through a link that
+  leaves the studies folder (409).
 """
 
 from __future__ import annotations
 
+import gzip
 import json
 import logging
 import os
@@ -31,14 +46,24 @@ import numpy as np
 from fastapi import HTTPException
 from filelock import FileLock
 from monailabel.datastore.local import DataModel, ImageLabelModel, LocalDatastore, LocalDatastoreModel
+from monailabel.interfaces.datastore import DefaultLabelTag
 
 from anatomark.config import LandmarkSet
-from anatomark.data.image_io import SUPPORTED_EXTENSIONS, image_extension, load_image
+from anatomark.data.image_io import (
+    DICOM_EXTENSIONS,
+    NIFTI_EXTENSIONS,
+    NRRD_EXTENSIONS,
+    RASTER_EXTENSIONS,
+    SUPPORTED_EXTENSIONS,
+    image_extension,
+    load_image,
+)
 from anatomark.errors import AnatomarkError
-from anatomark.monailabel.guard import id_problem, tag_problem
+from anatomark.monailabel.guard import file_name_problem, id_problem, tag_problem
 from anatomark.monailabel.labels import (
     draw_labelmap,
     label_radius_px,
+    labelmap_extension,
     labelmap_points,
     points_from_json,
     points_to_json,
@@ -62,9 +87,11 @@ def atomic_copy(src: str | Path, dst: str | Path, data: bytes | None = None) -> 
     The ``.part`` suffix matches none of the datastore's file patterns, so the datastore's file watcher ignores it.
     """
     dst = Path(dst)
-    tmp = dst.parent / f".{dst.name}.{uuid.uuid4().hex[:12]}.part"
+    # a short temp name: the destination's own name may already use most of the file system's 255 bytes
+    tmp = dst.parent / f".{dst.name[:64]}.{uuid.uuid4().hex[:12]}.part"
     try:
-        with open(tmp, "wb") as out:
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+        with os.fdopen(os.open(tmp, flags, 0o666), "wb") as out:
             if data is None:
                 with open(src, "rb") as f:
                     while chunk := f.read(1 << 20):
@@ -85,6 +112,46 @@ def atomic_copy(src: str | Path, dst: str | Path, data: bytes | None = None) -> 
             os.close(fd)
     except OSError:  # pragma: no cover - directories cannot be fsynced on some file systems
         pass
+
+
+_RASTER_MAGIC = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"BM", b"II*\x00", b"MM\x00*")
+
+
+def _nifti_header(head: bytes) -> bool:
+    """NIfTI-1 (``sizeof_hdr`` 348, magic ``n+1``/``ni1``) or NIfTI-2 (540, ``n+2``/``ni2``), either byte order."""
+    if len(head) >= 348 and head[:4] in (b"\x5c\x01\x00\x00", b"\x00\x00\x01\x5c"):
+        return head[344:348] in (b"n+1\x00", b"ni1\x00")
+    if len(head) >= 8 and head[:4] in (b"\x1c\x02\x00\x00", b"\x00\x00\x02\x1c"):
+        return head[4:8] in (b"n+2\x00", b"ni2\x00")
+    return False
+
+
+def looks_like_image(path: str | Path, ext: str) -> bool:
+    """Whether the regular file ``path`` starts with the signature of an image of the family of ``ext`` (the
+    extension of the datastore's name for it): what the datastore requires before it follows a link.
+
+    A cheap check of the first bytes (no decoding): it tells an X-ray from ``/etc/passwd`` or a key file, not a
+    valid image from a corrupt one (reading the image says that).
+    """
+    try:
+        if not os.path.isfile(path):  # follows links; folders, devices, FIFOs and dangling links are not files
+            return False
+        with open(path, "rb") as f:
+            head = f.read(352)
+        if ext in RASTER_EXTENSIONS:  # PIL reads by content: any raster signature is fine
+            return head.startswith(_RASTER_MAGIC)
+        if ext in DICOM_EXTENSIONS:
+            return head[128:132] == b"DICM"
+        if ext in NIFTI_EXTENSIONS:
+            if head.startswith(b"\x1f\x8b"):
+                with gzip.open(path, "rb") as g:
+                    head = g.read(352)
+            return _nifti_header(head)
+        if ext in NRRD_EXTENSIONS:
+            return head.startswith(b"NRRD000")
+    except (OSError, EOFError, gzip.BadGzipFile):
+        return False
+    return False
 
 
 def _bad_request(status: int, detail: str) -> HTTPException:
@@ -141,6 +208,7 @@ class LandmarkDatastore(LocalDatastore):
         self.label_radius_mm = label_radius_mm
         self._mutex = threading.RLock()  # threads of this process (requests, file watcher)
         self._config_key: tuple[int, int, int] | None = None
+        self._link_checks: dict[str, tuple[tuple[int, int, int, int], bool]] = {}  # target -> (stat key, is image)
         super().__init__(datastore_path, **kwargs)
         self._remove_partial_files()
 
@@ -152,6 +220,7 @@ class LandmarkDatastore(LocalDatastore):
         """
         folders = [Path(self._datastore.image_path()), Path(self._datastore.label_path(None))]
         folders += [p for p in folders[1].iterdir() if p.is_dir()] if folders[1].is_dir() else []
+        folders = [f for f in folders if self._inside(f)]  # never delete anything through a link leaving the folder
         with self._mutex, FileLock(self._lock_file):
             for folder in folders:
                 for part in folder.glob(".*.part"):
@@ -208,6 +277,119 @@ class LandmarkDatastore(LocalDatastore):
         with self._mutex:
             super()._reconcile_datastore()
 
+    # ------------------------------------------------------------------ links (policy: see the module docstring)
+    def _inside(self, path: str | Path) -> bool:
+        """Whether ``path``, links resolved, lies in the studies folder (itself resolved: it may be a link)."""
+        root = os.path.realpath(self._datastore_path)
+        real = os.path.realpath(path)
+        return real == root or real.startswith(root.rstrip(os.sep) + os.sep)
+
+    def _folder_problem(self, folder: str, what: str) -> str | None:
+        """Why nothing may be written or deleted in ``folder`` (``None`` when it lies in the studies folder)."""
+        if self._inside(folder):
+            return None
+        rel = os.path.relpath(folder, self._datastore_path)
+        return (
+            f"The {what} folder {rel!r} of the studies folder is a link to a folder outside it; the server never "
+            "writes or deletes through such a link. Ask the administrator to make it a real folder inside the "
+            "studies folder (move the files there)"
+        )
+
+    def _image_entry(self, image_id: str) -> str | None:
+        """The image's path in the studies folder, links not resolved (``None`` for an unknown id)."""
+        obj = self._datastore.objects.get(image_id)
+        if obj is None:
+            return None
+        return os.path.join(self._datastore.image_path(), self._filename(image_id, obj.image.ext))
+
+    def image_access_problem(self, image_id: str) -> str | None:
+        """Why the image ``image_id`` is not read or served (``None`` when it is, or when the id is unknown).
+
+        Only an image that is a symbolic link can have a problem: its target must be a regular file with the
+        signature of an image of the family of the link's extension (:func:`looks_like_image`; the answer is cached
+        per target, size and modification time).
+        """
+        entry = self._image_entry(image_id)
+        if entry is None or not os.path.islink(entry):
+            return None
+        real = os.path.realpath(entry)
+        ext = image_extension(entry)
+        try:
+            st = os.stat(real)
+            key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+        except OSError:
+            key = None
+        cached = self._link_checks.get(real)
+        if key is not None and cached is not None and cached[0] == key:
+            ok = cached[1]
+        else:
+            ok = key is not None and looks_like_image(real, ext)
+            if key is not None:
+                self._link_checks[real] = (key, ok)
+        if ok:
+            return None
+        return (
+            f"Image {image_id!r} is a symbolic link in the studies folder that does not lead to a {ext} image file "
+            "(a dangling link, or a link to another kind of file); the server reads and serves only images through "
+            "links. Ask the administrator to fix or remove the link"
+        )
+
+    def get_image_uri(self, image_id: str) -> str:
+        """The image's file (links resolved), or ``""`` for an unknown id or a link the policy does not follow."""
+        if self.image_access_problem(image_id):
+            return ""
+        return super().get_image_uri(image_id)
+
+    def get_image_info(self, image_id: str) -> dict[str, Any]:
+        info = super().get_image_info(image_id)
+        if info and self.image_access_problem(image_id):
+            info["path"] = self._image_entry(image_id)  # never the target of a link that is not followed
+        return info
+
+    def _label_entry(self, label_id: str, label_tag: str) -> str | None:
+        label = self._datastore.label(label_id, label_tag)
+        if label is None:
+            return None
+        return os.path.join(self._datastore.label_path(label_tag), self._filename(label_id, label.ext))
+
+    def label_access_problem(self, label_id: str, label_tag: str) -> str | None:
+        """Why the label is not read or served (``None`` when it is, or when there is no such label)."""
+        entry = self._label_entry(label_id, label_tag)
+        if entry is None or self._inside(entry):
+            return None
+        return (
+            f"The label {label_tag!r} of image {label_id!r} is reached through a symbolic link that leaves the studies "
+            "folder; the server reads and serves only label files inside it. Save the label again (it is then "
+            "written inside the studies folder) or ask the administrator to remove the link"
+        )
+
+    def get_label_uri(self, label_id: str, label_tag: str) -> str:
+        """The label's file (links resolved), or ``""`` when there is none or it lies outside the studies folder."""
+        if self.label_access_problem(label_id, label_tag):
+            return ""
+        return super().get_label_uri(label_id, label_tag)
+
+    def datalist(self, full_path: bool = True) -> list[dict[str, Any]]:
+        """MONAI Label's training list (also what the dataset archive holds): images with a ``final`` label, without
+        those the link policy does not follow."""
+        tag = DefaultLabelTag.FINAL.value
+        items = [
+            {"image": LocalDatastore.get_image_uri(self, i), "label": LocalDatastore.get_label_uri(self, i, tag)}
+            for i in self._datastore.filter_by_tag(tag)
+            if not self.image_access_problem(i) and not self.label_access_problem(i, tag)
+        ]
+        if not full_path:
+            base = os.path.realpath(self._datastore_path).rstrip(os.sep) + os.sep
+            items = [{k: v[len(base) :] if v.startswith(base) else v for k, v in d.items()} for d in items]
+        return items
+
+    def _unlink_entry(self, path: str) -> None:
+        """Remove the entry ``path`` of the studies folder: a link itself (never its target) or a regular file."""
+        if os.path.islink(path) or os.path.isfile(path):
+            os.unlink(path)  # unlink() never follows the last component
+        elif os.path.lexists(path):
+            raise _bad_request(409, f"{os.path.relpath(path, self._datastore_path)!r} is not a file; nothing deleted")
+
     # ------------------------------------------------------------------ images
     def add_image(self, image_id: str, image_filename: str, image_info: dict[str, Any]) -> str:
         """Add an uploaded image after checking its id, type and header (refused images are never copied in)."""
@@ -221,6 +403,9 @@ class LandmarkDatastore(LocalDatastore):
                 f"Unsupported image type {ext or '(none)'!r}; upload one of "
                 f"{', '.join(e for e in allowed if e in SUPPORTED_EXTENSIONS)}",
             )
+        problem = file_name_problem(image_id, ext)
+        if problem:
+            raise _bad_request(400, problem)
         if self._image_file_exists(image_id):
             raise _bad_request(409, f"Image {image_id!r} already exists; delete it first or upload with another id")
         try:
@@ -247,9 +432,26 @@ class LandmarkDatastore(LocalDatastore):
         return os.path.isfile(os.path.join(self._datastore.image_path(), self._filename(image_id, obj.image.ext)))
 
     def remove_image(self, image_id: str) -> None:
+        """Remove an image and its labels from the studies folder: only the folder's entries (a link is unlinked,
+        its target never touched), nothing through a label folder that leaves the studies folder (409)."""
         _check_id(image_id)
-        with self._mutex:
-            super().remove_image(image_id)
+        with self._mutex, FileLock(self._lock_file):
+            self._reload_unlocked()
+            obj = self._datastore.objects.get(image_id)
+            if obj is None:
+                raise _bad_request(404, f"Image {image_id!r} is not in the datastore")
+            labels = {tag: self._label_entry(image_id, tag) for tag in obj.labels}
+            for tag in labels:
+                problem = self._folder_problem(self._datastore.label_path(tag), "label")
+                if problem:
+                    raise _bad_request(409, f"Image {image_id!r} not deleted: {problem}")
+            entry = self._image_entry(image_id)
+            for path in [*labels.values(), entry]:
+                if path:
+                    self._unlink_entry(path)
+            del self._datastore.objects[image_id]
+            self._update_datastore_file(lock=False)
+        logger.info(f"Removed image {image_id} and its {len(labels)} label(s)")
 
     def update_image_info(self, image_id: str, info: dict[str, Any]) -> None:
         _check_id(image_id)
@@ -271,6 +473,10 @@ class LandmarkDatastore(LocalDatastore):
         if not image_path or not os.path.isfile(image_path):
             raise HTTPException(status_code=404, detail=f"Image {image_id!r} is not in the datastore")
         ls = self.landmark_set
+        ext = labelmap_extension(image_path)
+        problem = file_name_problem(image_id, ext)
+        if problem:
+            raise _bad_request(400, problem)
         try:
             image = load_image(image_path, default_spacing=ls.default_spacing_mm)
             points = read_label_points(label_filename, image, image_path, ls, info.get("label_info"))
@@ -296,6 +502,9 @@ class LandmarkDatastore(LocalDatastore):
                 if not obj:
                     raise HTTPException(status_code=404, detail=f"Image {image_id!r} is not in the datastore")
                 label_dir = self._datastore.label_path(label_tag)
+                problem = self._folder_problem(label_dir, "label")
+                if problem:
+                    raise HTTPException(status_code=409, detail=f"Label for image {image_id!r} not saved: {problem}")
                 os.makedirs(label_dir, exist_ok=True)
                 name = self._filename(image_id, ext)
                 # the label file first (atomic), then the JSON (atomic): a crash in between leaves the previous
@@ -304,8 +513,8 @@ class LandmarkDatastore(LocalDatastore):
                 old = obj.labels.get(label_tag)
                 if old is not None and old.ext != ext:  # one label file per image and tag
                     stale = os.path.join(label_dir, self._filename(image_id, old.ext))
-                    if os.path.isfile(stale):
-                        os.unlink(stale)
+                    if os.path.islink(stale) or os.path.isfile(stale):
+                        os.unlink(stale)  # a link itself, never its target
                 info.update({"ts": int(time.time()), "name": name})
                 obj.labels[label_tag] = DataModel(info=info, ext=ext)
                 self._update_datastore_file(lock=False)
@@ -320,12 +529,22 @@ class LandmarkDatastore(LocalDatastore):
         return image_id
 
     def remove_label(self, label_id: str, label_tag: str) -> None:
+        """Remove a label: only its entry in the studies folder (a link is unlinked, its target never touched),
+        nothing through a label folder that leaves the studies folder (409)."""
         _check_id(label_id, "label id")
         _check_tag(label_tag)
-        if not self.get_label_uri(label_id, label_tag):
-            raise _bad_request(404, f"No label {label_tag!r} for image {label_id!r}")
-        with self._mutex:
-            super().remove_label(label_id, label_tag)
+        with self._mutex, FileLock(self._lock_file):
+            self._reload_unlocked()
+            entry = self._label_entry(label_id, label_tag)
+            if entry is None:
+                raise _bad_request(404, f"No label {label_tag!r} for image {label_id!r}")
+            problem = self._folder_problem(self._datastore.label_path(label_tag), "label")
+            if problem:
+                raise _bad_request(409, f"Label {label_tag!r} of image {label_id!r} not deleted: {problem}")
+            self._unlink_entry(entry)
+            del self._datastore.objects[label_id].labels[label_tag]
+            self._update_datastore_file(lock=False)
+        logger.info(f"Removed label {label_id} [{label_tag}]")
 
     def update_label_info(self, label_id: str, label_tag: str, info: dict[str, Any]) -> None:
         _check_id(label_id, "label id")
@@ -354,6 +573,9 @@ class LandmarkDatastore(LocalDatastore):
         uri = self.get_label_uri(image_id, tag)
         if not info and not (uri and os.path.isfile(uri)):
             return None
+        problem = self.image_access_problem(image_id)
+        if problem:
+            raise AnatomarkError(problem)
         ls = self.landmark_set
         if info.get(INFO_POINTS) is not None:
             sp = info.get(INFO_SPACING) or ls.default_spacing_mm or (1.0, 1.0)

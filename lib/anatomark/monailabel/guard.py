@@ -24,6 +24,7 @@ Label builds its app before loading ours, so the app installs it from ``on_init_
 from __future__ import annotations
 
 import atexit
+import errno
 import json
 import logging
 import math
@@ -50,7 +51,13 @@ DEFAULT_MAX_UPLOAD_MB = 200.0
 #: a refused body is read and discarded up to this many bytes (then the connection is closed)
 DRAIN_CAP_BYTES = 1 << 30
 
-_ID_RE = re.compile(r"^[^/\\\x00-\x1f]{1,255}$")
+_ID_RE = re.compile(r"^[^/\\\x00-\x1f]+$")
+#: longest file name (bytes) of the file systems the studies folder lives on (ext4, xfs, btrfs, tmpfs, NTFS, APFS)
+NAME_MAX = 255
+#: shortest extension of an image or label file (``.png``, ``.dcm``, ``.nii`` ...): an id longer than
+#: ``NAME_MAX - MIN_EXTENSION_BYTES`` bytes can never be the name of a datastore file
+MIN_EXTENSION_BYTES = 4
+MAX_ID_BYTES = NAME_MAX - MIN_EXTENSION_BYTES
 _TAG_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 ID_PARAMS = ("image", "label", "id")
 ID_HELP = (
@@ -60,9 +67,31 @@ ID_HELP = (
 
 
 def id_problem(value: str, what: str = "image id") -> str | None:
-    """Why ``value`` is not a safe datastore id (``None`` when it is)."""
+    """Why ``value`` is not a safe datastore id (``None`` when it is).
+
+    Besides the characters, an id must leave room for a file extension within the file system's name limit: ids of
+    more than :data:`MAX_ID_BYTES` bytes (UTF-8) are refused here, and :func:`file_name_problem` checks the exact
+    file name (id + extension) where a file is written.
+    """
+    n = len(value.encode("utf-8", "surrogatepass"))
+    if n > MAX_ID_BYTES:
+        return (
+            f"Invalid {what} {value[:40]!r}... ({n} bytes): an id becomes a file name (id + extension, at most "
+            f"{NAME_MAX} bytes), so it may have at most {MAX_ID_BYTES} bytes (UTF-8); use a shorter id"
+        )
     if not _ID_RE.match(value) or value.startswith(".") or value.strip() != value:
         return f"Invalid {what} {value[:80]!r}: {ID_HELP}"
+    return None
+
+
+def file_name_problem(image_id: str, ext: str, what: str = "image id") -> str | None:
+    """Why ``image_id + ext`` cannot be a file name (longer than :data:`NAME_MAX` bytes); ``None`` when it can."""
+    n = len((image_id + ext).encode("utf-8", "surrogatepass"))
+    if n > NAME_MAX:
+        return (
+            f"Invalid {what} {image_id[:40]!r}...: with the extension {ext!r} its file name would have {n} bytes, "
+            f"more than the file system's {NAME_MAX}; use an id of at most {NAME_MAX - len(ext.encode())} bytes"
+        )
     return None
 
 
@@ -93,6 +122,11 @@ def _exception_status(exc: BaseException, path: str = "") -> tuple[int, str] | N
         return 404, f"{exc}; list the datastore with GET /datastore/?output=all"
     if isinstance(exc, AnatomarkError):
         return 422, str(exc)
+    if isinstance(exc, OSError) and exc.errno == errno.ENAMETOOLONG:
+        return 400, (
+            "A file name made from the request (an id, or the name of the uploaded file) is longer than the file "
+            f"system allows ({NAME_MAX} bytes); use a shorter id or file name"
+        )
     return None
 
 
@@ -407,12 +441,32 @@ def train_options_problem(body: bytes) -> tuple[int, str] | None:
     return None
 
 
+def _link_problem(app: Any, method: str, seg: list[str], query: dict[str, str]) -> str | None:
+    """Why a download or ``/infer`` of a datastore image / label is refused by the datastore's link policy
+    (``image_access_problem`` / ``label_access_problem`` of :class:`~anatomark.monailabel.LandmarkDatastore`)."""
+    ds = app.datastore()
+    image_check = getattr(ds, "image_access_problem", None)
+    label_check = getattr(ds, "label_access_problem", None)
+    if method in ("GET", "HEAD") and seg[:1] == ["datastore"] and len(seg) == 2:
+        if seg[1] == "image" and query.get("image") and image_check:
+            return image_check(query["image"])
+        label_id = query.get("label") or query.get("image")  # MONAI Label's HEAD /datastore/label takes ?image=
+        if seg[1] == "label" and label_id and label_check:
+            return label_check(label_id, query.get("tag", ""))
+    if method == "POST" and seg[:1] == ["infer"] and query.get("image") and image_check:
+        return image_check(query["image"])
+    return None
+
+
 def app_request_validator(app: Any) -> Callable[[str, str, list[tuple[str, str]], bytes | None], Any]:
     """Validator for :class:`RequestGuard` from a MONAI Label app: unknown models / scoring methods (404, before an
     upload is read or a subprocess started) and training options (422)."""
 
     def validate(method: str, path: str, query: list[tuple[str, str]], body: bytes | None) -> tuple[int, str] | None:
         seg = [s for s in path.split("/") if s]
+        link = _link_problem(app, method, seg, dict(query))
+        if link:
+            return 403, link
         if method == "GET" and seg[:1] == ["datastore"] and seg[2:] == ["info"]:  # MONAI Label answers {} + 200
             q = dict(query)
             ds = app.datastore()

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from anatomark.config import LandmarkSet
-from anatomark.data.annotations import read_labelme, read_slicer_markups, slicer_markups_document
+from anatomark.data.annotations import coordinate, read_labelme, read_slicer_markups, slicer_markups_document
 from anatomark.data.image_io import (
     NIFTI_EXTENSIONS,
     NRRD_EXTENSIONS,
@@ -99,6 +99,12 @@ def _tmp_path(suffix: str, directory: str | None = None) -> str:
     return path
 
 
+def labelmap_extension(image_path: str | Path) -> str:
+    """Extension of the label map :func:`write_labelmap_like` writes for ``image_path``."""
+    ext = image_extension(image_path)
+    return ".nii.gz" if ext in NIFTI_EXTENSIONS else ".nrrd" if ext in NRRD_EXTENSIONS else ".png"
+
+
 def write_labelmap_like(labelmap: np.ndarray, image_path: str | Path, directory: str | None = None) -> str:
     """Write an ``(H, W)`` label map in the geometry and file family of ``image_path``; returns a new temp file.
 
@@ -160,8 +166,26 @@ def write_markups_like(
 
 
 # ---------------------------------------------------------------- reading labels
+def _label_index(name: str, idx: Any) -> int:
+    """The label-map value ``idx`` given for ``name`` in ``label_info`` as a positive integer."""
+    value: Any = idx
+    if isinstance(idx, str) and idx.strip().isdigit():
+        value = int(idx.strip())
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not float(value).is_integer() or value < 1:
+        raise AnnotationError(
+            f"label_info entry {name!r} has no integer 'idx' >= 1 (got {json.dumps(idx, default=str)[:40]}); "
+            "idx is the label-map value of the landmark's region"
+        )
+    return int(value)
+
+
 def _label_values(label_info: Any, landmark_set: LandmarkSet) -> dict[int, int]:
-    """Map label-map value -> landmark index k (1..K) from Slicer's ``label_info`` (or identity)."""
+    """Map label-map value -> landmark index k (1..K) from Slicer's ``label_info`` (or identity).
+
+    Raises:
+        AnnotationError: malformed entries, names that are not landmarks of the set, a landmark named twice or a
+            value given to two landmarks.
+    """
     k_max = len(landmark_set)
     if not label_info:
         return {k: k for k in range(1, k_max + 1)}
@@ -177,6 +201,7 @@ def _label_values(label_info: Any, landmark_set: LandmarkSet) -> dict[int, int]:
         raise AnnotationError("label_info must be a list of {name, idx} objects or a {name: idx} mapping")
     labels = landmark_set.labels
     out: dict[int, int] = {}
+    named: dict[str, int] = {}
     for name, idx in pairs:
         if name.lower() == "background":
             continue
@@ -185,19 +210,56 @@ def _label_values(label_info: Any, landmark_set: LandmarkSet) -> dict[int, int]:
                 f"label_info names {name!r}, which is not a landmark of the set {landmark_set.name!r} "
                 f"(expected names: {', '.join(landmark_set.names)})"
             )
-        try:
-            v = int(idx)
-        except (TypeError, ValueError) as e:
-            raise AnnotationError(f"label_info entry {name!r} has no integer 'idx'") from e
+        v = _label_index(name, idx)
+        if name in named:
+            raise AnnotationError(
+                f"label_info names landmark {name!r} twice (idx {named[name]} and {v}); a landmark is one region "
+                "of one value"
+            )
+        if v in out:
+            other = landmark_set.names[out[v] - 1]
+            raise AnnotationError(f"label_info gives value {v} to both {other!r} and {name!r}; use one value each")
+        named[name] = v
         out[v] = labels[name]
     return out
+
+
+def _check_single_regions(labelmap: np.ndarray, landmark_set: LandmarkSet) -> None:
+    """Refuse a landmark (value k of ``labelmap``, 1..K) drawn as more than one connected region (8-connected).
+
+    The centroid of two spots is a point between them, on neither: such a label is refused instead of stored there.
+    """
+    from scipy import ndimage
+
+    problems = []
+    for k, box in enumerate(ndimage.find_objects(labelmap, max_label=len(landmark_set)), start=1):
+        if box is None:
+            continue
+        regions, n = ndimage.label(labelmap[box] == k, structure=np.ones((3, 3), dtype=bool))
+        if n <= 1:
+            continue
+        sizes = np.bincount(regions.ravel())[1:]
+        centres = ndimage.center_of_mass(np.ones_like(regions), regions, range(1, n + 1))
+        order = np.argsort(-sizes)[:3]
+        where = ", ".join(
+            f"{int(sizes[j])} px at ({centres[j][1] + box[1].start:.0f}, {centres[j][0] + box[0].start:.0f})"
+            for j in order
+        )
+        more = f" and {n - 3} more" if n > 3 else ""
+        problems.append(f"{landmark_set.names[k - 1]!r} is {n} separate regions ({where}{more})")
+    if problems:
+        raise AnnotationError(
+            f"In the label map, landmark {'; '.join(problems[:5])}: each landmark must be one spot (its centre is the "
+            "landmark); erase the extra regions, or leave the landmark out if it is not visible"
+        )
 
 
 def labelmap_points(labelmap: np.ndarray, landmark_set: LandmarkSet, label_info: Any = None) -> np.ndarray:
     """Centroid of each landmark's region in an ``(H, W)`` label map -> ``(K, 2)`` (NaN where absent).
 
     Raises:
-        AnnotationError: values that are not integers or name no landmark of the set.
+        AnnotationError: values that are not integers or name no landmark of the set, a malformed ``label_info``,
+            or a landmark drawn as more than one connected region.
     """
     lm = np.asarray(labelmap)
     if not np.all(np.isfinite(lm)) or not np.all(np.mod(lm, 1) == 0) or lm.min(initial=0) < 0:
@@ -215,11 +277,21 @@ def labelmap_points(labelmap: np.ndarray, landmark_set: LandmarkSet, label_info:
     for v, k in mapping.items():
         if v < len(remap):
             remap[v] = k
-    return Fn.labelmap_to_points(remap[lmi], len(landmark_set))
+    landmarks = remap[lmi]
+    _check_single_regions(landmarks, landmark_set)
+    return Fn.labelmap_to_points(landmarks, len(landmark_set))
 
 
 def json_points(doc: Mapping[str, Any], landmark_set: LandmarkSet, geometry: ViewerGeometry) -> np.ndarray:
-    """Points from a JSON label: Slicer markups, our ``{"landmarks": [...]}`` (e.g. an infer result) -> ``(K, 2)``."""
+    """Points from a JSON label: Slicer markups, our ``{"landmarks": [...]}`` (e.g. an infer result) -> ``(K, 2)``.
+
+    In our format a landmark is absent when it is left out or has ``"x": null, "y": null``; ``x`` and ``y`` must
+    otherwise both be finite JSON numbers.
+
+    Raises:
+        AnnotationError: unknown or repeated names (any copy, also a null one), non-numeric, boolean or non-finite
+            coordinates, or only one of ``x`` / ``y``.
+    """
     if "markups" in doc:
         return read_slicer_markups(doc, landmark_set.names, geometry.spacing, geometry.origin)
     items = doc.get("landmarks")
@@ -230,7 +302,8 @@ def json_points(doc: Mapping[str, Any], landmark_set: LandmarkSet, geometry: Vie
         )
     index = {n: i for i, n in enumerate(landmark_set.names)}
     pts = np.full((len(landmark_set), 2), np.nan)
-    for e in items:
+    seen: dict[str, int] = {}
+    for i, e in enumerate(items):
         if not isinstance(e, Mapping) or "name" not in e:
             raise AnnotationError("each entry of 'landmarks' must be an object with 'name', 'x' and 'y'")
         name = str(e["name"])
@@ -238,17 +311,21 @@ def json_points(doc: Mapping[str, Any], landmark_set: LandmarkSet, geometry: Vie
             raise AnnotationError(
                 f"unknown landmark {name!r}; the set {landmark_set.name!r} has: {', '.join(landmark_set.names)}"
             )
-        if e.get("x") is None or e.get("y") is None:
+        if name in seen:
+            raise AnnotationError(
+                f"landmark {name!r} is given twice (entries {seen[name] + 1} and {i + 1} of 'landmarks'); give each "
+                "landmark once, with null x/y (or left out) when it is missing"
+            )
+        seen[name] = i
+        x, y = e.get("x"), e.get("y")
+        if x is None and y is None:
             continue
-        try:
-            xy = (float(e["x"]), float(e["y"]))
-        except (TypeError, ValueError) as err:
-            raise AnnotationError(f"landmark {name!r} has non-numeric x/y") from err
-        if not np.isfinite(xy).all():
-            continue
-        if not np.isnan(pts[index[name], 0]):
-            raise AnnotationError(f"landmark {name!r} is given twice")
-        pts[index[name]] = xy
+        if x is None or y is None:
+            given, missing = ("x", "y") if y is None else ("y", "x")
+            raise AnnotationError(
+                f"landmark {name!r} has {given} but no {missing}; give both, or neither (null) when it is missing"
+            )
+        pts[index[name]] = (coordinate(x, f"landmark {name!r}: x"), coordinate(y, f"landmark {name!r}: y"))
     return pts
 
 
