@@ -37,6 +37,59 @@ def test_8bit_rgb_folded_to_gray(tmp_path, ext):
     assert img.spacing == (0.1, 0.1) and img.spacing_source == "default"
 
 
+#: What a viewer shows for stored pixels ``s`` under each EXIF Orientation (from the EXIF 2.3 definitions: where the
+#: stored 0th row and 0th column appear), written independently of PIL's table.
+EXIF_DISPLAY = {
+    1: lambda s: s,
+    2: lambda s: s[:, ::-1],  # 0th row top, 0th column right
+    3: lambda s: s[::-1, ::-1],  # bottom, right
+    4: lambda s: s[::-1, :],  # bottom, left
+    5: lambda s: s.T,  # 0th row left, 0th column top
+    6: lambda s: np.rot90(s, -1),  # right, top: a phone held upright; the viewer turns it 90 deg clockwise
+    7: lambda s: s.T[::-1, ::-1],  # right, bottom
+    8: lambda s: np.rot90(s, 1),  # left, bottom
+}
+
+
+def save_with_orientation(path, stored, orientation, **kwargs):
+    exif = Image.Exif()
+    if orientation is not None:
+        exif[0x0112] = orientation
+    Image.fromarray(stored).save(path, exif=exif, **kwargs)
+    return path
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_exif_orientation_applied(tmp_path, gradient, orientation):
+    p = save_with_orientation(tmp_path / "a.png", gradient, orientation)
+    img = load_image(p)
+    expected = EXIF_DISPLAY[orientation](gradient)
+    assert img.shape == expected.shape
+    np.testing.assert_array_equal(img.array, expected.astype(np.float32))
+    assert img.exif_orientation == orientation
+
+
+def test_exif_rotated_jpeg_read_upright(tmp_path):
+    """A JPEG stored sideways with Orientation=6 (what viewers show upright) is read upright: (H, W) = (60, 40)."""
+    upright = np.zeros((60, 40), np.uint8)
+    upright[:20, :20] = 250  # bright top-left block
+    upright[40:, 30:] = 120  # grey bottom-right block
+    stored = np.rot90(upright, 1)  # the pixels as a sensor lying on its side stores them: (40, 60)
+    p = save_with_orientation(tmp_path / "side.jpg", np.ascontiguousarray(stored), 6, quality=95)
+    img = load_image(p)
+    assert img.shape == (60, 40) and img.size_wh == (40, 60) and img.exif_orientation == 6
+    assert float(np.abs(img.array - upright).mean()) < 3
+    assert img.array[5, 5] > 200 and img.array[55, 35] == pytest.approx(120, abs=10) and img.array[5, 35] < 20
+
+
+@pytest.mark.parametrize("orientation", [None, 0, 9])
+def test_no_or_invalid_exif_orientation_leaves_pixels(tmp_path, gradient, orientation):
+    p = save_with_orientation(tmp_path / "a.png", gradient, orientation)
+    img = load_image(p)
+    np.testing.assert_array_equal(img.array, gradient.astype(np.float32))
+    assert img.exif_orientation is None
+
+
 def test_spacing_override_wins(tmp_path, gradient):
     Image.fromarray(gradient).save(tmp_path / "a.png")
     assert load_image(tmp_path / "a.png", spacing=0.2, default_spacing=(0.1, 0.1)).spacing == (0.2, 0.2)

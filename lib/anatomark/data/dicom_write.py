@@ -99,7 +99,7 @@ def write_dicom(
     img = image if isinstance(image, XrayImage) else load_image(image)
     stem = Path(img.path).name.split(".")[0] if img.path else "image"
     if spacing is None:
-        if img.spacing_source not in ("file", "override"):
+        if not img.spacing_from_file and img.spacing_source != "override":
             raise AnatomarkError(f"{stem}: no pixel spacing in the file; give one (mm/px)")
         sx, sy = img.spacing
     elif np.isscalar(spacing):

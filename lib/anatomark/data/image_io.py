@@ -3,6 +3,11 @@
 Every reader returns an :class:`XrayImage` whose ``array`` is ``(H, W)`` float32 (rows = y, cols = x) and
 whose ``spacing`` is ``(sx, sy)`` in mm per pixel. Landmark coordinates everywhere in anatomark are
 ``(x, y)`` pixel indices with the origin at the centre of the top-left pixel.
+
+Raster files are read as viewers show them: an EXIF ``Orientation`` tag (a JPEG stored sideways by a phone or a
+scanner) is applied, so ``array`` and every point are in the upright frame (``XrayImage.exif_orientation`` keeps the
+tag). Compressed DICOM (JPEG, JPEG Lossless, JPEG-LS, JPEG 2000) is decoded through pydicom's handlers; anatomark's
+requirements install ``pylibjpeg`` with ``pylibjpeg-libjpeg`` and ``pylibjpeg-openjpeg`` for them.
 """
 
 from __future__ import annotations
@@ -24,6 +29,9 @@ NIFTI_EXTENSIONS = (".nii", ".nii.gz")
 NRRD_EXTENSIONS = (".nrrd", ".nhdr")
 SUPPORTED_EXTENSIONS = RASTER_EXTENSIONS + DICOM_EXTENSIONS + NIFTI_EXTENSIONS + NRRD_EXTENSIONS
 
+#: ``XrayImage.spacing_source`` values that do not come from the file itself.
+NON_FILE_SPACING_SOURCES = ("override", "default", "none")
+
 #: Refuse images larger than this many pixels (a 20000 x 20000 upload would need GBs of RAM).
 MAX_PIXELS = int(os.environ.get("ANATOMARK_MAX_PIXELS", 100_000_000))
 
@@ -35,11 +43,17 @@ class XrayImage:
     Attributes:
         array: ``(H, W)`` float32 intensities (gray; 8-bit RGB is converted to luma, other colour data averaged).
         spacing: ``(sx, sy)`` mm per pixel along x (columns) and y (rows).
-        spacing_source: where the spacing came from: ``override``, ``file``, ``default`` or ``none``
-            (``none`` means 1.0 was assumed and mm values are really pixels).
+        spacing_source: where the spacing came from: ``override``, ``default``, ``none`` (1.0 was assumed and mm
+            values are really pixels), ``file``, or for DICOM a more precise file source:
+            ``ImagerPixelSpacing/EstimatedRadiographicMagnificationFactor`` (detector spacing divided by the
+            magnification factor, when the file has no PixelSpacing) or ``PixelSpacing (one value, isotropic)``
+            (a non-standard one-value PixelSpacing, used for both axes; likewise a one-value ImagerPixelSpacing).
+            :attr:`spacing_from_file` tells file sources from the others.
         origin: ``(x, y)`` position of the top-left pixel centre in LPS mm (0, 0 for raster files).
         path: source file, if any.
         meta: reader-specific details (bit depth, modality ...).
+        exif_orientation: the EXIF ``Orientation`` tag (1..8) of a raster file, already applied to ``array``
+            (``array`` is what viewers show; 1 = stored upright); ``None`` when the file has no valid tag.
     """
 
     array: np.ndarray
@@ -48,6 +62,12 @@ class XrayImage:
     origin: tuple[float, float] = (0.0, 0.0)
     path: str | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    exif_orientation: int | None = None
+
+    @property
+    def spacing_from_file(self) -> bool:
+        """Whether :attr:`spacing` was read from the file (not overridden, defaulted or assumed)."""
+        return self.spacing_source not in NON_FILE_SPACING_SOURCES
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -75,7 +95,8 @@ def load_image(
     """Load a 2D X-ray and its pixel spacing.
 
     Args:
-        path: PNG/JPG/BMP/TIFF (8- or 16-bit, gray or RGB), DICOM, NIfTI or NRRD file.
+        path: PNG/JPG/BMP/TIFF (8- or 16-bit, gray or RGB; EXIF orientation applied), DICOM (uncompressed, RLE,
+            JPEG, JPEG Lossless, JPEG-LS or JPEG 2000), NIfTI or NRRD file.
         spacing: override ``(sx, sy)`` mm/px (or one number for both); wins over the file.
         default_spacing: used when neither ``spacing`` nor the file gives one (e.g. the landmark set's).
 
@@ -83,7 +104,8 @@ def load_image(
         The image with ``array`` of shape ``(H, W)``.
 
     Raises:
-        ImageReadError: missing, unreadable, truncated, 3D or unsupported file.
+        ImageReadError: missing, unreadable, truncated, 3D or unsupported file, or a compressed DICOM whose
+            decoder is not installed (the message names the transfer syntax and the package).
     """
     path = Path(path)
     if not path.is_file():
@@ -129,7 +151,7 @@ def load_image(
     if spacing is not None:
         sp = (float(spacing), float(spacing)) if np.isscalar(spacing) else tuple(float(s) for s in spacing)
         img.spacing, img.spacing_source = sp, "override"  # type: ignore[assignment]
-    elif img.spacing_source != "file" and default_spacing is not None:
+    elif not img.spacing_from_file and default_spacing is not None:
         img.spacing, img.spacing_source = (float(default_spacing[0]), float(default_spacing[1])), "default"
     if not all(s > 0 for s in img.spacing):
         raise ImageReadError(f"Image {path.name} has a non-positive pixel spacing {img.spacing}")
@@ -149,6 +171,20 @@ def _check_size(w: int, h: int, name: str) -> None:
         )
 
 
+#: EXIF/TIFF tag 0x0112.
+_EXIF_ORIENTATION_TAG = 274
+#: EXIF Orientation -> the transpose that shows the stored pixels upright (the table of PIL.ImageOps.exif_transpose).
+_EXIF_TRANSPOSE = {
+    2: "FLIP_LEFT_RIGHT",
+    3: "ROTATE_180",
+    4: "FLIP_TOP_BOTTOM",
+    5: "TRANSPOSE",
+    6: "ROTATE_270",
+    7: "TRANSVERSE",
+    8: "ROTATE_90",
+}
+
+
 def _read_raster(path: Path) -> XrayImage:
     from PIL import Image
 
@@ -160,6 +196,9 @@ def _read_raster(path: Path) -> XrayImage:
             mode = im.mode
             if getattr(im, "n_frames", 1) > 1:
                 raise ImageReadError(f"Image {path.name} has {im.n_frames} frames; anatomark needs a single 2D X-ray")
+            orientation = _exif_orientation(im)
+            if orientation in _EXIF_TRANSPOSE:  # the pixels as viewers show them
+                im = im.transpose(getattr(Image.Transpose, _EXIF_TRANSPOSE[orientation]))
             if mode in ("P", "PA", "1", "LA", "CMYK", "YCbCr", "HSV", "LAB"):
                 im = im.convert("RGB") if mode not in ("1", "LA") else im.convert("L")
             if im.mode in ("RGB", "RGBA"):
@@ -168,7 +207,55 @@ def _read_raster(path: Path) -> XrayImage:
     bits = 16 if arr.dtype in (np.uint16, np.int32) and arr.max(initial=0) > 255 else 8
     if arr.ndim == 3:
         arr = arr[..., :3].astype(np.float32).mean(axis=-1)  # RGB(A) -> gray; alpha dropped
-    return XrayImage(arr.astype(np.float32), meta={"mode": mode, "bits": bits})
+    return XrayImage(arr.astype(np.float32), meta={"mode": mode, "bits": bits}, exif_orientation=orientation)
+
+
+def _exif_orientation(im: Any) -> int | None:
+    """The EXIF ``Orientation`` (1..8) of an open PIL image; ``None`` when absent or not a valid value."""
+    try:
+        value = im.getexif().get(_EXIF_ORIENTATION_TAG)
+    except Exception:  # noqa: BLE001 - a broken EXIF block is ignored, as viewers do
+        return None
+    if isinstance(value, (tuple, list)) and len(value) == 1:
+        value = value[0]
+    try:
+        value = int(value)
+    except (TypeError, ValueError):
+        return None
+    return value if 1 <= value <= 8 else None
+
+
+#: Compressed transfer syntaxes pydicom<3 decodes through an optional package -> what to ``pip install``.
+_LIBJPEG = "pylibjpeg pylibjpeg-libjpeg"
+_OPENJPEG = "pylibjpeg pylibjpeg-openjpeg"
+DICOM_DECODER_PACKAGES = {
+    "1.2.840.10008.1.2.4.50": _LIBJPEG,  # JPEG Baseline (Pillow decodes it too)
+    "1.2.840.10008.1.2.4.51": _LIBJPEG,  # JPEG Extended (12-bit)
+    "1.2.840.10008.1.2.4.57": _LIBJPEG,  # JPEG Lossless, process 14
+    "1.2.840.10008.1.2.4.70": _LIBJPEG,  # JPEG Lossless, process 14, selection value 1
+    "1.2.840.10008.1.2.4.80": _LIBJPEG,  # JPEG-LS Lossless
+    "1.2.840.10008.1.2.4.81": _LIBJPEG,  # JPEG-LS Near-Lossless
+    "1.2.840.10008.1.2.4.90": _OPENJPEG,  # JPEG 2000 Lossless
+    "1.2.840.10008.1.2.4.91": _OPENJPEG,  # JPEG 2000
+    "1.2.840.10008.1.2.5": "pylibjpeg pylibjpeg-rle",  # RLE Lossless (pydicom's numpy handler decodes it anyway)
+}
+_UNCOMPRESSED_SYNTAXES = (
+    "1.2.840.10008.1.2",  # Implicit VR Little Endian
+    "1.2.840.10008.1.2.1",  # Explicit VR Little Endian
+    "1.2.840.10008.1.2.1.99",  # Deflated Explicit VR Little Endian
+    "1.2.840.10008.1.2.2",  # Explicit VR Big Endian
+)
+#: Transfer syntaxes newer than pydicom<3's dictionary (named in error messages).
+_NEWER_SYNTAX_NAMES = {
+    "1.2.840.10008.1.2.4.110": "JPEG XL Lossless",
+    "1.2.840.10008.1.2.4.111": "JPEG XL JPEG Recompression",
+    "1.2.840.10008.1.2.4.112": "JPEG XL",
+    "1.2.840.10008.1.2.4.201": "High-Throughput JPEG 2000 Image Compression (Lossless Only)",
+    "1.2.840.10008.1.2.4.202": "High-Throughput JPEG 2000 with RPCL Options Image Compression (Lossless Only)",
+    "1.2.840.10008.1.2.4.203": "High-Throughput JPEG 2000 Image Compression",
+}
+_MAGNIFICATION_SOURCE = "ImagerPixelSpacing/EstimatedRadiographicMagnificationFactor"
+_ONE_VALUE = " (one value, isotropic)"
 
 
 def _read_dicom(path: Path) -> XrayImage:
@@ -176,7 +263,7 @@ def _read_dicom(path: Path) -> XrayImage:
 
     ds = pydicom.dcmread(str(path))
     if "PixelData" not in ds:
-        raise ImageReadError(f"DICOM file {path.name} holds no pixel data")
+        raise ImageReadError(f"DICOM file {path.name} holds no pixel data (or is truncated before its end)")
     rows, cols = int(ds.Rows), int(ds.Columns)
     _check_size(cols, rows, path.name)
     frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
@@ -185,7 +272,21 @@ def _read_dicom(path: Path) -> XrayImage:
             f"DICOM file {path.name} has {frames} frames; anatomark reads single 2D X-rays. Send one frame "
             "(a single radiograph), not a multi-frame series or volume"
         )
-    arr = ds.pixel_array.astype(np.float32)
+    syntax = _require_decoder(ds, path.name)
+    if syntax is not None:
+        _check_codestream_end(ds, syntax, path.name)
+    try:
+        arr = ds.pixel_array.astype(np.float32)
+    except (MemoryError, ImageReadError):
+        raise
+    except Exception as e:  # noqa: BLE001 - decoders raise anything on corrupt data
+        if syntax is None:
+            raise
+        detail = str(e).replace(str(path), path.name)[:200]
+        raise ImageReadError(
+            f"Cannot decode the {syntax} pixel data of DICOM file {path.name}: the file is corrupt or truncated "
+            f"({detail}); export the X-ray again and resend it"
+        ) from e
     if arr.ndim == 3:  # colour secondary capture
         arr = arr[..., :3].mean(axis=-1)
     slope = float(getattr(ds, "RescaleSlope", 1) or 1)
@@ -193,18 +294,117 @@ def _read_dicom(path: Path) -> XrayImage:
     arr = arr * slope + intercept
     if str(getattr(ds, "PhotometricInterpretation", "")).upper() == "MONOCHROME1":
         arr = arr.max() + arr.min() - arr  # display convention: bone bright
-    spacing, source = (1.0, 1.0), "none"
-    for tag in ("PixelSpacing", "ImagerPixelSpacing"):
-        val = getattr(ds, tag, None)
-        if val is not None and len(val) == 2 and float(val[0]) > 0 and float(val[1]) > 0:
-            spacing, source = (float(val[1]), float(val[0])), "file"  # DICOM gives (row, column) spacing
-            break
+    spacing, source, spacing_meta = _dicom_spacing(ds)
     origin = (0.0, 0.0)
     ipp = getattr(ds, "ImagePositionPatient", None)
     if ipp is not None and len(ipp) >= 2:
         origin = (float(ipp[0]), float(ipp[1]))
     meta = {"modality": str(getattr(ds, "Modality", "")), "bits": int(getattr(ds, "BitsStored", 0) or 0)}
+    meta.update(spacing_meta)
+    if syntax is not None:
+        meta["transfer_syntax"] = syntax
     return XrayImage(arr, spacing=spacing, spacing_source=source, origin=origin, meta=meta)
+
+
+def _require_decoder(ds: Any, name: str) -> str | None:
+    """Check that a pydicom handler can decode a compressed dataset's pixel data.
+
+    Returns:
+        ``None`` for uncompressed pixel data, else the transfer syntax as ``"<name> (<UID>)"``.
+
+    Raises:
+        ImageReadError: no installed decoder supports the transfer syntax; the message names it and what to install.
+    """
+    import pydicom
+    from pydicom import config
+
+    uid = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    if uid is None or str(uid) in _UNCOMPRESSED_SYNTAXES:
+        return None
+    uid = pydicom.uid.UID(str(uid))
+    name_of_uid = uid.name if uid.name != str(uid) else _NEWER_SYNTAX_NAMES.get(str(uid))
+    syntax = f"{name_of_uid} ({uid})" if name_of_uid else f"transfer syntax {uid}"
+    for handler in config.pixel_data_handlers:
+        try:
+            if handler.supports_transfer_syntax(uid) and handler.is_available():
+                return syntax
+        except Exception:  # noqa: BLE001, S112 - a broken optional handler is one that is not installed
+            continue
+    package = DICOM_DECODER_PACKAGES.get(str(uid))
+    if package is not None:
+        raise ImageReadError(
+            f"DICOM file {name} is compressed as {syntax} and no decoder for it is installed: "
+            f"`pip install {package}` (in anatomark's requirements.txt; python-gdcm works too) and send it again, "
+            "or send the image uncompressed"
+        )
+    raise ImageReadError(
+        f"DICOM file {name} is compressed as {syntax}, which pydicom {pydicom.__version__} cannot decode with any "
+        "package: convert it to an uncompressed (or JPEG Lossless / JPEG 2000) transfer syntax first, e.g. with "
+        "`gdcmconv --raw` or dcmtk's `dcmdjpeg`, and send it again"
+    )
+
+
+def _check_codestream_end(ds: Any, syntax: str, name: str) -> None:
+    """Refuse a JPEG / JPEG-LS / JPEG 2000 frame without its end marker: libjpeg decodes a cut stream silently."""
+    from pydicom.encaps import generate_pixel_data_frame
+
+    if str(ds.file_meta.TransferSyntaxUID) not in DICOM_DECODER_PACKAGES or "RLE" in syntax:
+        return
+    try:
+        frame = next(generate_pixel_data_frame(ds.PixelData, 1))
+    except Exception as e:  # noqa: BLE001 - pydicom raises anything on a broken encapsulation
+        raise ImageReadError(
+            f"DICOM file {name}: the encapsulated {syntax} pixel data is corrupt or truncated ({str(e)[:200]}); "
+            "export the X-ray again and resend it"
+        ) from e
+    if b"\xff\xd9" not in bytes(frame[-16:]):  # EOI (JPEG, JPEG-LS) and EOC (JPEG 2000) are both FFD9
+        raise ImageReadError(
+            f"DICOM file {name}: the {syntax} image stream has no end marker, so the image is truncated; "
+            "export the X-ray again and resend it"
+        )
+
+
+def _dicom_spacing_values(ds: Any, tag: str) -> tuple[float, ...] | None:
+    """A spacing tag's positive finite values: ``(row, column)``, ``(value,)`` for one value, ``None`` if unusable."""
+    from pydicom.multival import MultiValue
+
+    raw = getattr(ds, tag, None)
+    if raw is None or raw == "":
+        return None
+    items = list(raw) if isinstance(raw, (list, tuple, MultiValue)) else [raw]
+    try:
+        vals = tuple(float(v) for v in items)
+    except (TypeError, ValueError):
+        return None
+    if len(vals) not in (1, 2) or not all(np.isfinite(v) and v > 0 for v in vals):
+        return None
+    return vals
+
+
+def _dicom_spacing(ds: Any) -> tuple[tuple[float, float], str, dict[str, Any]]:
+    """``(sx, sy)`` mm/px, its ``spacing_source`` and notes for ``meta``, from a DICOM dataset.
+
+    ``PixelSpacing`` (spacing in the patient) wins. Without a two-value one, ``ImagerPixelSpacing`` (at the detector)
+    is divided by ``EstimatedRadiographicMagnificationFactor`` when the file gives a valid factor. A one-value
+    ``PixelSpacing`` (not valid DICOM, but written by some exporters) is used for both axes when nothing better exists.
+    """
+    pixel = _dicom_spacing_values(ds, "PixelSpacing")
+    imager = _dicom_spacing_values(ds, "ImagerPixelSpacing")
+    if pixel is not None and len(pixel) == 2:
+        return (pixel[1], pixel[0]), "file", {"spacing_tag": "PixelSpacing"}  # DICOM gives (row, column) spacing
+    if imager is not None:
+        row, col = imager if len(imager) == 2 else (imager[0], imager[0])
+        meta: dict[str, Any] = {"spacing_tag": "ImagerPixelSpacing"}
+        source = "file" if len(imager) == 2 else "ImagerPixelSpacing" + _ONE_VALUE
+        factor = _dicom_spacing_values(ds, "EstimatedRadiographicMagnificationFactor")
+        if factor is not None and len(factor) == 1:
+            meta["magnification_factor"] = factor[0]
+            source = _MAGNIFICATION_SOURCE + ("" if len(imager) == 2 else _ONE_VALUE)
+            row, col = row / factor[0], col / factor[0]
+        return (col, row), source, meta
+    if pixel is not None:
+        return (pixel[0], pixel[0]), "PixelSpacing" + _ONE_VALUE, {"spacing_tag": "PixelSpacing"}
+    return (1.0, 1.0), "none", {}
 
 
 def _check_2d_shape(shape: tuple[int, ...], name: str) -> None:
