@@ -82,6 +82,25 @@ def test_exif_rotated_jpeg_read_upright(tmp_path):
     assert img.array[5, 5] > 200 and img.array[55, 35] == pytest.approx(120, abs=10) and img.array[5, 35] < 20
 
 
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_exif_frame_helpers_map_back_to_stored_pixels(gradient, orientation):
+    """What a tool that ignores EXIF (ITK / 3D Slicer) needs: upright points and label maps in the stored frame."""
+    from anatomark.data.image_io import exif_from_stored, exif_stored_array, exif_stored_size_wh, exif_to_stored
+
+    stored = gradient  # (H=40, W=30); value = 100 * row + col
+    upright = EXIF_DISPLAY[orientation](stored)
+    size_wh = (upright.shape[1], upright.shape[0])
+    assert exif_stored_size_wh(size_wh, orientation) == (30, 40)
+    np.testing.assert_array_equal(exif_stored_array(upright, orientation), stored)
+    yy, xx = np.mgrid[0 : upright.shape[0], 0 : upright.shape[1]]
+    pts = np.stack([xx.ravel(), yy.ravel()], axis=1).astype(np.float64)
+    sp = exif_to_stored(pts, orientation, size_wh)
+    np.testing.assert_array_equal(stored[sp[:, 1].astype(int), sp[:, 0].astype(int)], upright.ravel())
+    np.testing.assert_allclose(exif_from_stored(sp, orientation, size_wh), pts)
+    sub = np.array([[2.25, 3.5], [np.nan, np.nan]])
+    np.testing.assert_allclose(exif_from_stored(exif_to_stored(sub, orientation, size_wh), orientation, size_wh), sub)
+
+
 @pytest.mark.parametrize("orientation", [None, 0, 9])
 def test_no_or_invalid_exif_orientation_leaves_pixels(tmp_path, gradient, orientation):
     p = save_with_orientation(tmp_path / "a.png", gradient, orientation)

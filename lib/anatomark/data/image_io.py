@@ -473,6 +473,71 @@ def _read_nrrd(path: Path) -> XrayImage:
     return XrayImage(data.T.astype(np.float32), spacing=spacing, spacing_source=source, meta={"format": "nrrd"})
 
 
+# ---------------------------------------------------------------- EXIF frames
+#: EXIF Orientation -> the one whose transform undoes it (2, 3, 4, 5 and 7 undo themselves).
+_EXIF_INVERSE = {1: 1, 2: 2, 3: 3, 4: 4, 5: 5, 6: 8, 7: 7, 8: 6}
+
+
+def exif_stored_size_wh(size_wh: tuple[int, int], orientation: int | None) -> tuple[int, int]:
+    """``(W, H)`` of the pixels as stored in the file, from the upright ``size_wh`` (5..8 swap the axes)."""
+    w, h = int(size_wh[0]), int(size_wh[1])
+    return (h, w) if orientation in (5, 6, 7, 8) else (w, h)
+
+
+def exif_to_stored(points: np.ndarray, orientation: int | None, size_wh: tuple[int, int]) -> np.ndarray:
+    """Map ``(N, 2)`` (x, y) points of the upright image (what :func:`load_image` returns) to the stored pixels.
+
+    For tools that ignore EXIF (ITK, hence 3D Slicer, shows a JPEG as stored).
+
+    Args:
+        points: ``(N, 2)`` pixel coordinates in the upright image (NaN rows stay NaN).
+        orientation: ``XrayImage.exif_orientation`` (``None`` or 1: nothing to do).
+        size_wh: the upright image's ``(W, H)`` (``XrayImage.size_wh``).
+
+    Returns:
+        ``(N, 2)`` float64 points in the stored frame.
+    """
+    p = np.asarray(points, dtype=np.float64).reshape(-1, 2)
+    if orientation in (None, 1):
+        return p.copy()
+    ws, hs = exif_stored_size_wh(size_wh, orientation)
+    x, y = p[:, 0], p[:, 1]
+    xs, ys = {
+        2: (ws - 1 - x, y),
+        3: (ws - 1 - x, hs - 1 - y),
+        4: (x, hs - 1 - y),
+        5: (y, x),
+        6: (y, hs - 1 - x),
+        7: (ws - 1 - y, hs - 1 - x),
+        8: (ws - 1 - y, x),
+    }[int(orientation)]
+    return np.stack([xs, ys], axis=1)
+
+
+def exif_from_stored(points: np.ndarray, orientation: int | None, size_wh: tuple[int, int]) -> np.ndarray:
+    """Inverse of :func:`exif_to_stored`: stored-frame points -> upright points (``size_wh``: upright ``(W, H)``)."""
+    if orientation in (None, 1):
+        return np.asarray(points, dtype=np.float64).reshape(-1, 2).copy()
+    return exif_to_stored(points, _EXIF_INVERSE[int(orientation)], exif_stored_size_wh(size_wh, orientation))
+
+
+def exif_stored_array(array: np.ndarray, orientation: int | None) -> np.ndarray:
+    """An upright ``(H, W)`` array (e.g. a label map) in the file's stored pixel order (inverse of the reader)."""
+    a = np.asarray(array)
+    if orientation in (None, 1):
+        return a
+    undo = {
+        2: lambda m: m[:, ::-1],
+        3: lambda m: m[::-1, ::-1],
+        4: lambda m: m[::-1, :],
+        5: lambda m: m.T,
+        6: lambda m: np.rot90(m, 1),
+        7: lambda m: m.T[::-1, ::-1],
+        8: lambda m: np.rot90(m, -1),
+    }[int(orientation)]
+    return np.ascontiguousarray(undo(a))
+
+
 def save_png(array: np.ndarray, path: str | Path) -> Path:
     """Write a ``(H, W)`` label map or 8-bit image as PNG, atomically (never a half-written file).
 
