@@ -297,15 +297,22 @@ class LocalStage:
         self.val_starts = []
         stage1 = lc.get("val_from_model")
         if stage1:
+            import logging
+
             from anatomark.data.image_io import load_image
             from anatomark.model import load_model
 
             m1 = load_model(stage1)
+            kept = []
             for src, c in zip(val_src, self.val_c):
-                p = m1.predict(
-                    load_image(src["image"], spacing=src.get("spacing"), default_spacing=ls.default_spacing_mm)
-                )
-                self.val_starts.append(Fn.resize_points(p.points, c["orig_hw"], c["scaled"].shape))
+                try:
+                    img = load_image(src["image"], spacing=src.get("spacing"), default_spacing=ls.default_spacing_mm)
+                except AnatomarkError as e:  # deleted since it was cached: validate on the others
+                    logging.getLogger(__name__).warning(f"Skipping validation image {c['id']}: {e}")
+                    continue
+                self.val_starts.append(Fn.resize_points(m1.predict(img).points, c["orig_hw"], c["scaled"].shape))
+                kept.append(c)
+            self.val_c = kept
         else:
             r = np.random.RandomState(seed + 12345)
             sig = float(lc.get("offset_sigma_mm", 2.0)) / sp

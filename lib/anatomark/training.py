@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import logging
 import math
 import os
 import random
@@ -37,11 +38,45 @@ from anatomark.paths import cache_dir
 from anatomark.transforms import functional as Fn
 from anatomark.transforms.array import RandAffineWithPoints
 
+logger = logging.getLogger(__name__)
+
 
 def set_determinism(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+def _cache_path(
+    items: Sequence[dict[str, Any]],
+    present: list[tuple[int, os.stat_result]],
+    size_hw: tuple[int, ...] | None,
+    spacing_mm: float | None,
+) -> Path:
+    """Cache file of the images ``present`` (index, stat): keyed by path, mtime, size, spacing and grid."""
+    key = hashlib.sha1()
+    for i, st in present:
+        it = items[i]
+        key.update(f"{Path(it['image']).resolve()}|{st.st_mtime_ns}|{st.st_size}|{it.get('spacing')}".encode())
+    key.update(f"{size_hw}|{spacing_mm}|v2".encode())
+    return cache_dir() / f"prep-{key.hexdigest()[:16]}.npz"
+
+
+def _load_cache(
+    items: Sequence[dict[str, Any]],
+    present: list[tuple[int, os.stat_result]],
+    size_hw: tuple[int, ...] | None,
+    spacing_mm: float | None,
+) -> tuple[list[np.ndarray], np.ndarray, np.ndarray] | None:
+    """``(images, orig_hw, spacing)`` from the cache file of ``present``, ``None`` when there is none (or broken)."""
+    cpath = _cache_path(items, present, size_hw, spacing_mm)
+    if not cpath.is_file():
+        return None
+    try:
+        z = np.load(cpath)
+        return [z[f"img{k}"].astype(np.float32) for k in range(len(present))], z["orig_hw"], z["spacing"]
+    except Exception:  # noqa: BLE001 - a broken cache is rebuilt
+        return None
 
 
 def cache_items(
@@ -60,29 +95,31 @@ def cache_items(
 
     Returns:
         items with ``scaled`` (float32 in [0, 1] on the new grid), ``points`` ``(K, 2)`` in that grid,
-        ``orig_hw``, ``spacing`` (original mm/px) and ``landmarks`` (original pixels).
+        ``orig_hw``, ``spacing`` (original mm/px), ``landmarks`` (original pixels) and ``source_index`` (position in
+        ``items``). An image that is gone or unreadable (e.g. deleted from the datastore during a training) is left
+        out with a log line.
     """
     if (size_hw is None) == (spacing_mm is None):
         raise ValueError("give exactly one of size_hw and spacing_mm")
     size_hw = tuple(int(s) for s in size_hw) if size_hw is not None else None
-    key = hashlib.sha1()
-    for it in items:
-        p = Path(it["image"])
-        st = p.stat()
-        key.update(f"{p.resolve()}|{st.st_mtime_ns}|{st.st_size}|{it.get('spacing')}".encode())
-    key.update(f"{size_hw}|{spacing_mm}|v2".encode())
-    cpath = cache_dir() / f"prep-{key.hexdigest()[:16]}.npz"
-    cached = None
-    if cpath.is_file():
+    present: list[tuple[int, os.stat_result]] = []  # (index in items, stat) of the images that are still there
+    for i, it in enumerate(items):
         try:
-            z = np.load(cpath)
-            cached = ([z[f"img{i}"].astype(np.float32) for i in range(len(items))], z["orig_hw"], z["spacing"])
-        except Exception:  # noqa: BLE001 - a broken cache is rebuilt
-            cached = None
+            present.append((i, Path(it["image"]).stat()))
+        except OSError as e:  # deleted from the datastore meanwhile: train on the others
+            logger.warning(f"Skipping {it.get('id', it['image'])}: image not readable ({e.strerror or e})")
+    cached = _load_cache(items, present, size_hw, spacing_mm)
     if cached is None:
-        imgs, hws, sps = [], [], []
-        for it in tqdm(items, desc="Caching images", disable=not progress, unit="img"):
-            img = load_image(it["image"], spacing=it.get("spacing"), default_spacing=landmark_set.default_spacing_mm)
+        imgs, hws, sps, loaded = [], [], [], []
+        for i, _ in tqdm(present, desc="Caching images", disable=not progress, unit="img"):
+            it = items[i]
+            try:
+                img = load_image(
+                    it["image"], spacing=it.get("spacing"), default_spacing=landmark_set.default_spacing_mm
+                )
+            except (AnatomarkError, OSError) as e:  # deleted between the check and the read, or unreadable
+                logger.warning(f"Skipping {it.get('id', it['image'])}: {e}")
+                continue
             if size_hw is not None:
                 grid = size_hw
             else:
@@ -93,32 +130,38 @@ def cache_items(
             imgs.append(prepare_image(img, grid).astype(np.float16))
             hws.append(img.shape)
             sps.append(img.spacing)
+            loaded.append(i)
+        ok = set(loaded)
+        present = [(i, st) for i, st in present if i in ok]
+        cpath = _cache_path(items, present, size_hw, spacing_mm)
         cpath.parent.mkdir(parents=True, exist_ok=True)
         tmp = cpath.with_suffix(f".{os.getpid()}.tmp.npz")  # several training processes may cache at once
         np.savez(
             tmp,
             orig_hw=np.asarray(hws),
             spacing=np.asarray(sps, dtype=np.float64),
-            **{f"img{i}": a for i, a in enumerate(imgs)},
+            **{f"img{k}": a for k, a in enumerate(imgs)},
         )
         tmp.replace(cpath)
         cached = ([a.astype(np.float32) for a in imgs], np.asarray(hws), np.asarray(sps, dtype=np.float64))
     out = []
-    for i, it in enumerate(items):
+    for k, (i, _) in enumerate(present):
+        it = items[i]
         lm = np.asarray(it["landmarks"], dtype=np.float64)
         if lm.shape != (len(landmark_set), 2):
             raise AnatomarkError(
                 f"{it.get('id', it['image'])}: {lm.shape[0]} landmarks but the set {landmark_set.name!r} has "
                 f"{len(landmark_set)}"
             )
-        hw = tuple(int(v) for v in cached[1][i])
-        scaled = cached[0][i]
+        hw = tuple(int(v) for v in cached[1][k])
+        scaled = cached[0][k]
         out.append(
             {
                 "id": it.get("id", Path(it["image"]).name),
+                "source_index": i,
                 "scaled": scaled,
                 "orig_hw": hw,
-                "spacing": tuple(float(v) for v in cached[2][i]),
+                "spacing": tuple(float(v) for v in cached[2][k]),
                 "landmarks": lm,
                 "points": Fn.resize_points(lm, hw, scaled.shape),
             }
@@ -221,9 +264,15 @@ def cache_and_split(
     cached = cache_items(items, size_hw, landmark_set, progress, spacing_mm=spacing_mm)
     if val_items is not None:
         val_c = cache_items(val_items, size_hw, landmark_set, progress, spacing_mm=spacing_mm)
-        return cached, val_c, list(val_items)
-    tr, va = recipe_split(len(cached), tcfg)
-    return [cached[i] for i in tr], [cached[i] for i in va], [items[i] for i in va]
+        train_c = cached
+    else:  # split the items as given, so that an image missing now does not move the others between the parts
+        tr, va = (set(x) for x in recipe_split(len(items), tcfg))
+        train_c = [c for c in cached if c["source_index"] in tr]
+        val_c = [c for c in cached if c["source_index"] in va]
+    if not train_c:
+        raise AnatomarkError("No training images: every training image is missing or unreadable")
+    src = val_items if val_items is not None else items
+    return train_c, val_c, [src[c["source_index"]] for c in val_c]
 
 
 class HeatmapStage:
@@ -383,7 +432,8 @@ def _with_shape_prior(
         if prior is not None:
             _store_shape_prior(load_model(path), prior, path)
             return res
-    add_shape_prior(path, training_items(recipe, items, val_items), recipe["shape_prior"])
+    present = [it for it in training_items(recipe, items, val_items) if Path(it["image"]).is_file()]  # none deleted
+    add_shape_prior(path, present, recipe["shape_prior"])
     return res
 
 
