@@ -131,13 +131,22 @@ class LocalRefiner:
         Returns:
             refined ``(K, 2)`` points in the fine grid and ``(K,)`` confidence (probability mass near the peak).
         """
+        pts, conf, _ = self.refine_spread(fine, points, iterations)
+        return pts, conf
+
+    @torch.no_grad()
+    def refine_spread(
+        self, fine: np.ndarray, points: np.ndarray, iterations: int | None = None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """As :meth:`refine`, plus the ``(K,)`` spread of each last probability map around its point (fine px)."""
         pts = np.asarray(points, np.float64).copy()
         k = pts.shape[0]
         conf = np.zeros(k)
+        spread = np.full(k, np.nan)
         ok = np.isfinite(pts).all(axis=1)
         idx = np.nonzero(ok)[0]
         if idx.size == 0:
-            return pts, conf
+            return pts, conf, spread
         dev = next(self.network.parameters()).device
         net, dtype = self._network_for(dev)
         pyramid = self.input.pyramid(fine)
@@ -152,7 +161,8 @@ class LocalRefiner:
             for j, i in enumerate(idx):
                 pts[i] = Fn.transform_points(found[j : j + 1], mats[j])[0]
             conf[idx] = np.clip(mass, 0, 1)
-        return pts, conf
+            spread[idx] = Fn.heatmap_spread(prob, found)  # patch px = fine px (the fine patch is not resampled)
+        return pts, conf, spread
 
     def _network_for(self, dev: torch.device) -> tuple[torch.nn.Module, torch.dtype]:
         """The network to run on ``dev`` and its dtype: ``self.network``, or its cached bfloat16 copy."""
@@ -197,14 +207,30 @@ class CascadeModel(LandmarkModel):
         pts, _ = self.predict_grid(coarse)
         t2 = time.perf_counter()
         with self._lock:
-            pts_fine, conf = self.refiner.refine(fine, Fn.resize_points(pts, self.size_hw, fine_hw))
+            pts_fine, conf, spread = self.refiner.refine_spread(fine, Fn.resize_points(pts, self.size_hw, fine_hw))
         t3 = time.perf_counter()
+        zoom = 0.5 * (image.shape[0] / fine_hw[0] + image.shape[1] / fine_hw[1])
         return Prediction(
             points=Fn.resize_points(pts_fine, fine_hw, image.shape),
             confidence=conf,
             spacing=image.spacing,
             names=list(self.landmark_set.names),
             timings={"preprocess": t1 - t0, "network": t2 - t1, "refine": t3 - t2},
+            coarse_points=Fn.resize_points(pts, self.size_hw, image.shape),
+            spread_px=spread * zoom,
+        )
+
+    def predict_coarse(self, image: XrayImage) -> Prediction:
+        """Stage 1 only (about a quarter of the time of :meth:`predict`; no shape prior)."""
+        t0 = time.perf_counter()
+        coarse = Fn.resize_image(scale_intensity(image.array), self.size_hw)
+        pts, conf = self.predict_grid(coarse)
+        return Prediction(
+            points=Fn.resize_points(pts, self.size_hw, image.shape),
+            confidence=conf,
+            spacing=image.spacing,
+            names=list(self.landmark_set.names),
+            timings={"coarse": time.perf_counter() - t0},
         )
 
     def save(self, path: str | Path, half: bool = True) -> Path:

@@ -43,15 +43,43 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def output_stems(images: list[str]) -> dict[str, str]:
+    """Output file stem of each input image: its name without the image extension (``p.1.png`` -> ``p.1``).
+
+    Raises:
+        AnatomarkError: two inputs would write the same output files (e.g. ``a/x.png`` and ``b/x.png``); nothing
+            has been written then.
+    """
+    from anatomark.data.image_io import image_extension
+
+    stems: dict[str, str] = {}
+    by_stem: dict[str, list[str]] = {}
+    for p in images:
+        name = Path(p).name
+        ext = image_extension(name)
+        stem = name[: -len(ext)] if ext and name.lower().endswith(ext) else name
+        stems[p] = stem or name
+        by_stem.setdefault(stems[p], []).append(p)
+    clashes = {k: v for k, v in by_stem.items() if len(v) > 1}
+    if clashes:
+        lines = "; ".join(f"{', '.join(v)} -> {k}.json" for k, v in clashes.items())
+        raise AnatomarkError(
+            f"These inputs would write the same output files: {lines}. Nothing was written: run them with "
+            "different --out folders, or rename or copy them to distinct names first."
+        )
+    return stems
+
+
 def cmd_infer(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from anatomark.data.annotations import write_slicer_markups
+    from anatomark.data.annotations import _atomic_write_text, write_slicer_markups
     from anatomark.data.image_io import load_image
-    from anatomark.measurements import measurements_for
+    from anatomark.inference import analyse
     from anatomark.model import load_model
     from anatomark.visualize import save_overlay
 
+    stems = output_stems(list(args.images))
     model = load_model(args.model)
     ls = model.landmark_set
     out = Path(args.out)
@@ -64,8 +92,9 @@ def cmd_infer(args: argparse.Namespace) -> int:
             failures += 1
             continue
         t0 = time.perf_counter()
-        pred = model.predict(img)
-        stem = Path(p).name.split(".")[0]
+        res = analyse(model, img, orientation=args.orientation)
+        body = res.to_dict()
+        stem = stems[p]
         doc = {
             "image": str(p),
             "size_wh": list(img.size_wh),
@@ -73,21 +102,43 @@ def cmd_infer(args: argparse.Namespace) -> int:
             "spacing_source": img.spacing_source,
             "model": model.name,
             "landmark_set": ls.name,
-            "landmarks": pred.to_list(),
-            "measurements": measurements_for(ls.name, pred.points, img.spacing, img.size_wh),
+            **body,
             "latency_s": round(time.perf_counter() - t0, 4),
         }
-        from anatomark.data.annotations import _atomic_write_text
-
         _atomic_write_text(out / f"{stem}.json", json.dumps(doc, indent=2))
+        shown = np.where(res.in_image[:, None], res.prediction.points, np.nan)
         if not args.no_overlay:
-            save_overlay(out / f"{stem}_overlay.png", img, pred.points, ls.shorts, ls.colors)
-        if args.markups:
-            write_slicer_markups(
-                out / f"{stem}.mrk.json", pred.points, ls.names, img.spacing, img.origin, ls.descriptions
+            q = body["quality"]
+            banner = None if q["reliable"] is not False else "UNRELIABLE: " + "; ".join(q["warnings"])
+            save_overlay(
+                out / f"{stem}_overlay.png",
+                img,
+                shown,
+                ls.shorts,
+                ls.colors,
+                unreliable=~res.landmark_reliable if q["reliable"] is not None else None,
+                banner=banner,
             )
-        print(f"{p}: {len(pred.points)} landmarks -> {out / (stem + '.json')}")
+        if args.markups:
+            write_slicer_markups(out / f"{stem}.mrk.json", shown, ls.names, img.spacing, img.origin, ls.descriptions)
+        verdict = {True: "reliable", False: "UNRELIABLE", None: "not checked"}[body["quality"]["reliable"]]
+        print(f"{p}: {int(res.in_image.sum())} landmarks ({verdict}) -> {out / (stem + '.json')}")
+        for w in body["quality"]["warnings"]:
+            print(f"  warning: {w}")
     return 1 if failures else 0
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from anatomark.calibrate import add_quality
+    from anatomark.data.dataset import LandmarkDataset
+    from anatomark.model import load_model
+
+    model = load_model(args.model)
+    annotator = args.annotator or model.info.get("annotator") or "senior"
+    ds = LandmarkDataset(args.dataset, split=args.split, annotator=annotator, landmark_set=model.landmark_set)
+    out = add_quality(model.path, ds.items, args.out)
+    print(f"Quality model fitted on {len(ds)} images of {args.dataset} ({args.split}, {annotator}); written to {out}")
+    return 0
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -182,6 +233,47 @@ def cmd_to_dicom(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_served(args: argparse.Namespace) -> int:
+    """List the kept published versions of a served model, roll back, or publish a model file by hand."""
+    from anatomark.monailabel.published import PublishedModel, file_version
+    from anatomark.paths import model_dir
+
+    if not args.published_dir and not args.studies:
+        raise AnatomarkError("give --studies (the server's studies folder) or --published-dir")
+    folder = Path(args.published_dir) if args.published_dir else Path(args.studies) / ".anatomark" / "models"
+    shipped = Path(args.shipped) if args.shipped else model_dir() / f"{args.model}.pt"
+    handle = PublishedModel(args.model, shipped, folder / f"{args.model}.pt", device="cpu")
+    if args.rollback is not None:
+        res = handle.rollback(None if args.rollback == "previous" else args.rollback)
+        print(f"{args.model}: rolled back from {res['from']} to {res['to']}; dropped {res['dropped'] or 'nothing'}")
+    elif args.publish:
+        from anatomark.model import load_model
+
+        names = load_model(args.publish, device="cpu").landmark_set.names
+        if handle.exists() and names != handle.get()[0].landmark_set.names:
+            raise AnatomarkError(f"{args.publish} has other landmarks than the served {args.model}; not published")
+        rec = handle.publish(args.publish, source=f"manual: {args.publish}")
+        print(f"{args.model}: published {args.publish} as version {rec['version']}")
+    served = handle.current_version()
+    shipped_v = file_version(shipped) if shipped.is_file() else None
+    rows = [{"version": shipped_v, "source": "shipped", "file": str(shipped)}] if shipped_v else []
+    rows += [{**r, "file": str(handle.versions_dir / r["file"])} for r in handle.versions()]
+    if args.json:
+        print(json.dumps({"model": args.model, "served": served, "versions": rows}, indent=1))
+        return 0
+    print(f"{args.model}: served version {served} ({handle.path()})")
+    for r in rows:
+        mark = "*" if r["version"] == served else " "
+        info = r.get("info") or {}
+        numbers = (
+            f" val MRE {info['candidate_val_mre_mm']} mm (was {info['served_val_mre_mm']}) on {info['n_val']} image(s)"
+            if "candidate_val_mre_mm" in info
+            else ""
+        )
+        print(f" {mark} {r['version']}  {r.get('published', ''):19}  {r['source']}{numbers}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="anatomark", description="Anatomical landmarks on X-rays")
     sub = p.add_subparsers(dest="command", required=True)
@@ -206,7 +298,23 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--spacing", type=float, nargs="+", default=None, help="override mm/px: one value or sx sy")
     i.add_argument("--markups", action="store_true", help="also write 3D Slicer .mrk.json (LPS)")
     i.add_argument("--no-overlay", action="store_true")
+    i.add_argument(
+        "--orientation",
+        default="auto",
+        help="auto (default: undo a mirrored or turned image when the answer does not fit the anatomy), none, or "
+        "the transform that undoes it (flip_x for a left-facing cephalogram, rot90, rot180, rot270, ...)",
+    )
     i.set_defaults(func=cmd_infer)
+
+    c = sub.add_parser(
+        "calibrate", help="fit a model's quality check (shape model, expected errors) on its training images"
+    )
+    c.add_argument("--model", required=True, help="weights file or model name")
+    c.add_argument("--dataset", required=True)
+    c.add_argument("--split", default="train", help="the split the model was trained on (never a test split)")
+    c.add_argument("--annotator", default=None, help="default: the one the model was trained on")
+    c.add_argument("--out", default=None, help="model file to write (default: in place)")
+    c.set_defaults(func=cmd_calibrate)
 
     e = sub.add_parser("evaluate", help="MRE/SDR of a model on a dataset split")
     e.add_argument("--model", default="default")
@@ -245,6 +353,28 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--body-part", default="SKULL")
     d.add_argument("--json", default=None, help="write the UIDs of every file as JSON here")
     d.set_defaults(func=cmd_to_dicom)
+
+    v = sub.add_parser(
+        "served",
+        help="versions of a model served by the MONAI Label app: list, roll back (the server reloads, no restart)",
+    )
+    v.add_argument("model", help="model name as in the server's /info/ (e.g. isbi2015_heatmap_unet)")
+    v.add_argument("--studies", default=None, help="the server's local studies folder (state in <studies>/.anatomark)")
+    v.add_argument("--published-dir", default=None, help="the app's published_model_dir (default <studies>/...)")
+    v.add_argument("--shipped", default=None, help="shipped weights (default: <name>.pt in the model folder)")
+    v.add_argument(
+        "--rollback",
+        nargs="?",
+        const="previous",
+        default=None,
+        metavar="VERSION",
+        help="serve the version published before the served one, or VERSION (a kept one, or 'shipped')",
+    )
+    v.add_argument(
+        "--publish", default=None, metavar="MODEL_PT", help="publish this model file (e.g. a rejected candidate)"
+    )
+    v.add_argument("--json", action="store_true", help="print the versions as JSON")
+    v.set_defaults(func=cmd_served)
 
     from anatomark.measurements.command import add_parser as add_measure_parser
 

@@ -57,6 +57,9 @@ class Prediction:
         names: landmark names in order.
         timings: seconds per stage.
         replaced: ``(K,)`` bool, points the shape prior replaced (``None`` without a prior).
+        coarse_points: ``(K, 2)`` (x, y) original pixels of the first stage of a multi-stage model (``None`` else).
+        spread_px: ``(K,)`` expected distance (original pixels, mean of x and y scale) between the point and a draw
+            from the model's probability map of that landmark: the map's own spread (``None`` when not known).
     """
 
     points: np.ndarray
@@ -65,6 +68,8 @@ class Prediction:
     names: list[str]
     timings: dict[str, float] = field(default_factory=dict)
     replaced: np.ndarray | None = None
+    coarse_points: np.ndarray | None = None
+    spread_px: np.ndarray | None = None
 
     @property
     def points_mm(self) -> np.ndarray:
@@ -114,6 +119,7 @@ class LandmarkModel:
         self.decode_radius = int(dec.get("radius", 3))
         self.path: str | None = None
         self.shape_prior: Any = None  # anatomark.shape.ShapePrior, applied by predict() when the model file has one
+        self.quality: Any = None  # anatomark.quality.QualityModel, used by anatomark.inference (anatomark calibrate)
         self._lock = threading.Lock()
 
     @property
@@ -131,13 +137,19 @@ class LandmarkModel:
     @torch.no_grad()
     def predict_grid(self, scaled: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Predict on a prepared ``size_hw`` image -> ``(K, 2)`` points in the model grid and ``(K,)`` confidence."""
+        pts, conf, _ = self.predict_grid_spread(scaled)
+        return pts, conf
+
+    @torch.no_grad()
+    def predict_grid_spread(self, scaled: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """As :meth:`predict_grid`, plus the ``(K,)`` spread of each probability map around its point (grid px)."""
         x = to_model_input(scaled).to(self.device)
         with self._lock:
             logits = self.network(x)[0]
         k = logits.shape[0]
         prob = torch.softmax(logits.reshape(k, -1).float(), dim=-1).reshape(logits.shape)
         pts, _, mass = Fn.heatmaps_to_points(prob, self.decode_method, self.decode_radius)
-        return pts, np.clip(mass, 0.0, 1.0)
+        return pts, np.clip(mass, 0.0, 1.0), Fn.heatmap_spread(prob, pts)
 
     def predict(self, image: XrayImage) -> Prediction:
         """Find the landmarks on ``image``; points come back in its original pixels.
@@ -153,9 +165,18 @@ class LandmarkModel:
             pred.timings["shape_prior"] = time.perf_counter() - t0
         return pred
 
+    def predict_coarse(self, image: XrayImage) -> Prediction:
+        """A cheaper first look: the first stage only for multi-stage models, else :meth:`predict`."""
+        return self.predict(image)
+
     def extra_networks(self) -> dict[str, torch.nn.Module]:
         """Modules saved next to the main network (``extra_state_dicts`` of the model file)."""
-        return {"shape_prior": self.shape_prior} if self.shape_prior is not None else {}
+        out: dict[str, torch.nn.Module] = {}
+        if self.shape_prior is not None:
+            out["shape_prior"] = self.shape_prior
+        if self.quality is not None:
+            out["quality"] = self.quality
+        return out
 
     def _predict(self, image: XrayImage) -> Prediction:
         if self.recipe.get("kind") == "local":
@@ -163,8 +184,9 @@ class LandmarkModel:
         t0 = time.perf_counter()
         scaled = prepare_image(image, self.size_hw)
         t1 = time.perf_counter()
-        pts, conf = self.predict_grid(scaled)
+        pts, conf, spread = self.predict_grid_spread(scaled)
         t2 = time.perf_counter()
+        zoom = 0.5 * (image.shape[0] / self.size_hw[0] + image.shape[1] / self.size_hw[1])
         pts = Fn.resize_points(pts, self.size_hw, image.shape)
         return Prediction(
             points=pts,
@@ -172,6 +194,7 @@ class LandmarkModel:
             spacing=image.spacing,
             names=list(self.landmark_set.names),
             timings={"preprocess": t1 - t0, "network": t2 - t1},
+            spread_px=spread * zoom,
         )
 
     def save(self, path: str | Path, half: bool = True) -> Path:
@@ -334,5 +357,11 @@ def load_model(name_or_path: str | Path | None = None, device: str | torch.devic
         state = extras["shape_prior"]
         model.shape_prior = ShapePrior(len(ls), **recipe.get("shape_prior", {}))
         model.shape_prior.load_state_dict({k: v.double() for k, v in state.items()})
+    if "quality" in extras:
+        from anatomark.quality import QualityModel
+
+        state = extras["quality"]
+        model.quality = QualityModel(len(ls), modes=int(state["components"].shape[0]))
+        model.quality.load_state_dict({k: v.double() for k, v in state.items()})
     model.path = str(path)
     return model.to(device)

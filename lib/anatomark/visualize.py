@@ -18,13 +18,16 @@ def draw_overlay(
     colors: Sequence[str],
     truth: np.ndarray | None = None,
     max_size: int = 1200,
+    unreliable: Sequence[bool] | None = None,
+    banner: str | None = None,
 ) -> np.ndarray:
     """Return an ``(H', W', 3)`` uint8 RGB overlay (downscaled so the long side <= ``max_size``).
 
     Predicted points are filled circles with labels; ``truth`` (optional) are hollow white circles joined
-    to the prediction by a line.
+    to the prediction by a line. Landmarks flagged in ``unreliable`` are hollow rings labelled ``name?``; a
+    ``banner`` (e.g. the quality warnings of an unreliable answer) is written in red across the top.
     """
-    from PIL import Image, ImageDraw
+    from PIL import Image, ImageDraw, ImageFont
 
     g = (scale_intensity(image.array) * 255).astype(np.uint8)
     im = Image.fromarray(g).convert("RGB")
@@ -41,8 +44,24 @@ def draw_overlay(
             tx, ty = (truth[k] + 0.5) * s - 0.5
             d.line([(x, y), (tx, ty)], fill="white", width=1)
             d.ellipse([tx - r, ty - r, tx + r, ty + r], outline="white", width=1)
-        d.ellipse([x - r, y - r, x + r, y + r], fill=col, outline="black")
-        d.text((x + r + 2, y - r - 2), lab, fill=col)
+        if unreliable is not None and unreliable[k]:
+            d.ellipse([x - r, y - r, x + r, y + r], outline=col, width=2)
+            d.text((x + r + 2, y - r - 2), f"{lab}?", fill=col)
+        else:
+            d.ellipse([x - r, y - r, x + r, y + r], fill=col, outline="black")
+            d.text((x + r + 2, y - r - 2), lab, fill=col)
+    if banner:
+        size = max(14, round(im.width / 45))
+        try:
+            font = ImageFont.load_default(size=size)
+        except TypeError:  # Pillow < 10.1: fixed-size bitmap font
+            font = ImageFont.load_default()
+        import textwrap
+
+        lines = textwrap.wrap(banner, width=max(20, int(im.width / (0.55 * size))))[:6]
+        d.rectangle([0, 0, im.width, (len(lines) + 0.5) * (size + 4)], fill=(0, 0, 0))
+        for j, line in enumerate(lines):
+            d.text((6, 4 + j * (size + 4)), line, fill=(255, 60, 60), font=font)
     return np.asarray(im)
 
 

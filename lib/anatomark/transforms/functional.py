@@ -160,6 +160,28 @@ def heatmaps_to_points(
     return pts, peak.astype(np.float64), mass
 
 
+def heatmap_spread(prob: np.ndarray | torch.Tensor, points: np.ndarray) -> np.ndarray:
+    """Expected distance between each point and a draw from its probability map: ``E_p[|q - point|]``.
+
+    Args:
+        prob: ``(K, H, W)`` maps, each summing to 1 (a spatial softmax).
+        points: ``(K, 2)`` (x, y) in the same grid.
+
+    Returns:
+        ``(K,)`` distances in grid pixels: small for a sharp single peak, large for a flat or multi-modal map.
+    """
+    p = prob.detach().float().cpu().numpy() if isinstance(prob, torch.Tensor) else np.asarray(prob, np.float32)
+    k, h, w = p.shape
+    gy, gx = np.mgrid[0:h, 0:w].astype(np.float32)
+    pts = np.asarray(points, np.float32)
+    out = np.full(k, np.nan)
+    for i in range(k):
+        if np.isfinite(pts[i]).all():
+            d = np.hypot(gx - pts[i, 0], gy - pts[i, 1])
+            out[i] = float((p[i] * d).sum() / max(float(p[i].sum()), 1e-12))
+    return out
+
+
 def _disk(radius: float, shape: str) -> tuple[np.ndarray, np.ndarray]:
     r = int(math.ceil(radius))
     dy, dx = np.mgrid[-r : r + 1, -r : r + 1]

@@ -1,0 +1,267 @@
+"""One answer for one image, the same in the CLI and the server: orientation, points, quality verdict, measurements.
+
+:func:`analyse` runs a :class:`~anatomark.model.LandmarkModel` on an :class:`~anatomark.data.XrayImage` and returns an
+:class:`Analysis` whose :meth:`Analysis.to_dict` is the core of every infer JSON:
+
+* ``orientation``: what was found and undone (a mirrored or turned image is analysed in the orientation the model
+  knows; the points come back in the image as given), and the EXIF orientation the reader applied;
+* ``landmarks``: ``index, name, x, y, x_mm, y_mm, confidence, expected_error_mm, in_image, reliable`` — a landmark
+  outside the image has ``x = y = null`` (never a made-up pixel inside it); every reported point lies inside the
+  image;
+* ``quality``: ``{"reliable", "score", "warnings", "shape"}`` (see :mod:`anatomark.quality`);
+* ``measurements``: computed only from reliable landmarks of a reliable image; otherwise ``value: null`` with the
+  reason.
+
+Models without a quality calibration (``anatomark calibrate``) get ``reliable: null`` and a warning saying so.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from anatomark.data.image_io import XrayImage
+from anatomark.errors import AnatomarkError
+from anatomark.measurements import measurements_for
+from anatomark.model import LandmarkModel, Prediction
+from anatomark.orientation import DESCRIPTIONS, IDENTITY, ORIENTATIONS, Orientation
+from anatomark.quality import QualityModel, ShapeFit, Verdict
+
+#: ``orientation`` argument values: ``auto`` searches when the answer looks wrong, ``none`` never does, or a
+#: transform name of :data:`anatomark.orientation.ORIENTATIONS` that the caller knows undoes the image's orientation.
+ORIENTATION_MODES = ("auto", "none", *ORIENTATIONS)
+
+
+@dataclass
+class Analysis:
+    """Everything :func:`analyse` found on one image.
+
+    Attributes:
+        prediction: the model's prediction, points ``(K, 2)`` in the image as given.
+        orientation: the transform that brought the image into the model's orientation.
+        canonical_points: ``(K, 2)`` the points in that orientation (what measurements use).
+        canonical_size_wh: the image size in that orientation.
+        canonical_spacing: ``(sx, sy)`` in that orientation.
+        verdict: the image verdict (``None`` for a model without quality calibration).
+        fit: the shape fit behind it.
+        expected_error_mm: ``(K,)`` (NaN without calibration).
+        in_image: ``(K,)`` bool.
+        tried: shape statistic (mm) of each orientation looked at.
+        exif_orientation: the EXIF Orientation tag the reader applied (``None`` if absent).
+    """
+
+    prediction: Prediction
+    orientation: Orientation
+    canonical_points: np.ndarray
+    canonical_size_wh: tuple[int, int]
+    canonical_spacing: tuple[float, float]
+    verdict: Verdict | None
+    fit: ShapeFit | None
+    expected_error_mm: np.ndarray
+    in_image: np.ndarray
+    size_wh: tuple[int, int]
+    landmark_set: str
+    names: list[str]
+    tried: dict[str, float] = field(default_factory=dict)
+    exif_orientation: int | None = None
+    max_expected_error_mm: float = 4.0
+
+    @property
+    def reliable(self) -> bool | None:
+        return None if self.verdict is None else self.verdict.reliable
+
+    @property
+    def landmark_reliable(self) -> np.ndarray:
+        """``(K,)`` landmarks usable for measurements: in the image, expected error small, image reliable."""
+        ok = self.in_image.copy()
+        if self.verdict is not None:
+            ok &= bool(self.verdict.reliable)
+            ok &= np.nan_to_num(self.expected_error_mm, nan=np.inf) <= self.max_expected_error_mm
+        return ok
+
+    def orientation_dict(self) -> dict[str, Any]:
+        return {
+            "applied": self.orientation.name,
+            "image_was": DESCRIPTIONS[self.orientation.name],
+            "facing_mirrored": bool(self.orientation.mirror),
+            "exif_orientation": self.exif_orientation,
+            "tried": {k: round(float(v), 2) for k, v in self.tried.items()},
+        }
+
+    def quality_dict(self) -> dict[str, Any]:
+        if self.verdict is None:
+            return {
+                "reliable": None,
+                "score": None,
+                "warnings": [
+                    "this model has no quality calibration (run 'anatomark calibrate'): its answers are not checked"
+                ],
+            }
+        return self.verdict.to_dict()
+
+    def landmarks(self) -> list[dict[str, Any]]:
+        """One JSON-ready dict per landmark (see the module docstring)."""
+        out = self.prediction.to_list()
+        rel = self.landmark_reliable
+        for k, d in enumerate(out):
+            inside = bool(self.in_image[k])
+            if not inside:
+                d.update({"x": None, "y": None, "x_mm": None, "y_mm": None})
+            e = self.expected_error_mm[k]
+            d["expected_error_mm"] = None if not math.isfinite(e) else round(float(e), 2)
+            d["in_image"] = inside
+            d["reliable"] = bool(rel[k]) if self.verdict is not None else None
+        return out
+
+    def measurements(self) -> list[dict[str, Any]]:
+        """Measurements from the canonical points; those using an unusable landmark get ``value: null`` + reason."""
+        res = measurements_for(self.landmark_set, self.canonical_points, self.canonical_spacing, self.canonical_size_wh)
+        if self.verdict is None:
+            return res
+        bad = {n: self._why(k) for k, n in enumerate(self.names) if not self.landmark_reliable[k]}
+        for r in res:
+            if r.get("value") is None:
+                continue
+            why = None
+            if not self.verdict.reliable:
+                why = "not computed: the image was judged unreliable (" + "; ".join(self.verdict.warnings) + ")"
+            else:
+                used = [n for n in r.get("landmarks", []) if n in bad]
+                if used:
+                    why = "not computed: " + "; ".join(f"{n} {bad[n]}" for n in used)
+            if why:
+                r.update({"value": None, "class": None, "class_description": None, "computable": False, "reason": why})
+                r["details"] = {}
+        return res
+
+    def _why(self, k: int) -> str:
+        if not self.in_image[k]:
+            return "is outside the image"
+        e = self.expected_error_mm[k]
+        return f"is unreliable (expected error {e:.1f} mm > {self.max_expected_error_mm:g} mm)"
+
+    def to_dict(self) -> dict[str, Any]:
+        """``orientation``, ``quality``, ``landmarks`` and ``measurements`` of the infer JSON."""
+        return {
+            "orientation": self.orientation_dict(),
+            "quality": self.quality_dict(),
+            "landmarks": self.landmarks(),
+            "measurements": self.measurements(),
+        }
+
+
+def _search_orientation(
+    model: LandmarkModel, q: QualityModel, image: XrayImage, stat: float, tried: dict[str, float]
+) -> tuple[Orientation, XrayImage, Prediction, ShapeFit, Verdict] | None:
+    """Try the other orientations with the first stage (in :data:`ORIENTATIONS` order, stopping at the first
+    plausible one), then the best fully; ``None`` unless that answer is reliable and fits better than ``stat``."""
+    best, best_stat = None, stat
+    for o in ORIENTATIONS.values():
+        if o is IDENTITY:
+            continue
+        coarse = model.predict_coarse(o.apply_image(image))
+        s = q.fit_shape(coarse.points, coarse.spacing).statistic_mm
+        tried[o.name] = s
+        if s < best_stat:
+            best, best_stat = o, s
+        if q.score(s) >= q.setting("min_score"):
+            break
+    if best is None:
+        return None
+    work = best.apply_image(image)
+    pred = model.predict(work)
+    fit = q.fit_shape(pred.points, pred.spacing)
+    tried[best.name] = fit.statistic_mm
+    verdict = q.verdict(fit, work.array)
+    if not verdict.reliable or fit.statistic_mm >= stat:
+        return None
+    return best, work, pred, fit, verdict
+
+
+def analyse(model: LandmarkModel, image: XrayImage, orientation: str = "auto") -> Analysis:
+    """Find the landmarks of ``image`` and say how far the answer can be trusted.
+
+    Args:
+        model: the landmark model (its ``quality`` state, when present, drives the verdict and the search).
+        image: the X-ray as read (EXIF orientation already applied by the reader).
+        orientation: ``auto`` (default): when the answer does not fit the anatomy, the other seven flips and quarter
+            turns are tried with the model's first stage and the best one is used if it fits better; ``none``; or a
+            transform name that undoes the image's orientation (``flip_x`` for a left-facing cephalogram).
+
+    Returns:
+        the :class:`Analysis`; points in the image as given.
+    """
+    if orientation not in ORIENTATION_MODES:
+        raise AnatomarkError(f"orientation must be one of {', '.join(ORIENTATION_MODES)}; got {orientation!r}")
+    q: QualityModel | None = model.quality
+    chosen = ORIENTATIONS.get(orientation, IDENTITY)
+    work = chosen.apply_image(image) if chosen is not IDENTITY else image
+    pred = model.predict(work)
+    tried: dict[str, float] = {}
+    fit = verdict = None
+    if q is not None:
+        fit = q.fit_shape(pred.points, pred.spacing)
+        stat = fit.statistic_mm
+        verdict = q.verdict(fit, work.array)
+        tried[chosen.name] = stat
+        blank = any("blank" in w for w in verdict.warnings)
+        if orientation == "auto" and not verdict.reliable and not blank:
+            found = _search_orientation(model, q, image, stat, tried)
+            if found is not None:
+                chosen, work, pred, fit, verdict = found
+                verdict.warnings.insert(
+                    0, f"the image is {DESCRIPTIONS[chosen.name]}: analysed after undoing it ({chosen.name})"
+                )
+            else:
+                verdict.warnings.append("no flip or quarter turn of the image gives a plausible answer either")
+    canon_size = work.size_wh
+    canon_points = np.asarray(pred.points, np.float64)
+    k = len(canon_points)
+    expected = np.full(k, np.nan)
+    if q is not None and fit is not None:
+        sp = np.asarray(work.spacing)
+        scale = float(np.mean(sp))
+        spread = None if pred.spread_px is None else pred.spread_px * scale
+        move = None if pred.coarse_points is None else np.linalg.norm((canon_points - pred.coarse_points) * sp, axis=1)
+        expected = q.expected_error(q.features(fit.residual_mm, spread, move))
+        # a landmark the shape model places outside the image, far from where the network put it: not in the picture
+        w, h = canon_size
+        fx, fy = fit.fitted[:, 0], fit.fitted[:, 1]
+        outside = ~((fx >= -0.5) & (fx <= w - 0.5) & (fy >= -0.5) & (fy <= h - 0.5))
+        far = np.nan_to_num(fit.residual_mm, nan=np.inf) > q.setting("outlier_mm")
+        in_image = ~(outside & far) & np.isfinite(canon_points).all(1)
+    else:
+        in_image = np.isfinite(canon_points).all(1)
+    # no reported point outside the image: clamp the pixel centre into [0, W-1] x [0, H-1]
+    w, h = canon_size
+    canon_points = np.stack([np.clip(canon_points[:, 0], 0, w - 1), np.clip(canon_points[:, 1], 0, h - 1)], axis=1)
+    given = Prediction(
+        points=chosen.points_back(canon_points, image.size_wh) if chosen is not IDENTITY else canon_points,
+        confidence=pred.confidence,
+        spacing=image.spacing,
+        names=pred.names,
+        timings=pred.timings,
+        replaced=pred.replaced,
+        coarse_points=None,
+        spread_px=pred.spread_px,
+    )
+    return Analysis(
+        prediction=given,
+        orientation=chosen,
+        canonical_points=canon_points,
+        canonical_size_wh=canon_size,
+        canonical_spacing=tuple(float(s) for s in work.spacing),  # type: ignore[arg-type]
+        verdict=verdict,
+        fit=fit,
+        expected_error_mm=expected,
+        in_image=in_image,
+        size_wh=image.size_wh,
+        landmark_set=model.landmark_set.name,
+        names=list(model.landmark_set.names),
+        tried=tried,
+        exif_orientation=getattr(image, "exif_orientation", None),
+        max_expected_error_mm=q.setting("max_expected_error_mm") if q is not None else 4.0,
+    )
