@@ -129,3 +129,86 @@ def test_slicer_markups_malformed(tmp_path):
         read_slicer_markups({"markups": [{"controlPoints": [{"label": "sella", "position": ["a"]}]}]}, NAMES)
     with pytest.raises(AnnotationError, match="coordinateSystem"):
         read_slicer_markups({"markups": [{"coordinateSystem": "IJK", "controlPoints": []}]}, NAMES)
+
+
+# ---------------------------------------------------------------- strict coordinates (issue 14)
+#: JSON coordinate texts that must be refused, and what the error must say about them
+BAD_COORDINATES = [
+    ("NaN", "NaN"),
+    ("Infinity", "Infinity"),
+    ("-Infinity", "-Infinity"),
+    ("1e999", "Infinity"),  # json.loads gives inf
+    ("true", "true"),
+    ("false", "false"),
+    ('"12.5"', "not a number"),
+    ("[1]", "not a number"),
+    ("{}", "not a number"),
+]
+
+
+@pytest.mark.parametrize("text,said", BAD_COORDINATES)
+def test_labelme_refuses_bad_coordinates(tmp_path, text, said):
+    good = '{"label": "nasion", "points": [[3, 4]], "shape_type": "point"}'
+    bad = f'{{"label": "sella", "points": [[{text}, 20]], "shape_type": "point"}}'
+    (tmp_path / "l.json").write_text(f'{{"shapes": [{good}, {bad}]}}')
+    with pytest.raises(AnnotationError, match="'sella'") as ei:
+        read_labelme(tmp_path / "l.json", NAMES)
+    assert said in str(ei.value)
+
+
+@pytest.mark.parametrize("text,said", BAD_COORDINATES)
+def test_slicer_markups_refuses_bad_coordinates(text, said):
+    doc = json.loads(f'{{"markups": [{{"controlPoints": [{{"label": "sella", "position": [1.0, {text}, 0.0]}}]}}]}}')
+    with pytest.raises(AnnotationError, match=r"'sella' position\[1\]") as ei:
+        read_slicer_markups(doc, NAMES)
+    assert said in str(ei.value)
+
+
+def test_labelme_point_must_be_one_xy(tmp_path):
+    for points in ([], [[1, 2], [3, 4]], [[1, 2, 3]], None, [5]):
+        doc = {"shapes": [{"label": "sella", "points": points, "shape_type": "point"}]}
+        (tmp_path / "l.json").write_text(json.dumps(doc))
+        with pytest.raises(AnnotationError, match="point 'sella' has no valid"):
+            read_labelme(tmp_path / "l.json", NAMES)
+
+
+def test_slicer_markups_repeated_label_is_refused_even_when_one_copy_is_undefined():
+    defined = {"label": "sella", "position": [1.0, 2.0, 0.0]}
+    undefined = {"label": "sella", "position": [0.0, 0.0, 0.0], "positionStatus": "undefined"}
+    for cps in ([defined, undefined], [undefined, defined], [undefined, undefined], [defined, defined]):
+        with pytest.raises(AnnotationError, match="'sella' is given twice"):
+            read_slicer_markups({"markups": [{"controlPoints": cps}]}, NAMES)
+    # across two point lists of one file too
+    doc = {"markups": [{"controlPoints": [defined]}, {"controlPoints": [undefined]}]}
+    with pytest.raises(AnnotationError, match="given twice"):
+        read_slicer_markups(doc, NAMES)
+    # one undefined copy alone is a missing landmark, as before
+    back = read_slicer_markups({"markups": [{"controlPoints": [undefined, {**defined, "label": "nasion"}]}]}, NAMES)
+    assert np.isnan(back[0]).all() and back[1].tolist() == [1.0, 2.0]
+
+
+def test_slicer_markups_unknown_position_status():
+    cp = {"label": "sella", "position": [1.0, 2.0, 0.0], "positionStatus": "maybe"}
+    with pytest.raises(AnnotationError, match="positionStatus"):
+        read_slicer_markups({"markups": [{"controlPoints": [cp]}]}, NAMES)
+
+
+@pytest.mark.parametrize("cell", ["inf", "-inf", "nan", "NaN", "Infinity"])
+def test_csv_refuses_non_finite_cells(tmp_path, pts, cell):
+    path = write_landmark_csv(tmp_path / "l.csv", {"a.png": pts}, NAMES)
+    header, row = path.read_text().splitlines()
+    cells = row.split(",")
+    cells[3] = cell  # nasion_x
+    (tmp_path / "bad.csv").write_text("\n".join([header, ",".join(cells)]))
+    with pytest.raises(AnnotationError, match=f"nasion_x='{cell}' is not a finite number"):
+        read_landmark_csv(tmp_path / "bad.csv", NAMES)
+
+
+def test_csv_refuses_a_half_given_landmark(tmp_path, pts):
+    path = write_landmark_csv(tmp_path / "l.csv", {"a.png": pts}, NAMES)
+    header, row = path.read_text().splitlines()
+    cells = row.split(",")
+    cells[4] = ""  # nasion_y
+    (tmp_path / "bad.csv").write_text("\n".join([header, ",".join(cells)]))
+    with pytest.raises(AnnotationError, match="landmark 'nasion' has x but an empty nasion_y"):
+        read_landmark_csv(tmp_path / "bad.csv", NAMES)

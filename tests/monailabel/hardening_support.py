@@ -545,7 +545,80 @@ def bad_labels(names: list[str], shape_hw: tuple[int, int]) -> list[tuple[str, s
         ("label_info entry not an object", "l.png", png_bytes(lm_one), {"label_info": [1, 2]}),
         ("label_info idx not a number", "l.png", png_bytes(lm_one), {"label_info": [{"name": names[0], "idx": "x"}]}),
     ]
-    return cases
+    return cases + untrustworthy_labels(names, shape_hw)
+
+
+def untrustworthy_labels(names: list[str], shape_hw: tuple[int, int]) -> list[tuple[str, str, bytes, dict | None]]:
+    """Labels that parse but would store a wrong or made-up point (issue 14): each must get a 422 whose detail names
+    the first landmark (``names[0]``). Same tuple layout as :func:`bad_labels`."""
+    h, w = shape_hw
+    pts = random_points(len(names), h, w)
+    good = [{"name": n, "x": float(p[0]), "y": float(p[1])} for n, p in zip(names, pts)]
+    cp = [{"label": n, "position": [float(p[0]), float(p[1]), 0.0]} for n, p in zip(names, pts)]
+    shapes = [{"label": n, "points": [[float(p[0]), float(p[1])]], "shape_type": "point"} for n, p in zip(names, pts)]
+
+    def ours(first: str) -> bytes:  # our JSON with the first landmark's entry written verbatim
+        rest = json.dumps(good[1:])[1:-1]
+        return f'{{"landmarks": [{first}, {rest}]}}'.encode()
+
+    def markups(first_position: str, extra: list | None = None) -> bytes:
+        rest = json.dumps(cp[1:] + (extra or []))[1:-1]
+        first = f'{{"label": "{names[0]}", "position": {first_position}}}'
+        return f'{{"markups": [{{"type": "Fiducial", "coordinateSystem": "LPS", "controlPoints": [{first}, {rest}]}}]}}'.encode()
+
+    def labelme(first_points: str) -> bytes:
+        rest = json.dumps(shapes[1:])[1:-1]
+        return f'{{"shapes": [{{"label": "{names[0]}", "points": {first_points}, "shape_type": "point"}}, {rest}]}}'.encode()
+
+    n0, x0, y0 = names[0], good[0]["x"], good[0]["y"]
+    null0 = json.dumps({"name": n0, "x": None, "y": None})
+    two_blobs = np.zeros((h, w), np.uint8)
+    for k in range(1, len(names)):  # every other landmark one clean disk
+        yy, xx = np.ogrid[:h, :w]
+        two_blobs[(xx - pts[k, 0]) ** 2 + (yy - pts[k, 1]) ** 2 <= 4] = k + 1
+    two_blobs[10:14, 10:14] = 1
+    two_blobs[h - 14 : h - 10, w - 14 : w - 10] = 1
+    lm_two = np.zeros((h, w), np.uint8)
+    lm_two[10:14, 10:14] = 1
+    lm_two[30:34, 30:34] = 2
+    lm_one = np.zeros((h, w), np.uint8)
+    lm_one[10:14, 10:14] = 1
+    both = [{"name": n0, "idx": 1}, {"name": names[1], "idx": 1}]
+    return [
+        ("x NaN", "l.json", ours(f'{{"name": "{n0}", "x": NaN, "y": {y0}}}'), None),
+        ("y Infinity", "l.json", ours(f'{{"name": "{n0}", "x": {x0}, "y": Infinity}}'), None),
+        ("x -Infinity", "l.json", ours(f'{{"name": "{n0}", "x": -Infinity, "y": {y0}}}'), None),
+        ("x 1e999 (overflows to inf)", "l.json", ours(f'{{"name": "{n0}", "x": 1e999, "y": {y0}}}'), None),
+        ("x true", "l.json", ours(f'{{"name": "{n0}", "x": true, "y": {y0}}}'), None),
+        ("y false", "l.json", ours(f'{{"name": "{n0}", "x": {x0}, "y": false}}'), None),
+        ("x as a string", "l.json", ours(f'{{"name": "{n0}", "x": "{x0}", "y": {y0}}}'), None),
+        ("x object", "l.json", ours(f'{{"name": "{n0}", "x": {{}}, "y": {y0}}}'), None),
+        ("x without y", "l.json", ours(f'{{"name": "{n0}", "x": {x0}}}'), None),
+        ("y given, x null", "l.json", ours(f'{{"name": "{n0}", "x": null, "y": {y0}}}'), None),
+        ("duplicate, first copy null", "l.json", ours(f"{null0}, {json.dumps(good[0])}"), None),
+        ("duplicate, second copy null", "l.json", ours(f"{json.dumps(good[0])}, {null0}"), None),
+        ("duplicate, both null", "l.json", ours(f"{null0}, {null0}"), None),
+        ("duplicate, name only", "l.json", ours(f'{json.dumps(good[0])}, {{"name": "{n0}"}}'), None),
+        ("markups position NaN", "l.mrk.json", markups(f"[NaN, {y0}, 0.0]"), None),
+        ("markups position Infinity", "l.mrk.json", markups(f"[{x0}, Infinity, 0.0]"), None),
+        ("markups position true", "l.mrk.json", markups(f"[true, {y0}, 0.0]"), None),
+        ("markups position string", "l.mrk.json", markups(f'["{x0}", {y0}, 0.0]'), None),
+        (
+            "markups duplicate, one copy undefined",
+            "l.mrk.json",
+            markups(f"[{x0}, {y0}, 0.0]", [{"label": n0, "position": [0, 0, 0], "positionStatus": "undefined"}]),
+            None,
+        ),  # fmt: skip
+        ("labelme NaN", "l.json", labelme(f"[[NaN, {y0}]]"), None),
+        ("labelme true", "l.json", labelme(f"[[true, {y0}]]"), None),
+        ("labelme two points", "l.json", labelme(f"[[{x0}, {y0}], [{x0}, {y0}]]"), None),
+        ("labelme duplicate", "l.json", labelme(f"[[{x0}, {y0}]]")[:-2] + b", " + json.dumps(shapes[0]).encode() + b"]}", None),
+        ("label map: landmark of two regions", "l.png", png_bytes(two_blobs), None),
+        ("label_info names a landmark twice", "l.png", png_bytes(lm_two), {"label_info": [{"name": n0, "idx": 1}, {"name": n0, "idx": 2}]}),
+        ("label_info gives one value to two landmarks", "l.png", png_bytes(lm_one), {"label_info": both}),
+        ("label_info idx true", "l.png", png_bytes(lm_one), {"label_info": [{"name": n0, "idx": True}]}),
+        ("label_info idx 1.5", "l.png", png_bytes(lm_one), {"label_info": [{"name": n0, "idx": 1.5}]}),
+    ]  # fmt: skip
 
 
 TRAVERSAL_IDS = [
@@ -564,6 +637,11 @@ TRAVERSAL_IDS = [
     "~/.bashrc",
     "file:///etc/passwd",
 ]
+
+
+def long_ids() -> list[str]:
+    """Ids that are too long to be a datastore file name with an extension (more than 251 bytes, UTF-8)."""
+    return ["i" * 252, "i" * 255, "é" * 126, "i" * 256, "i" * 1000]
 
 
 def traversal_ids(studies: Path, outside_image: Path) -> list[str]:
@@ -683,6 +761,43 @@ def catalogue(
         if id_problem(t) is not None:  # a valid id (e.g. 'server-1.log') would simply add an image of that name
             cases.append(Case(f"add image as {t!r}", "path traversal", "PUT", "/datastore/image", query=q,
                               files={"file": ("x.png", valid_png)}, expect=(400,)))  # fmt: skip
+    # --- ids too long to be a file name (with an extension) on every endpoint taking an id: 400, never a 500
+    for t in long_ids() if full else long_ids()[:2]:
+        q = {"image": t}
+        cases += [
+            Case(f"add image, {len(t.encode())}-byte id", "long id", "PUT", "/datastore/image", query=q,
+                 files={"file": ("x.png", valid_png)}, expect=(400,)),
+            Case(f"GET image, {len(t.encode())}-byte id", "long id", "GET", "/datastore/image", query=q, expect=(400,)),
+            Case(f"HEAD image, {len(t.encode())}-byte id", "long id", "HEAD", "/datastore/image", query=q,
+                 expect=(400,)),
+            Case(f"GET image info, {len(t.encode())}-byte id", "long id", "GET", "/datastore/image/info", query=q,
+                 expect=(400,)),
+            Case(f"PUT image info, {len(t.encode())}-byte id", "long id", "PUT", "/datastore/image/info", query=q,
+                 data={"info": "{}"}, expect=(400,)),
+            Case(f"DELETE image, {len(t.encode())}-byte id", "long id", "DELETE", "/datastore/image",
+                 query={"id": t}, expect=(400,)),
+            Case(f"save label, {len(t.encode())}-byte id", "long id", "PUT", "/datastore/label",
+                 query={**q, "tag": "final"}, files={"label": ("l.json", valid_label)}, expect=(400,)),
+            Case(f"GET label, {len(t.encode())}-byte id", "long id", "GET", "/datastore/label",
+                 query={"label": t, "tag": "final"}, expect=(400,)),
+            Case(f"GET label info, {len(t.encode())}-byte id", "long id", "GET", "/datastore/label/info",
+                 query={"label": t, "tag": "final"}, expect=(400,)),
+            Case(f"DELETE label, {len(t.encode())}-byte id", "long id", "DELETE", "/datastore/label",
+                 query={"id": t, "tag": "final"}, expect=(400,)),
+            Case(f"infer, {len(t.encode())}-byte id", "long id", "POST", f"/infer/{MODEL}",
+                 query={**q, "output": "json"}, expect=(400,)),
+        ]  # fmt: skip
+    cases += [
+        Case("add image named by a 300-byte file name", "long id", "PUT", "/datastore/image",
+             files={"file": ("n" * 296 + ".png", valid_png)}, expect=(400,)),
+        Case("add image, file name with 130 suffixes", "long id", "PUT", "/datastore/image",
+             files={"file": ("a" + ".b" * 130 + ".png", valid_png)}, expect=(400, 415)),
+        Case("infer upload, file name with 130 suffixes", "long id", "POST", f"/infer/{MODEL}",
+             query={"output": "json"}, files={"file": ("a" + ".b" * 130 + ".png", valid_png)}, expect=(400,)),
+        Case("save label, file name with 130 suffixes", "long id", "PUT", "/datastore/label",
+             query={"image": "s2", "tag": "final"}, files={"label": ("l" + ".b" * 130 + ".json", valid_label)},
+             expect=(400,)),
+    ]  # fmt: skip
     tags = ["../../escape", "../labels", "final/../../x", "/tmp/anatomark-escape", "fin\x00al", ".hidden", "x" * 80]
     for t in tags if full else tags[::2]:
         cases += [

@@ -300,7 +300,7 @@ class LandmarkDatastore(LocalDatastore):
         obj = self._datastore.objects.get(image_id)
         if obj is None:
             return None
-        return os.path.join(self._datastore.image_path(), self._filename(image_id, obj.image.ext))
+        return os.path.normpath(os.path.join(self._datastore.image_path(), self._filename(image_id, obj.image.ext)))
 
     def image_access_problem(self, image_id: str) -> str | None:
         """Why the image ``image_id`` is not read or served (``None`` when it is, or when the id is unknown).
@@ -350,7 +350,9 @@ class LandmarkDatastore(LocalDatastore):
         label = self._datastore.label(label_id, label_tag)
         if label is None:
             return None
-        return os.path.join(self._datastore.label_path(label_tag), self._filename(label_id, label.ext))
+        return os.path.normpath(
+            os.path.join(self._datastore.label_path(label_tag), self._filename(label_id, label.ext))
+        )
 
     def label_access_problem(self, label_id: str, label_tag: str) -> str | None:
         """Why the label is not read or served (``None`` when it is, or when there is no such label)."""

@@ -447,7 +447,7 @@ def _link_problem(app: Any, method: str, seg: list[str], query: dict[str, str]) 
     ds = app.datastore()
     image_check = getattr(ds, "image_access_problem", None)
     label_check = getattr(ds, "label_access_problem", None)
-    if method in ("GET", "HEAD") and seg[:1] == ["datastore"] and len(seg) == 2:
+    if method in ("GET", "HEAD") and seg[:1] == ["datastore"] and len(seg) >= 2 and seg[2:] in ([], ["info"]):
         if seg[1] == "image" and query.get("image") and image_check:
             return image_check(query["image"])
         label_id = query.get("label") or query.get("image")  # MONAI Label's HEAD /datastore/label takes ?image=
