@@ -7,6 +7,12 @@ Start it with ``python -m monailabel.main start_server --app apps/landmarks --st
 - ``published_model_dir``: where fine-tuned weights are published (default ``<studies>/.anatomark/models``);
   served in preference to the shipped weights, which are never overwritten.
 - ``train_epochs`` (10), ``val_fraction`` (0.2): fine-tuning defaults.
+- Publication gate (:class:`anatomark.monailabel.train.GatePolicy`): ``gate_tolerance_mm`` (0.05: a fine-tuned model
+  is published when its MRE on the fixed validation labels is at most the served model's + this),
+  ``gate_min_val_images`` (1: with fewer scored validation images nothing is published), ``keep_versions`` (5
+  published versions kept for ``anatomark served --rollback``), ``keep_rejected`` (3 rejected candidates kept).
+- ``POST /train/<model>`` while a training is queued or running answers 409 (one training at a time; the message says
+  which one runs and how to stop it: ``DELETE /train/``). Automatic trainings queue at most one behind the running one.
 - ``auto_train_every_n_labels`` (0 = off): start a fine-tuning after every N saved ``final`` labels.
 - ``auto_train_interval`` (seconds, 0 = off; fractions allowed): on this schedule, fine-tune every model whose latest
   training (automatic or requested, also before a restart) did not read the current final labels; nothing happens
@@ -49,7 +55,7 @@ from anatomark.errors import AnatomarkError
 from anatomark.monailabel import LandmarkDatastore, LandmarkMRE, LandmarkTaskConfig, LowestConfidence
 from anatomark.monailabel.dicomweb import DEFAULT_MODALITIES, LandmarkDICOMwebDatastore, cache_dir, dicomweb_client
 from anatomark.monailabel.guard import harden_server, resolve_infer_image
-from anatomark.monailabel.train import final_labels
+from anatomark.monailabel.train import GatePolicy, final_labels
 from anatomark.paths import CONFIG_DIR, model_dir
 
 logger = logging.getLogger(__name__)
@@ -187,7 +193,12 @@ class LandmarkApp(MONAILabelApp):
         return {n: c.infer() for n, c in self.models.items()}
 
     def init_trainers(self) -> dict[str, Any]:
-        return {n: c.trainer() for n, c in self.models.items()}
+        gate = GatePolicy.from_conf(self.conf)
+        trainers = {}
+        for n, c in self.models.items():
+            trainers[n] = c.trainer()
+            trainers[n].gate = gate
+        return trainers
 
     def init_strategies(self) -> dict[str, Any]:
         out: dict[str, Any] = {"random": Random(), "first": First()}
@@ -207,6 +218,8 @@ class LandmarkApp(MONAILabelApp):
             "auto_train_interval": self.auto_interval,
             "auto_train_log": self.auto_train_log[-20:],
             "published": {n: str(h.published_path) for n, h in self.handles.items()},
+            # kept published versions (oldest first, the last one served); roll back with `anatomark served`
+            "versions": {n: h.versions() for n, h in self.handles.items()},
             # for viewers (the OHIF extension): short label and colour of every landmark, in label-value order
             "landmarks": [
                 {"index": k, "name": n, "short": s, "color": c}
@@ -317,6 +330,8 @@ class LandmarkApp(MONAILabelApp):
     def on_init_complete(self) -> None:
         super().on_init_complete()
         self.upload_dir = harden_server(self)
+        if self._server_mode:
+            one_training_at_a_time()
         if self.auto_interval > 0 and self._trainers:
             threading.Thread(target=self._interval_loop, name="anatomark-auto-train", daemon=True).start()
 
@@ -339,3 +354,49 @@ class LandmarkApp(MONAILabelApp):
                 self.scheduled_training()
             except Exception:  # noqa: BLE001 - the scheduler must survive
                 logger.exception("auto-train schedule failed")
+
+
+# ---------------------------------------------------------------------------------------------------- /train policy
+def training_in_progress() -> dict[str, Any] | None:
+    """The training task that is queued (``SUBMITTED``) or ``RUNNING`` in this server, if any."""
+    return next((t for t in tasks("train") if t.get("status") in ("SUBMITTED", "RUNNING")), None)
+
+
+def busy_detail(task: dict[str, Any]) -> str:
+    """The 409 message: which training runs, and what to do."""
+    what = "queued" if task.get("status") == "SUBMITTED" else "running"
+    model = task.get("request", {}).get("model", "?")
+    return (
+        f"A training is already {what} (model {model}, task {task.get('id')}, since {task.get('start_ts')}); "
+        "one training runs at a time. Wait until GET /train/ shows it finished, or stop it with DELETE /train/, "
+        "then send POST /train/ again."
+    )
+
+
+def one_training_at_a_time() -> int:
+    """Policy for concurrent training requests: ``POST /train/<model>`` (and the deprecated ``POST /train/``) while a
+    training is queued or running answers **409** with :func:`busy_detail`, whatever ``enqueue`` says; otherwise the
+    training starts (200). MONAI Label's own check only sees a training once its subprocess has started, so
+    requests a few ms apart got 200 (queued) or 429 at random. Its routes run on the event loop one at a time and call
+    these helpers by module attribute, so replacing them is enough. Idempotent; returns how many were wrapped."""
+    import functools
+
+    import monailabel.endpoints.train as endpoint
+
+    n = 0
+    for name in ("run_model", "run"):
+        original = getattr(endpoint, name)
+        if getattr(original, "anatomark_one_training", False):
+            continue
+
+        def guarded(*args: Any, __f=original, **kwargs: Any) -> Any:
+            task = training_in_progress()
+            if task is not None:
+                raise HTTPException(status_code=409, detail=busy_detail(task))
+            return __f(*args, **kwargs)
+
+        functools.update_wrapper(guarded, original)
+        guarded.anatomark_one_training = True  # type: ignore[attr-defined]
+        setattr(endpoint, name, guarded)
+        n += 1
+    return n

@@ -4,6 +4,10 @@ processes), against a real MONAI Label server of their own.
 Tests run in file order on one server: nothing fires without labels; saving labels fires one training on the next
 tick (no train request) whose weights are then served; nothing fires again while the labels stay the same, not even
 after an explicit (multi-process) training; changing a label fires again.
+
+Every training passes the publication gate (issue 14): image 154 is a validation image (its id hashes into the fixed
+split) and ``train_lr`` 1e-6 keeps each fine-tuning within the gate's tolerance of the model it starts from, so new
+weights are published every time and the schedule is what is tested here.
 """
 
 from __future__ import annotations
@@ -16,7 +20,8 @@ from mlserver_process import isbi_studies, save_truth, start_server, stop_server
 from monailabel.client import MONAILabelClient
 
 INTERVAL = 2.0  # seconds between schedule ticks
-IMAGES = ["151", "152", "153"]
+IMAGES = ["151", "152", "153", "154"]
+LABELLED = ["151", "152", "154"]  # 154: the validation image
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +32,7 @@ def sched(isbi, tmp_path_factory):
         pytest.skip(f"Shipped weights {model_dir() / (MODEL + '.pt')} not found")
     root = tmp_path_factory.mktemp("scheduled")
     studies = isbi_studies(root, isbi, IMAGES)
-    conf = {"models": MODEL, "train_epochs": "1", "auto_train_interval": str(INTERVAL)}
+    conf = {"models": MODEL, "train_epochs": "1", "auto_train_interval": str(INTERVAL), "train_lr": "1e-6"}
     srv = start_server(root, studies, conf)
     yield srv
     stop_server(srv)
@@ -64,7 +69,7 @@ def test_nothing_fires_without_labels(sched, sclient, state):
 def test_saved_labels_train_on_schedule_and_new_weights_are_served(
     sched, sclient, state, senior, landmark_set, tmp_path
 ):
-    for i in ("151", "152"):
+    for i in LABELLED:
         save_truth(sclient, tmp_path, i, senior, landmark_set.names)
     task, after = wait_for_new_task(sched, 0, within=INTERVAL + 5)
     assert after <= INTERVAL + 3, f"fired {after:.1f} s after the labels, the interval is {INTERVAL} s"
@@ -76,7 +81,8 @@ def test_saved_labels_train_on_schedule_and_new_weights_are_served(
     _, res = sclient.infer(MODEL, "153", {"result_format": "slicer_markups"})
     assert res["model_version"] != state["shipped"]
     stats = sclient.info()["train_stats"][MODEL]
-    assert stats["n_train"] + stats["n_val"] == 2 and stats["model_version"] == res["model_version"]
+    assert stats["n_train"] == 2 and stats["n_val"] == 1 and stats["model_version"] == res["model_version"]
+    assert stats["published"] and stats["gate"]["n_val"] == 1, stats["gate"]
     assert stats["processes"] == 1
     log = sclient.info()["anatomark"]["auto_train_log"]
     assert len(log) == 1 and log[0]["reason"].startswith("schedule")
@@ -111,14 +117,14 @@ def test_changed_label_fires_again(sched, sclient, state, senior, landmark_set, 
     wait_done(sched, task["id"])
     stats = sclient.info()["train_stats"][MODEL]
     assert stats["started_from_version"] == state["multi"]
-    assert stats["n_train"] + stats["n_val"] == 2
+    assert stats["n_train"] + stats["n_val"] == 3
 
 
 def test_restart_remembers_what_the_last_training_read(sched, tmp_path):
     """The record of the labels each training read (``labels_used.json``) lives with the studies: a restarted server
     does not retrain labels that were already trained, and does train labels no training has read."""
     stop_server(sched)
-    conf = {"models": MODEL, "train_epochs": "1", "auto_train_interval": str(INTERVAL)}
+    conf = {"models": MODEL, "train_epochs": "1", "auto_train_interval": str(INTERVAL), "train_lr": "1e-6"}
     again = start_server(tmp_path / "a", sched.studies, conf)
     try:
         time.sleep(2.5 * INTERVAL)

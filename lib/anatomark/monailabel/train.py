@@ -1,12 +1,24 @@
-"""MONAI Label training task: fine-tune a landmark model on the datastore's ``final`` labels.
+"""MONAI Label training task: fine-tune a landmark model on the datastore's ``final`` labels, publish it only when it
+is not worse than the served model.
 
-Runs in MONAI Label's training subprocess (one at a time). Uses :func:`anatomark.training.train`; the validation
-split is fixed per image id (a hash), so an image stays in the same split across retrainings however many labels
-arrive. The best weights of the run are published atomically to the path the infer task reads, after every
-improving epoch; the server's infer task picks them up on its next request (mtime check), without a restart.
+Runs in MONAI Label's training subprocess (one at a time, see the app's ``/train`` policy). Uses
+:func:`anatomark.training.train`; the validation split is fixed per image id (a hash), so an image stays in the same
+split across retrainings however many labels arrive.
+
+**Publication gate** (:class:`GatePolicy`): nothing is published during the run. At its end the fine-tuned model (the
+run's best epoch, a *candidate*) and the served model are scored the same way (full-image inference, as ``/infer``
+does) on the same fixed validation labels: MRE in mm. The candidate is published (atomically, as a new version, see
+:meth:`~anatomark.monailabel.published.PublishedModel.publish`) only when there are at least ``min_val_images``
+scored validation images, its MRE is at most the served MRE plus ``tolerance_mm``, it misses no more landmarks, and
+the served model is still the one it was fine-tuned from. Otherwise it is kept as a rejected candidate
+(``<work_dir>/<model>/rejected/<time>-<version>.pt`` and ``.json`` with the numbers) and the served model is
+unchanged. ``train_stats`` in ``/info/`` says which (``gate``).
+
+Images deleted or unreadable during a run are skipped with a log line (training and scoring) and listed in
+``train_stats`` (``skipped_images``).
 
 Multi-GPU: the same request options as MONAI Label's ``BasicTrainTask`` (``multi_gpu``, ``gpus``) train with
-DistributedDataParallel in one process per GPU (:mod:`anatomark.distributed`); only rank 0 validates and publishes.
+DistributedDataParallel in one process per GPU (:mod:`anatomark.distributed`); only rank 0 validates.
 Without GPUs, ``cpu_processes`` >= 2 (or ``ANATOMARK_DDP_CPU_PROCESSES``) runs that path in CPU processes (gloo).
 
 Every run records the ``final`` labels it read (``labels_used.json``: image id -> label timestamp), so the app's
@@ -18,9 +30,11 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
+import math
 import shutil
 import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +44,7 @@ from monailabel.interfaces.tasks.train import TrainTask
 
 from anatomark import distributed
 from anatomark.errors import AnatomarkError
-from anatomark.monailabel.published import PublishedModel, file_version
+from anatomark.monailabel.published import DEFAULT_KEEP_VERSIONS, PublishedModel, VersionConflictError, file_version
 from anatomark.paths import atomic_write
 
 logger = logging.getLogger(__name__)
@@ -43,7 +57,10 @@ def in_validation(image_id: str, val_fraction: float) -> bool:
 
 
 def collect_items(datastore: Datastore, landmark_set_names: list[str]) -> list[dict[str, Any]]:
-    """Training items ``{"image", "landmarks" (K, 2) NaN = missing, "spacing", "id"}`` from ``final`` labels."""
+    """Training items ``{"image", "landmarks" (K, 2) NaN = missing, "spacing", "id"}`` from ``final`` labels.
+
+    Images whose file is gone (deleted while the datastore was read) are skipped with a log line.
+    """
     items = []
     for image_id in sorted(datastore.get_labeled_images()):
         try:
@@ -56,7 +73,11 @@ def collect_items(datastore: Datastore, landmark_set_names: list[str]) -> list[d
         pts, spacing = got
         if pts.shape != (len(landmark_set_names), 2) or np.isnan(pts).all():
             continue
-        items.append({"image": datastore.get_image_uri(image_id), "landmarks": pts, "spacing": spacing, "id": image_id})
+        uri = datastore.get_image_uri(image_id)
+        if not uri or not Path(uri).is_file():
+            logger.warning(f"Skipping {image_id}: its image file is gone ({uri or 'no uri'})")
+            continue
+        items.append({"image": uri, "landmarks": pts, "spacing": spacing, "id": image_id})
     return items
 
 
@@ -73,37 +94,139 @@ def final_labels(datastore: Datastore) -> dict[str, float]:
 FINE_TUNE_LR = 1e-4
 
 
-class PublishBest:
-    """``on_epoch`` callback: publish ``<run_dir>/model.pt`` atomically to ``published_path`` whenever it changed.
+@dataclass
+class GatePolicy:
+    """When a fine-tuned candidate replaces the served model (app options of the same names).
 
-    Picklable (paths only), so it also runs inside rank 0 of a multi-process training.
+    Attributes:
+        tolerance_mm: "not worse" = candidate MRE <= served MRE + ``tolerance_mm`` on the same validation labels. The
+            default 0.05 mm is a twentieth of the annotators' own disagreement on ISBI (~1-2 mm) and absorbs the
+            rounding-level wiggle of a short fine-tuning on a handful of images; 0 means strictly not worse.
+        min_val_images: fewer scored validation images than this and the candidate is not published (the gate cannot
+            judge; it is kept as a rejected candidate, "too few validation labels"). 0 publishes a fine-tuning that has
+            no validation image at all unchecked (not recommended: that is how a model gets silently worse).
+        keep_versions: published versions kept for rollback (the served one included).
+        keep_rejected: rejected candidates kept (files + numbers).
     """
 
-    def __init__(self, run_dir: Path, published_path: Path) -> None:
-        self.run_dir, self.published_path = Path(run_dir), Path(published_path)
-        self.published: list[tuple[int, float]] = []  # (epoch, mtime of the model file published)
+    tolerance_mm: float = 0.05
+    min_val_images: int = 1
+    keep_versions: int = DEFAULT_KEEP_VERSIONS
+    keep_rejected: int = 3
 
-    def __call__(self, rec: dict[str, Any]) -> None:
-        best = self.run_dir / "model.pt"
-        if best.is_file() and (not self.published or os.path.getmtime(best) > self.published[-1][1]):
-            with atomic_write(self.published_path) as tmp:
-                shutil.copyfile(best, tmp)
-            self.published.append((int(rec["epoch"]), os.path.getmtime(best)))
-            logger.info(f"Published weights of epoch {rec['epoch']} to {self.published_path}")
+    @classmethod
+    def from_conf(cls, conf: Mapping[str, Any]) -> GatePolicy:
+        """From the app options ``gate_tolerance_mm``, ``gate_min_val_images``, ``keep_versions``, ``keep_rejected``."""
+        d = cls()
+        p = cls(
+            tolerance_mm=float(conf.get("gate_tolerance_mm", d.tolerance_mm)),
+            min_val_images=max(0, int(conf.get("gate_min_val_images", d.min_val_images))),
+            keep_versions=max(1, int(conf.get("keep_versions", d.keep_versions))),
+            keep_rejected=max(0, int(conf.get("keep_rejected", d.keep_rejected))),
+        )
+        if not (math.isfinite(p.tolerance_mm) and p.tolerance_mm >= 0):
+            raise ValueError(f"gate_tolerance_mm must be a number >= 0, got {p.tolerance_mm}")
+        return p
+
+
+def score_on_labels(models: Mapping[str, Any], items: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Score several models the same way on the same labelled images: full-image inference (``model.predict``, as the
+    infer task runs it) and radial errors in mm against the labels.
+
+    Args:
+        models: name -> :class:`~anatomark.model.LandmarkModel` (all of one landmark set).
+        items: ``{"image", "landmarks" (K, 2) NaN = missing, "spacing", "id"}``.
+
+    Returns:
+        ``{"images": [ids scored], "skipped": [{"id", "reason"}], "models": {name: {"mre_mm", "missed", "per_image"}}}``
+        where ``mre_mm`` is the mean over every labelled landmark of every scored image (``None`` when none),
+        ``missed`` the number of labelled landmarks a model gave no point for. An image that cannot be read
+        (deleted meanwhile, corrupt) is skipped for every model.
+    """
+    from anatomark.data.image_io import load_image
+    from anatomark.metrics import radial_errors
+
+    first = next(iter(models.values()))
+    default_spacing = first.landmark_set.default_spacing_mm
+    errors: dict[str, list[np.ndarray]] = {n: [] for n in models}
+    scored, skipped = [], []
+    for it in items:
+        try:
+            img = load_image(it["image"], spacing=it.get("spacing"), default_spacing=default_spacing)
+            preds = {n: m.predict(img).points for n, m in models.items()}
+        except (OSError, AnatomarkError) as e:
+            logger.warning(f"Validation image {it.get('id', it['image'])} skipped: {e}")
+            skipped.append({"id": it.get("id", str(it["image"])), "reason": str(e)})
+            continue
+        for n, p in preds.items():
+            errors[n].append(radial_errors(p, it["landmarks"], img.spacing))
+        scored.append(it.get("id", str(it["image"])))
+    out: dict[str, Any] = {"images": scored, "skipped": skipped, "models": {}}
+    for n, errs in errors.items():
+        e = np.stack(errs) if errs else np.zeros((0, 0))
+        labelled = ~np.isnan(e)
+        finite = e[np.isfinite(e)]
+        out["models"][n] = {
+            "mre_mm": round(float(finite.mean()), 4) if finite.size else None,
+            "missed": int((labelled & ~np.isfinite(e)).sum()),
+            "per_image": [_mean_finite(r) for r in e],
+        }
+    return out
+
+
+def _mean_finite(errors: np.ndarray) -> float | None:
+    finite = errors[np.isfinite(errors)]
+    return round(float(finite.mean()), 4) if finite.size else None
+
+
+def gate_decision(scores: dict[str, Any], policy: GatePolicy) -> tuple[bool, str]:
+    """``(publish, reason)`` for a candidate against the served model, from :func:`score_on_labels` of both
+    (``models`` ``candidate`` and ``served``): publish when at least ``policy.min_val_images`` validation images were
+    scored, the candidate misses no more landmarks and its MRE is at most the served MRE + ``policy.tolerance_mm``."""
+    n = len(scores["images"])
+    cand, served = scores["models"]["candidate"], scores["models"]["served"]
+    if n < policy.min_val_images:
+        return False, (
+            f"too few validation labels: {n} validation image(s) scored, the gate needs {policy.min_val_images}; "
+            "the served model is kept. Validation images are a fixed share (val_fraction) of the labelled images, "
+            "chosen by image id: label more images"
+        )
+    c, s = cand["mre_mm"], served["mre_mm"]
+    if n == 0:  # only with min_val_images 0
+        return True, "no validation image: published unchecked (gate_min_val_images is 0)"
+    if c is None or s is None:
+        return False, "no labelled landmark on the validation images could be scored"
+    if cand["missed"] > served["missed"]:
+        return (
+            False,
+            f"the candidate gives no point for {cand['missed']} labelled landmark(s), the served one for {served['missed']}",
+        )
+    if c <= s + policy.tolerance_mm:
+        return True, f"validation MRE {c:.3f} mm <= served {s:.3f} mm + {policy.tolerance_mm:g} mm on {n} image(s)"
+    return (
+        False,
+        f"worse than the served model: validation MRE {c:.3f} mm > served {s:.3f} mm + {policy.tolerance_mm:g} mm on {n} image(s)",
+    )
 
 
 class LandmarkTrainTask(TrainTask):
-    """``POST /train/<model>``: fine-tune from the current weights on all images with a ``final`` label.
+    """``POST /train/<model>``: fine-tune from the current weights on all images with a ``final`` label; publish the
+    result only when the gate (:class:`GatePolicy`) finds it not worse than the served model.
 
     Request options: ``max_epochs`` (default from the app's ``train_epochs``), ``val_fraction``, ``lr`` (default
-    from the app's ``train_lr``, :data:`FINE_TUNE_LR`), ``batch_size``; ``multi_gpu`` (default from the app's ``multi_gpu``, false) and ``gpus`` (``all`` or
-    ``"0,1"``) as in MONAI Label; ``cpu_processes`` (CPU stand-in for several GPUs, see :mod:`anatomark.distributed`).
+    from the app's ``train_lr``, :data:`FINE_TUNE_LR`), ``batch_size``; ``multi_gpu`` (default from the app's
+    ``multi_gpu``, false) and ``gpus`` (``all`` or ``"0,1"``) as in MONAI Label; ``cpu_processes`` (CPU stand-in for
+    several GPUs, see :mod:`anatomark.distributed`).
 
     Args:
         handle: the served model (current weights to start from, where to publish).
-        work_dir: folder for training runs (``<work_dir>/<model>/``: ``model.pt``, ``last.pt``, ``history.json``).
+        work_dir: folder for training runs (``<work_dir>/<model>/``: ``model.pt``, ``last.pt``, ``history.json``,
+            ``stats.json``, ``rejected/``).
         epochs: default number of epochs per fine-tuning run.
         val_fraction: share of labelled images held out for validation (fixed per image id).
+        multi_gpu: default of the request option ``multi_gpu``.
+        lr: default fine-tuning learning rate.
+        gate: publication gate and how many versions / rejected candidates to keep.
     """
 
     def __init__(
@@ -114,6 +237,7 @@ class LandmarkTrainTask(TrainTask):
         val_fraction: float = 0.2,
         multi_gpu: bool = False,
         lr: float = FINE_TUNE_LR,
+        gate: GatePolicy | None = None,
     ):
         super().__init__(f"Fine-tune {handle.name} on the datastore's final landmark labels")
         self.handle = handle
@@ -122,6 +246,7 @@ class LandmarkTrainTask(TrainTask):
         self.val_fraction = float(val_fraction)
         self.multi_gpu = bool(multi_gpu)
         self.lr = float(lr)
+        self.gate = gate or GatePolicy()
 
     def config(self) -> dict[str, Any]:
         return {
@@ -174,7 +299,6 @@ class LandmarkTrainTask(TrainTask):
         init = self.handle.path()
         for stale in ("model.pt", "last.pt"):
             (self.run_dir / stale).unlink(missing_ok=True)
-        publisher = PublishBest(self.run_dir, self.handle.published_path)
         plan = distributed.plan(
             request.get("multi_gpu", self.multi_gpu), request.get("gpus", "all"), request.get("cpu_processes")
         )
@@ -189,29 +313,99 @@ class LandmarkTrainTask(TrainTask):
             "epochs": epochs,
             "val_items": val_items or None,
             "progress": False,
-            "on_epoch": publisher,
             "info": {"fine_tuned_from": version, "train_images": [it["id"] for it in train_items]},
         }
         res = distributed.train_distributed(plan, *args, **kwargs) if plan else train(*args, **kwargs)
-        publisher({"epoch": epochs})  # a cascade assembles its model file after the last stage's last epoch
-        new_version = file_version(self.handle.published_path) if self.handle.published_path.is_file() else version
+        candidate = Path(res["model_path"])
+        if not candidate.is_file():
+            raise AnatomarkError(f"The fine-tuning of {self.handle.name} wrote no model (no finite loss or score)")
+        gate = self._gate(candidate, model, version, val_items)
+        skipped = sorted(
+            {it["id"] for it in train_items if not Path(it["image"]).is_file()} | {s["id"] for s in gate["skipped"]}
+        )
         stats = {
             "model": self.handle.name,
             "started_from_version": version,
-            "model_version": new_version,
+            "model_version": self.handle.current_version() or version,
+            "published": gate["decision"] == "published",
+            "gate": {k: v for k, v in gate.items() if k != "skipped"},
             "epochs": epochs,
             "n_train": len(train_items),
             "n_val": len(val_items),
             "val_images": [it["id"] for it in val_items],
+            "skipped_images": skipped,
             "best_val_mre_mm": res.get("best_val_mre_mm"),
-            "published_epochs": [e for e, _ in publisher.published],
+            "best_epoch": _best_epoch(res.get("history", [])),
             "processes": plan.world_size if plan else 1,
             "backend": plan.backend if plan else None,
             "total_time": round(time.time() - t0, 2),
             "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
         }
-        tmp = self.run_dir / "stats.json.tmp"
-        tmp.write_text(json.dumps(stats, indent=1))
-        tmp.replace(self.run_dir / "stats.json")
+        with atomic_write(self.run_dir / "stats.json") as tmp:
+            tmp.write_text(json.dumps(stats, indent=1))
         logger.info(f"Training done: {stats}")
         return stats
+
+    def _gate(
+        self, candidate: Path, served: Any, served_version: str, val_items: list[dict[str, Any]]
+    ) -> dict[str, Any]:
+        """Score candidate and served model on ``val_items``; publish the candidate or keep it as rejected."""
+        from anatomark.model import load_model
+
+        cand_version = file_version(candidate)
+        scores = score_on_labels(
+            {"candidate": load_model(candidate, device=self.handle.device), "served": served}, val_items
+        )
+        publish, reason = gate_decision(scores, self.gate)
+        out: dict[str, Any] = {
+            "decision": "published" if publish else "rejected",
+            "reason": reason,
+            "metric": "MRE (mm) on the fixed validation labels, full-image inference like /infer",
+            "candidate_val_mre_mm": scores["models"]["candidate"]["mre_mm"],
+            "served_val_mre_mm": scores["models"]["served"]["mre_mm"],
+            "n_val": len(scores["images"]),
+            "val_images_scored": scores["images"],
+            "candidate_per_image_mm": scores["models"]["candidate"]["per_image"],
+            "served_per_image_mm": scores["models"]["served"]["per_image"],
+            "tolerance_mm": self.gate.tolerance_mm,
+            "min_val_images": self.gate.min_val_images,
+            "served_version": served_version,
+            "candidate_version": cand_version,
+            "skipped": scores["skipped"],
+        }
+        if publish:
+            info = {k: out[k] for k in ("candidate_val_mre_mm", "served_val_mre_mm", "n_val", "served_version")}
+            try:
+                self.handle.publish(
+                    candidate,
+                    source="fine-tune",
+                    info=info,
+                    keep=self.gate.keep_versions,
+                    expect_version=served_version,
+                )
+            except VersionConflictError as e:
+                out.update(decision="rejected", reason=f"{e}: not published over a model it was not fine-tuned from")
+        if out["decision"] == "rejected":
+            out["candidate_file"] = str(self._keep_rejected(candidate, cand_version, out))
+        logger.info(f"Gate: {out['decision']} ({out['reason']})")
+        return out
+
+    def _keep_rejected(self, candidate: Path, version: str, numbers: dict[str, Any]) -> Path:
+        """Move the rejected candidate to ``rejected/<time>-<version>.pt`` with its numbers (``.json``); keep the
+        last :attr:`GatePolicy.keep_rejected`."""
+        folder = self.run_dir / "rejected"
+        folder.mkdir(parents=True, exist_ok=True)
+        stem = f"{time.strftime('%Y%m%d-%H%M%S')}-{version}"
+        dst = folder / f"{stem}.pt"
+        shutil.copyfile(candidate, dst)
+        (folder / f"{stem}.json").write_text(json.dumps({k: v for k, v in numbers.items() if k != "skipped"}, indent=1))
+        old = sorted(folder.glob("*.pt"))
+        for p in old[: max(0, len(old) - max(1, self.gate.keep_rejected))]:
+            p.unlink(missing_ok=True)
+            p.with_suffix(".json").unlink(missing_ok=True)
+        return dst
+
+
+def _best_epoch(history: list[dict[str, Any]]) -> int | None:
+    scored = [h for h in history if h.get("val_mre_mm") is not None and math.isfinite(h["val_mre_mm"])]
+    return int(min(scored, key=lambda h: h["val_mre_mm"])["epoch"]) if scored else None
