@@ -22,8 +22,13 @@ def cascade_server(isbi, tmp_path_factory):
 
     if not (model_dir() / f"{CASCADE}.pt").is_file():
         pytest.skip(f"Shipped cascade weights {model_dir() / (CASCADE + '.pt')} not found")
+    from PIL import Image, ImageOps
+
     root = tmp_path_factory.mktemp("cascade")
     studies = isbi_studies(root, isbi, IMAGES)
+    with Image.open(studies / "154.jpg") as im:
+        ImageOps.mirror(im).save(studies / "154_mirrored.png")  # a left-facing cephalogram
+        Image.new("L", im.size, 90).save(studies / "blank.png")
     srv = start_server(root, studies, {"models": "default", "train_epochs": "1"})
     yield srv
     stop_server(srv)
@@ -54,6 +59,24 @@ def test_default_is_the_cascade_and_lands_near_the_senior_truth(cclient, senior,
     mre = mre_mm(res, senior["154.jpg"])
     assert mre < 2.5, f"cascade MRE {mre:.2f} mm against the senior annotation"  # Test1 mean: 1.65 mm
     seen["shipped"], seen["mre_shipped"] = res["model_version"], mre
+
+
+def test_mirrored_and_blank_images_get_an_honest_answer(cclient, landmark_set):
+    """A left-facing cephalogram is analysed as the anatomy it shows (the mirror of the original's points); a blank
+    image is ``reliable: false`` with every measurement ``null`` and its reason."""
+    _, orig = cclient.infer(CASCADE, "154", {"result_format": "slicer_markups"})
+    assert orig["quality"]["reliable"] is True and orig["orientation"]["applied"] == "identity"
+    _, mir = cclient.infer(CASCADE, "154_mirrored", {"result_format": "labelmap"})
+    assert mir["orientation"]["applied"] == "flip_x" and mir["quality"]["reliable"] is True
+    w = orig["size_wh"][0]
+    a = np.array([[e["x"], e["y"]] for e in orig["landmarks"]])
+    b = np.array([[w - 1 - e["x"], e["y"]] for e in mir["landmarks"]])
+    assert float(np.linalg.norm((a - b) * 0.1, axis=1).mean()) < 1.0
+    assert all(e["expected_error_mm"] is not None and e["in_image"] for e in mir["landmarks"])
+    _, blank = cclient.infer(CASCADE, "blank", {"result_format": "slicer_markups"})
+    assert blank["quality"]["reliable"] is False and any("blank" in x for x in blank["quality"]["warnings"])
+    assert blank["measurements"] and all(m["value"] is None and m["reason"] for m in blank["measurements"])
+    assert all(e["reliable"] is False for e in blank["landmarks"])
 
 
 def test_fine_tune_cascade_through_train_and_serve_new_weights(
