@@ -206,7 +206,16 @@ export async function autoLandmark() {
     drawPoints(result.landmarks || []);
     state.status = 'done';
     state.seconds = (performance.now() - t0) / 1000;
-    notify('Auto-landmark', `${result.landmarks.length} landmarks from ${model} (${state.seconds.toFixed(1)} s)`, 'success');
+    const q = result.quality || {};
+    const shown = (result.landmarks || []).filter(p => p.x !== null && p.x !== undefined).length;
+    const head = `${shown} landmarks from ${model} (${state.seconds.toFixed(1)} s)`;
+    if (q.reliable === false) {
+      // the server's quality verdict: say it, do not present the points as an answer
+      notify('Auto-landmark: UNRELIABLE', `${head}. ${(q.warnings || []).join('; ')}`, 'warning');
+    } else {
+      const notes = (q.warnings || []).length ? `. ${q.warnings.join('; ')}` : '';
+      notify('Auto-landmark', `${head}${notes}`, 'success');
+    }
     return result;
   } catch (e) {
     state.status = 'error';
