@@ -73,6 +73,48 @@ def test_infer_bad_images_fail_clearly_and_write_nothing(tiny_model, images, tmp
     assert sorted(p.name for p in out.iterdir()) == ["good.json", "good_overlay.png"]
 
 
+def test_infer_json_says_an_uncalibrated_model_is_not_checked(tiny_model, images, tmp_path):
+    good, _ = images
+    out = tmp_path / "out"
+    assert main(["infer", str(good), "--model", str(tiny_model), "--out", str(out), "--no-overlay"]) == 0
+    doc = json.loads((out / "good.json").read_text())
+    assert doc["quality"]["reliable"] is None and "no quality calibration" in doc["quality"]["warnings"][0]
+    assert doc["orientation"]["applied"] == "identity"
+    assert all(p["in_image"] and p["reliable"] is None for p in doc["landmarks"])
+
+
+@pytest.mark.parametrize("names", [("a/x.png", "b/x.png"), ("p.1.png", "p.1.jpg")])
+def test_infer_refuses_inputs_that_would_overwrite_each_other(tiny_model, images, tmp_path, capsys, names):
+    good, _ = images
+    paths = []
+    for n in names:
+        p = tmp_path / "in" / n
+        p.parent.mkdir(parents=True, exist_ok=True)
+        Image.open(good).save(p)
+        paths.append(str(p))
+    out = tmp_path / "out"
+    assert main(["infer", *paths, "--model", str(tiny_model), "--out", str(out)]) == 2
+    assert "would write the same output files" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_infer_keeps_dotted_names_apart(tiny_model, images, tmp_path):
+    good, _ = images
+    paths = []
+    for n in ("p.1.png", "p.2.png", "scan.nii.gz"):
+        p = tmp_path / n
+        if n.endswith(".nii.gz"):
+            import nibabel as nib
+
+            nib.save(nib.Nifti1Image(np.asarray(Image.open(good), np.float32).T, np.eye(4)), str(p))
+        else:
+            Image.open(good).save(p)
+        paths.append(str(p))
+    out = tmp_path / "out"
+    assert main(["infer", *paths, "--model", str(tiny_model), "--out", str(out), "--no-overlay"]) == 0
+    assert sorted(x.name for x in out.iterdir()) == ["p.1.json", "p.2.json", "scan.json"]
+
+
 def test_unknown_model_name(images, tmp_path, capsys):
     good, _ = images
     code = main(["infer", str(good), "--model", "no_such_model", "--out", str(tmp_path / "o")])
