@@ -161,6 +161,7 @@ def test_datastore_link_policy(tmp_path):
     studies = _linked_studies(tmp_path, ["a", "b"])
     ds = LandmarkDatastore(str(studies), LS, extensions=["*.png"])
     assert ds.get_image_uri("a") == str(tmp_path / "dataset" / "a.png")  # followed: a real image
+    assert sorted(ds.get_unlabeled_images()) == ["a", "b"]  # active learning proposes only images it can serve
     for bad in ("secret", "folder"):
         assert ds.get_image_uri(bad) == "" and "symbolic link" in ds.image_access_problem(bad)
         assert ds.get_image_info(bad)["path"] == str(studies / f"{bad}.png")

@@ -346,6 +346,11 @@ class LandmarkDatastore(LocalDatastore):
             info["path"] = self._image_entry(image_id)  # never the target of a link that is not followed
         return info
 
+    def get_unlabeled_images(self, label_tag: str | None = None, labels: list[str] | None = None) -> list[str]:
+        """Images without a final label, without those the link policy refuses (active learning never proposes an
+        image the server will not serve)."""
+        return [i for i in super().get_unlabeled_images(label_tag, labels) if not self.image_access_problem(i)]
+
     def _label_entry(self, label_id: str, label_tag: str) -> str | None:
         label = self._datastore.label(label_id, label_tag)
         if label is None:

@@ -8,14 +8,19 @@ served weights (``PUT``/``DELETE /model/<name>``) and unpack uploaded archives (
 - request bodies above ``max_upload_bytes`` are refused with 413, from ``Content-Length`` before any byte is read,
   or while streaming (chunked uploads); the refused body is read and discarded (up to a cap) so that the client
   sees the 413 instead of a reset connection;
-- ids (``image``, ``label``, ``id``) must be plain file names (no ``/``, ``\\``, ``..``, NUL, no leading dot), tags
+- ids (``image``, ``label``, ``id``) must be plain file names (no ``/``, ``\\``, ``..``, NUL, no leading dot) of at
+  most :data:`MAX_ID_BYTES` bytes (id + extension must fit the file system's 255-byte names), tags
   letters/digits/``_.-``; URL paths with ``..`` segments are refused (400);
+- a datastore image or label that the datastore's symbolic-link policy does not follow (an image link that does not
+  end at an image file, a label outside the studies folder) is refused with 403 and the reason on download, info and
+  ``/infer`` (see :mod:`anatomark.monailabel.datastore`);
 - endpoints that can write outside the datastore or replace weights unchecked are refused (403): model upload and
   delete, archive uploads to sessions (``uncompress``), the DICOMweb proxy when the datastore is a local folder,
   ``/reload``;
 - user errors raised inside MONAI Label's endpoints become 4xx: malformed JSON in form fields (422), unknown
-  image/label ids (404), :class:`~anatomark.errors.AnatomarkError` (422), and MONAI Label's "neither image nor file"
-  500 on ``/infer`` (400).
+  image/label ids (404), :class:`~anatomark.errors.AnatomarkError` (422), a file name over the file system's limit
+  (``ENAMETOOLONG``, e.g. an upload name with many suffixes: 400), and MONAI Label's "neither image nor file" 500 on
+  ``/infer`` (400).
 
 Everything else passes through unchanged. :func:`install_guard` adds the guard to a running FastAPI app (MONAI
 Label builds its app before loading ours, so the app installs it from ``on_init_complete``).
