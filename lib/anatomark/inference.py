@@ -231,7 +231,7 @@ def analyse(model: LandmarkModel, image: XrayImage, orientation: str = "auto") -
         w, h = canon_size
         fx, fy = fit.fitted[:, 0], fit.fitted[:, 1]
         outside = ~((fx >= -0.5) & (fx <= w - 0.5) & (fy >= -0.5) & (fy <= h - 0.5))
-        far = np.nan_to_num(fit.residual_mm, nan=np.inf) > q.setting("outlier_mm")
+        far = np.nan_to_num(fit.residual_mm, nan=np.inf) > q.distance("outlier")
         in_image = ~(outside & far) & np.isfinite(canon_points).all(1)
     else:
         in_image = np.isfinite(canon_points).all(1)
@@ -263,5 +263,5 @@ def analyse(model: LandmarkModel, image: XrayImage, orientation: str = "auto") -
         names=list(model.landmark_set.names),
         tried=tried,
         exif_orientation=getattr(image, "exif_orientation", None),
-        max_expected_error_mm=q.setting("max_expected_error_mm") if q is not None else 4.0,
+        max_expected_error_mm=q.distance("max_expected_error") if q is not None else 4.0,
     )

@@ -36,15 +36,18 @@ import torch
 from anatomark.errors import AnatomarkError
 
 #: Verdict thresholds (stored in the model file with the fitted state; these are the defaults of ``calibrate``).
+#: ``huber``, ``outlier`` and ``max_expected_error`` are fractions of the training anatomy's mean centroid size (RMS
+#: distance of the landmarks from their centroid), so that they work in mm and in pixels alike: for the ISBI 2015
+#: cephalometric set (44.5 mm) they are 3, 8 and 4 mm.
 DEFAULTS: dict[str, float] = {
     "modes": 12,  # PCA modes of the shape model
-    "huber_mm": 3.0,  # Huber threshold of the robust fit
-    "outlier_mm": 8.0,  # a landmark farther than this from the fitted shape is an outlier
+    "huber": 0.0675,  # Huber threshold of the robust fit
+    "outlier": 0.18,  # a landmark farther than this from the fitted shape is an outlier
     "min_score": 0.01,  # image reliable only above this tail probability of the shape statistic
     "max_outlier_fraction": 0.2,  # image unreliable when more landmarks than this are outliers
     "max_rotation_deg": 25.0,  # cephalostats hold the head upright; training shapes lie within a few degrees
     "size_ratio_range": 1.5,  # anatomy size (mm) outside [mean / r, mean * r] -> wrong spacing or not this anatomy
-    "max_expected_error_mm": 4.0,  # a landmark expected to be farther off than this is not used for measurements
+    "max_expected_error": 0.09,  # a landmark expected to be farther off than this is not used for measurements
 }
 FEATURES = ("log_residual", "log_spread", "log_move")
 
@@ -172,6 +175,15 @@ class QualityModel(torch.nn.Module):
     def setting(self, name: str) -> float:
         return float(self.thresholds[list(DEFAULTS).index(name)])
 
+    @property
+    def anatomy_size_mm(self) -> float:
+        """Mean centroid size of the training shapes (mm, or px for images without spacing)."""
+        return math.exp(float(self.size_mm[0]))
+
+    def distance(self, name: str) -> float:
+        """A size-relative setting (``huber``, ``outlier``, ``max_expected_error``) in mm."""
+        return self.setting(name) * self.anatomy_size_mm
+
     # ------------------------------------------------------------------ fitting the state
     def fit_shapes(self, shapes_mm: np.ndarray) -> QualityModel:
         """Fit the shape model to ``(N, K, 2)`` annotated shapes in mm (incomplete shapes are skipped)."""
@@ -243,7 +255,7 @@ class QualityModel(torch.nn.Module):
             return ShapeFit(np.full((k, 2), np.nan), nan, np.zeros(k), float("nan"), float("nan"), float("inf"))
         w = ok.astype(np.float64)
         p0 = np.where(ok[:, None], p, 0.0)
-        c = self.setting("huber_mm")
+        c = self.distance("huber")
         b = np.zeros(self.modes)
         s, r, t = _similarity(mean, p0, w)
         for _ in range(iterations):
@@ -305,7 +317,7 @@ class QualityModel(torch.nn.Module):
                 "or an image the model cannot read"
             )
         k = self.n_landmarks
-        outliers = int(np.sum(np.nan_to_num(fit.residual_mm, nan=np.inf) > self.setting("outlier_mm")))
+        outliers = int(np.sum(np.nan_to_num(fit.residual_mm, nan=np.inf) > self.distance("outlier")))
         if outliers > self.setting("max_outlier_fraction") * k:
             warnings.append(f"{outliers} of {k} landmarks do not fit the shape of the rest")
         if math.isfinite(fit.rotation_deg) and abs(fit.rotation_deg) > self.setting("max_rotation_deg"):
