@@ -25,7 +25,8 @@ import numpy as np
 
 from anatomark.data.image_io import XrayImage
 from anatomark.errors import AnatomarkError
-from anatomark.measurements import measurements_for
+from anatomark.measurements import available_measurements, measure
+from anatomark.measurements.base import withhold
 from anatomark.model import LandmarkModel, Prediction
 from anatomark.orientation import DESCRIPTIONS, IDENTITY, ORIENTATIONS, Orientation
 from anatomark.quality import QualityModel, ShapeFit, Verdict
@@ -116,26 +117,21 @@ class Analysis:
             d["reliable"] = bool(rel[k]) if self.verdict is not None else None
         return out
 
+    def withheld(self) -> tuple[str | None, dict[str, str]]:
+        """Why measurements are withheld: the image's reason (or ``None``) and ``{landmark: why}``."""
+        if self.verdict is None:
+            return None, {}
+        image = None if self.verdict.reliable else "the image was judged unreliable (" + "; ".join(
+            self.verdict.warnings
+        ) + ")"
+        return image, {n: self._why(k) for k, n in enumerate(self.names) if not self.landmark_reliable[k]}
+
     def measurements(self) -> list[dict[str, Any]]:
         """Measurements from the canonical points; those using an unusable landmark get ``value: null`` + reason."""
-        res = measurements_for(self.landmark_set, self.canonical_points, self.canonical_spacing, self.canonical_size_wh)
-        if self.verdict is None:
-            return res
-        bad = {n: self._why(k) for k, n in enumerate(self.names) if not self.landmark_reliable[k]}
-        for r in res:
-            if r.get("value") is None:
-                continue
-            why = None
-            if not self.verdict.reliable:
-                why = "not computed: the image was judged unreliable (" + "; ".join(self.verdict.warnings) + ")"
-            else:
-                used = [n for n in r.get("landmarks", []) if n in bad]
-                if used:
-                    why = "not computed: " + "; ".join(f"{n} {bad[n]}" for n in used)
-            if why:
-                r.update({"value": None, "class": None, "class_description": None, "computable": False, "reason": why})
-                r["details"] = {}
-        return res
+        if self.landmark_set not in available_measurements():
+            return []
+        res = measure(self.canonical_points, self.landmark_set, self.canonical_spacing, self.canonical_size_wh)
+        return [r.to_dict() for r in withhold(res, *self.withheld())]
 
     def _why(self, k: int) -> str:
         if not self.in_image[k]:

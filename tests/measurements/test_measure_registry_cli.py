@@ -106,3 +106,39 @@ def test_cli_measure_dataset_aasce(aasce_dir, tmp_path):
     assert len(rows) == 481 * 3
     first = [float(r["value"]) for r in rows[:3]]
     np.testing.assert_allclose(first, [41.139, 14.63, 40.147], atol=0.01)  # angles.csv row 1
+
+
+def _infer_like(path, pts, size_wh, **extra):
+    doc = {
+        "landmark_set": "isbi2015_cephalometric",
+        "spacing_mm": [0.1, 0.1],
+        "size_wh": list(size_wh),
+        "landmarks": [{"name": n, "x": float(p[0]), "y": float(p[1])} for n, p in zip(ISBI_NAMES, pts)],
+        **extra,
+    }
+    path.write_text(json.dumps(doc))
+    return path
+
+
+def test_measure_keeps_withholding_what_infer_did_not_stand_behind(tmp_path):
+    pts = isbi_points()
+    size = (1935, 2400)
+    plain = _infer_like(tmp_path / "plain.json", pts, size)
+    bad = _infer_like(tmp_path / "bad.json", pts, size, quality={"reliable": False, "warnings": ["implausible shape"]})
+    mirrored = pts * np.array([-1.0, 1.0]) + np.array([size[0] - 1.0, 0.0])
+    mir = _infer_like(tmp_path / "mir.json", mirrored, size, orientation={"applied": "flip_x"})
+    one = _infer_like(tmp_path / "one.json", pts, size)
+    doc = json.loads(one.read_text())
+    doc["landmarks"][4]["reliable"] = False  # subspinale
+    one.write_text(json.dumps(doc))
+    out = {}
+    for p in (plain, bad, mir, one):
+        assert main(["measure", str(p), "--out", str(tmp_path / f"{p.stem}_m.json")]) == 0
+        res = json.loads((tmp_path / f"{p.stem}_m.json").read_text())["images"][0]["measurements"]
+        out[p.stem] = {m["name"]: m for m in res}
+    assert all(m["value"] is not None for m in out["plain"].values())
+    assert all(m["value"] is None and "judged unreliable" in m["reason"] for m in out["bad"].values())
+    for name, m in out["plain"].items():  # the anatomy's values, not the mirror's
+        assert out["mir"][name]["value"] == pytest.approx(m["value"], abs=1e-6), name
+    assert out["one"]["SNA"]["value"] is None and "subspinale is unreliable" in out["one"]["SNA"]["reason"]
+    assert out["one"]["SNB"]["value"] == pytest.approx(out["plain"]["SNB"]["value"])

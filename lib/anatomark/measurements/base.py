@@ -77,6 +77,32 @@ class MeasurementResult:
         return d
 
 
+def withhold(
+    results: Sequence[MeasurementResult], image_reason: str | None = None, landmarks: dict[str, str] | None = None
+) -> list[MeasurementResult]:
+    """Withhold values the landmarks cannot support: ``value``/class ``None`` with the reason (in place).
+
+    Args:
+        results: computed measurements.
+        image_reason: why the whole answer is not trusted (every value is withheld), or ``None``.
+        landmarks: ``{name: why}`` of landmarks not to be used (e.g. ``"is outside the image"``); a result using
+            one of them is withheld.
+    """
+    bad = landmarks or {}
+    for r in results:
+        if r.value is None:
+            continue
+        if image_reason:
+            why = f"not computed: {image_reason}"
+        else:
+            used = [n for n in r.landmarks if n in bad]
+            why = ("not computed: " + "; ".join(f"{n} {bad[n]}" for n in used)) if used else None
+        if why:
+            r.value, r.klass, r.class_description, r.reason = None, None, None, why
+            r.details, r.lines = {}, []
+    return list(results)
+
+
 def not_computable(
     name: str, unit: str, reason: str, description: str = "", landmarks: Sequence[str] = ()
 ) -> MeasurementResult:

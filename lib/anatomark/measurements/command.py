@@ -68,9 +68,20 @@ def _jobs_from_json(path: Path, args: argparse.Namespace) -> list[dict[str, Any]
     image = doc.get("image")
     if image and not Path(image).is_absolute() and not Path(image).exists() and (path.parent / image).exists():
         image = str(path.parent / image)
+    # an anatomark infer answer carries its verdict: keep withholding what it did not stand behind
+    quality = doc.get("quality") if isinstance(doc.get("quality"), dict) else {}
+    image_reason = None
+    if quality.get("reliable") is False:
+        image_reason = "the image was judged unreliable (" + "; ".join(map(str, quality.get("warnings") or [])) + ")"
+    bad = {
+        lm["name"]: ("is outside the image" if lm.get("in_image") is False else "is unreliable")
+        for lm in doc["landmarks"]
+        if isinstance(lm, dict) and (lm.get("reliable") is False or lm.get("in_image") is False)
+    }
+    orientation = (doc.get("orientation") or {}).get("applied") if isinstance(doc.get("orientation"), dict) else None
     return [
         {"id": path.name, "image": image, "points": pts, "landmark_set": ls, "spacing": spacing,
-         "size_wh": doc.get("size_wh")}
+         "size_wh": doc.get("size_wh"), "withhold": (image_reason, bad), "orientation": orientation}
     ]  # fmt: skip
 
 
@@ -114,8 +125,10 @@ def _jobs_from_dataset(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 def cmd_measure(args: argparse.Namespace) -> int:
     from anatomark.data.aasce import image_size_wh
+    from anatomark.measurements.base import withhold
     from anatomark.measurements.registry import measure
     from anatomark.measurements.report import format_table, save_measurement_report, table_rows, write_table
+    from anatomark.orientation import ORIENTATIONS
 
     if not args.inputs and not args.dataset:
         raise AnatomarkError("give points JSON/CSV files or --dataset")
@@ -131,7 +144,16 @@ def cmd_measure(args: argparse.Namespace) -> int:
         has_image = bool(job["image"]) and Path(job["image"]).is_file()
         if job["size_wh"] is None and has_image:
             job["size_wh"] = image_size_wh(job["image"])
-        results = measure(job["points"], ls, job["spacing"], job["size_wh"])
+        orient = ORIENTATIONS.get(job.get("orientation") or "identity", ORIENTATIONS["identity"])
+        if orient.name != "identity" and job["size_wh"]:
+            # measure the anatomy, not its mirror: points (and the report's image) in the orientation analysed
+            w, h = (int(v) for v in job["size_wh"])
+            job["points"] = orient.points_forward(job["points"], (w, h))
+            job["size_wh"] = (h, w) if orient.swaps_axes else (w, h)
+            if job["spacing"] is not None and orient.swaps_axes:
+                sp = np.broadcast_to(np.asarray(job["spacing"], float), (2,))
+                job["spacing"] = (float(sp[1]), float(sp[0]))
+        results = withhold(measure(job["points"], ls, job["spacing"], job["size_wh"]), *job.get("withhold", (None, {})))
         rows += table_rows(job["id"], ls.name, results)
         spacing = job["spacing"] if job["spacing"] is not None else ls.default_spacing_mm
         docs.append(
@@ -145,6 +167,8 @@ def cmd_measure(args: argparse.Namespace) -> int:
                 from anatomark.data.image_io import load_image
 
                 img = load_image(job["image"], spacing=job["spacing"], default_spacing=ls.default_spacing_mm)
+                if orient.name != "identity":
+                    img = orient.apply_image(img)
             stem = Path(job["id"]).name.split(".")[0]
             out = save_measurement_report(
                 Path(args.report) / f"{stem}_measurements.png", job["points"], ls.shorts, ls.colors, results,
