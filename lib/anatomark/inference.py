@@ -213,6 +213,13 @@ def analyse(model: LandmarkModel, image: XrayImage, orientation: str = "auto") -
                 )
             else:
                 verdict.warnings.append("no flip or quarter turn of the image gives a plausible answer either")
+    if verdict is not None and pred.replaced is not None:
+        n_rep, k_all = int(np.sum(pred.replaced)), len(pred.replaced)
+        if n_rep > q.setting("max_outlier_fraction") * k_all:
+            verdict.warnings.append(
+                f"{n_rep} of {k_all} landmarks did not fit the model's shape prior and were replaced by it"
+            )
+            verdict.reliable = False
     canon_size = work.size_wh
     canon_points = np.asarray(pred.points, np.float64)
     k = len(canon_points)
