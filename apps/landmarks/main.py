@@ -7,7 +7,7 @@ Start it with ``python -m monailabel.main start_server --app apps/landmarks --st
 - ``published_model_dir``: where fine-tuned weights are published (default ``<studies>/.anatomark/models``);
   served in preference to the shipped weights, which are never overwritten.
 - ``train_epochs`` (10), ``val_fraction`` (0.2): fine-tuning defaults.
-- Publication gate (:class:`anatomark.monailabel.train.GatePolicy`): ``gate_tolerance_mm`` (0.05: a fine-tuned model
+- Publication gate (:class:`anatomark.monailabel.train.GatePolicy`): ``gate_tolerance_mm`` (0: a fine-tuned model
   is published when its MRE on the fixed validation labels is at most the served model's + this),
   ``gate_min_val_images`` (1: with fewer scored validation images nothing is published), ``keep_versions`` (5
   published versions kept for ``anatomark served --rollback``), ``keep_rejected`` (3 rejected candidates kept).

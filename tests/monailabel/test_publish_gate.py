@@ -27,13 +27,14 @@ def scores(cand: float | None, served: float | None, n: int = 2, missed: tuple[i
 
 def test_gate_publishes_only_what_is_not_worse():
     p = GatePolicy()
-    assert p.tolerance_mm == 0.05 and p.min_val_images == 1
+    assert p.tolerance_mm == 0.0 and p.min_val_images == 1  # strictly not worse, by default
     assert gate_decision(scores(1.50, 1.60), p)[0]
-    assert gate_decision(scores(1.64, 1.60), p)[0]  # within the tolerance
+    assert gate_decision(scores(1.60, 1.60), p)[0]  # equal is not worse
     ok, why = gate_decision(scores(59.0, 1.60), p)
     assert not ok and "worse than the served model" in why and "59.000" in why and "1.600" in why
-    assert not gate_decision(scores(1.66, 1.60), p)[0]
-    assert not gate_decision(scores(1.61, 1.60), GatePolicy(tolerance_mm=0.0))[0]  # strict
+    assert not gate_decision(scores(1.601, 1.60), p)[0]
+    assert gate_decision(scores(1.64, 1.60), GatePolicy(tolerance_mm=0.05))[0]  # within a tolerance
+    assert not gate_decision(scores(1.66, 1.60), GatePolicy(tolerance_mm=0.05))[0]
     assert not gate_decision(scores(1.0, 1.6, missed=(2, 0)), p)[0]  # fewer points is worse
     ok, why = gate_decision(scores(None, None, n=0), p)
     assert not ok and "too few validation labels" in why
