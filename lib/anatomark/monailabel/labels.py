@@ -11,13 +11,23 @@ A label arriving at the server can be:
 Every reader returns ``(K, 2)`` points (x, y) in original pixels in landmark-set order, NaN for missing landmarks.
 Results are written as label maps in the input's exact geometry (PNG for raster and DICOM inputs, NIfTI/NRRD for
 NIfTI/NRRD inputs) so that a viewer overlays them on the image without resampling.
+
+Frames: anatomark's points are in the upright frame of a raster image (its EXIF ``Orientation`` applied, as
+:func:`~anatomark.data.image_io.load_image` and web viewers such as OHIF show it). ITK, hence 3D Slicer and its
+MONAI Label module, ignores EXIF and shows the pixels as stored. So what is written "like the image" (label maps,
+Slicer markups) and what comes back from Slicer (label maps, markups JSON) is in the stored frame, converted here and
+only here; our own ``{"landmarks": [...]}`` JSON and LabelMe JSON stay in the upright frame. DICOM, NIfTI and NRRD
+have no EXIF: both frames are the same.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import struct
 import tempfile
+import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +42,11 @@ from anatomark.data.image_io import (
     NRRD_EXTENSIONS,
     RASTER_EXTENSIONS,
     XrayImage,
+    _exif_orientation,
+    exif_from_stored,
+    exif_stored_array,
+    exif_stored_size_wh,
+    exif_to_stored,
     image_extension,
     load_image,
 )
@@ -39,6 +54,7 @@ from anatomark.errors import AnnotationError
 from anatomark.transforms import functional as Fn
 
 RESULT_FORMATS = ("labelmap", "slicer_markups")
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 @dataclass
@@ -47,23 +63,77 @@ class ViewerGeometry:
 
     For raster files this is the geometry ITK (hence 3D Slicer) gives them: origin 0 and a spacing of 1 mm unless
     the file carries a resolution (``25.4 / dpi`` mm). It can differ from the physical spacing used for ``x_mm``.
+    ``(x, y)`` here are pixels of the grid the viewer shows: for a raster file with an EXIF orientation that is the
+    stored grid, not anatomark's upright frame; :meth:`to_viewer` / :meth:`from_viewer` convert.
+
+    Attributes:
+        spacing: ``(sx, sy)`` mm per pixel of the viewer's grid.
+        origin: LPS ``(x, y)`` of the viewer grid's first pixel centre.
+        exif_orientation: EXIF ``Orientation`` (1..8) that anatomark applied to the image and the viewer does not;
+            ``None`` when both frames are the same.
+        size_wh: the upright image's ``(W, H)`` (needed with an orientation).
     """
 
     spacing: tuple[float, float]
     origin: tuple[float, float]
+    exif_orientation: int | None = None
+    size_wh: tuple[int, int] | None = None
+
+    def _size(self) -> tuple[int, int]:
+        if self.size_wh is None:
+            raise ValueError("ViewerGeometry with an EXIF orientation needs the image's size_wh")
+        return self.size_wh
+
+    def to_viewer(self, points: np.ndarray) -> np.ndarray:
+        """``(N, 2)`` upright (anatomark) pixel points -> pixels of the viewer's grid (NaN rows stay NaN)."""
+        if self.exif_orientation in (None, 1):
+            return np.asarray(points, dtype=np.float64).reshape(-1, 2).copy()
+        return exif_to_stored(points, self.exif_orientation, self._size())
+
+    def from_viewer(self, points: np.ndarray) -> np.ndarray:
+        """Inverse of :meth:`to_viewer`: pixels of the viewer's grid -> upright (anatomark) pixel points."""
+        if self.exif_orientation in (None, 1):
+            return np.asarray(points, dtype=np.float64).reshape(-1, 2).copy()
+        return exif_from_stored(points, self.exif_orientation, self._size())
+
+
+def file_exif_orientation(path: str | Path) -> int | None:
+    """The EXIF orientation :func:`~anatomark.data.image_io.load_image` applies to the raster file ``path``.
+
+    ``None`` for other formats, for no (or an invalid) tag and for 1 (stored upright). Reads the header only, unless
+    the file has a tag: then it is decoded, as the reader does, since Pillow applies (and drops) a TIFF's orientation
+    itself when it loads the pixels.
+    """
+    if image_extension(path) not in RASTER_EXTENSIONS:
+        return None
+    from PIL import Image
+
+    with Image.open(path) as im:
+        if _exif_orientation(im) in (None, 1):
+            return None
+        im.load()
+        orientation = _exif_orientation(im)
+    return None if orientation in (None, 1) else orientation
 
 
 def viewer_geometry(path: str | Path, image: XrayImage) -> ViewerGeometry:
-    """The LPS geometry a viewer (3D Slicer / ITK) assigns to ``path`` (axis-aligned 2D images)."""
+    """The LPS geometry a viewer (3D Slicer / ITK) assigns to ``path`` (axis-aligned 2D images).
+
+    Args:
+        path: the image file.
+        image: ``path`` as :func:`~anatomark.data.image_io.load_image` read it (its EXIF orientation and size).
+    """
     ext = image_extension(path)
     if ext in RASTER_EXTENSIONS:
         from PIL import Image
 
         with Image.open(path) as im:
-            dpi = im.info.get("dpi")
+            dpi = im.info.get("dpi")  # of the stored grid (EXIF does not turn it)
+        orientation = image.exif_orientation if image.exif_orientation not in (None, 1) else None
+        frame: dict[str, Any] = {"exif_orientation": orientation, "size_wh": tuple(image.size_wh)}
         if dpi and len(dpi) == 2 and float(dpi[0]) > 0 and float(dpi[1]) > 0:
-            return ViewerGeometry((25.4 / float(dpi[0]), 25.4 / float(dpi[1])), (0.0, 0.0))
-        return ViewerGeometry((1.0, 1.0), (0.0, 0.0))
+            return ViewerGeometry((25.4 / float(dpi[0]), 25.4 / float(dpi[1])), (0.0, 0.0), **frame)
+        return ViewerGeometry((1.0, 1.0), (0.0, 0.0), **frame)
     if ext in NIFTI_EXTENSIONS:
         import nibabel as nib
 
@@ -105,11 +175,64 @@ def labelmap_extension(image_path: str | Path) -> str:
     return ".nii.gz" if ext in NIFTI_EXTENSIONS else ".nrrd" if ext in NRRD_EXTENSIONS else ".png"
 
 
+def _png_scal(path: str | Path) -> tuple[float, float] | None:
+    """The ``sCAL`` pixel size of a PNG (what ITK reads as its spacing; Pillow does not parse it), if any."""
+    try:
+        with open(path, "rb") as f:
+            if f.read(8) != _PNG_SIGNATURE:
+                return None
+            while True:
+                head = f.read(8)
+                if len(head) < 8:
+                    return None
+                length, kind = struct.unpack(">I4s", head)
+                if kind in (b"IDAT", b"IEND"):  # sCAL comes before the image data
+                    return None
+                if kind == b"sCAL":
+                    fields = f.read(length)[1:].split(b"\0")  # unit byte, then "width\0height" in ASCII
+                    w, h = float(fields[0]), float(fields[1])
+                    return (w, h) if np.isfinite([w, h]).all() and w > 0 and h > 0 else None
+                f.seek(length + 4, os.SEEK_CUR)  # data + CRC
+    except (OSError, ValueError, IndexError, struct.error):
+        return None
+
+
+def itk_raster_spacing(path: str | Path) -> tuple[float, float] | None:
+    """The spacing (mm, along the stored x and y) ITK gives a raster file; ``None`` for its default of 1 mm.
+
+    ITK reads it from a JPEG's JFIF density (inch or cm), a TIFF's resolution and a PNG's ``sCAL`` chunk; it ignores
+    a PNG's ``pHYs`` (dpi), a BMP's resolution and every EXIF field.
+    """
+    from PIL import Image
+
+    with Image.open(path) as im:
+        fmt, info = im.format, dict(im.info)
+    spacing: tuple[float, float] | None = None
+    if fmt == "JPEG":
+        unit, density = info.get("jfif_unit"), info.get("jfif_density")
+        if unit in (1, 2) and density and len(density) == 2 and min(density) > 0:
+            scale = 25.4 if unit == 1 else 10.0
+            spacing = (scale / float(density[0]), scale / float(density[1]))
+    elif fmt == "TIFF":
+        dpi = info.get("dpi")
+        if dpi and len(dpi) == 2 and float(dpi[0]) > 0 and float(dpi[1]) > 0:
+            spacing = (25.4 / float(dpi[0]), 25.4 / float(dpi[1]))
+    elif fmt == "PNG":
+        spacing = _png_scal(path)
+    return None if spacing is None or spacing == (1.0, 1.0) else spacing
+
+
 def write_labelmap_like(labelmap: np.ndarray, image_path: str | Path, directory: str | None = None) -> str:
     """Write an ``(H, W)`` label map in the geometry and file family of ``image_path``; returns a new temp file.
 
-    PNG for raster/DICOM inputs (resolution copied, never JPEG), NIfTI with the input's affine for NIfTI inputs,
-    NRRD with the input's space fields for NRRD inputs.
+    PNG for raster/DICOM inputs (never JPEG), NIfTI with the input's affine for NIfTI inputs, NRRD with the input's
+    space fields for NRRD inputs. ``labelmap`` is in anatomark's (upright) frame, the image's shape. For a raster
+    file with an EXIF orientation the PNG holds the *stored* pixel grid (what ITK / 3D Slicer show, 5..8 swap the
+    axes), so that it overlays the image there; the raster file's resolution is copied as is (dpi, and an ``sCAL``
+    chunk with the spacing ITK gives the image), since both are of the stored grid.
+
+    Raises:
+        ValueError: a raster image with an EXIF orientation whose stored size does not fit ``labelmap``.
     """
     ext = image_extension(image_path)
     lm = np.asarray(labelmap)
@@ -141,24 +264,49 @@ def write_labelmap_like(labelmap: np.ndarray, image_path: str | Path, directory:
         return out
     from PIL import Image
 
-    dpi = None
+    kwargs: dict[str, Any] = {"format": "PNG", "compress_level": 1}
+    spacing = None
     if ext in RASTER_EXTENSIONS:
         with Image.open(image_path) as im:
-            dpi = im.info.get("dpi")
+            dpi, stored_wh = im.info.get("dpi"), im.size
+        orientation = file_exif_orientation(image_path)
+        if orientation is not None:
+            h, w = lm.shape[:2]
+            lm = exif_stored_array(lm, orientation)
+            if lm.shape != (stored_wh[1], stored_wh[0]):
+                raise ValueError(
+                    f"label map of {w}x{h} px does not fit {Path(image_path).name} "
+                    f"(stored {stored_wh[0]}x{stored_wh[1]} px, EXIF orientation {orientation})"
+                )
+        if dpi:
+            kwargs["dpi"] = dpi
+        spacing = itk_raster_spacing(image_path)
+    buffer = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(lm)).save(buffer, **kwargs)
+    png = buffer.getvalue()
+    if spacing is not None:  # ITK reads a PNG's spacing from sCAL only (it ignores pHYs); Pillow cannot write it
+        data = b"\x01" + repr(float(spacing[0])).encode() + b"\0" + repr(float(spacing[1])).encode()
+        scal = struct.pack(">I", len(data)) + b"sCAL" + data + struct.pack(">I", zlib.crc32(b"sCAL" + data))
+        end_of_ihdr = len(_PNG_SIGNATURE) + 8 + 13 + 4  # length + type, 13 bytes of IHDR data, CRC
+        png = png[:end_of_ihdr] + scal + png[end_of_ihdr:]
     out = _tmp_path(".png", directory)
-    kwargs: dict[str, Any] = {"format": "PNG", "compress_level": 1}
-    if dpi:
-        kwargs["dpi"] = dpi
-    Image.fromarray(np.ascontiguousarray(lm)).save(out, **kwargs)
+    Path(out).write_bytes(png)
     return out
 
 
 def write_markups_like(
     points: np.ndarray, landmark_set: LandmarkSet, geometry: ViewerGeometry, directory: str | None = None
 ) -> str:
-    """Write a 3D Slicer point-list markups JSON (LPS) for ``points``; returns a new temp ``.mrk.json`` file."""
+    """Write a 3D Slicer point-list markups JSON (LPS) for ``points``; returns a new temp ``.mrk.json`` file.
+
+    Args:
+        points: ``(K, 2)`` upright (anatomark) pixel points, NaN = missing.
+        landmark_set: names and descriptions of the points.
+        geometry: :func:`viewer_geometry` of the image (points are placed on the grid the viewer shows).
+        directory: where to create the file (the system temp folder by default).
+    """
     doc = slicer_markups_document(
-        points, landmark_set.names, geometry.spacing, geometry.origin, landmark_set.descriptions
+        geometry.to_viewer(points), landmark_set.names, geometry.spacing, geometry.origin, landmark_set.descriptions
     )
     out = _tmp_path(".mrk.json", directory)
     Path(out).write_text(json.dumps(doc, indent=1))
@@ -285,15 +433,17 @@ def labelmap_points(labelmap: np.ndarray, landmark_set: LandmarkSet, label_info:
 def json_points(doc: Mapping[str, Any], landmark_set: LandmarkSet, geometry: ViewerGeometry) -> np.ndarray:
     """Points from a JSON label: Slicer markups, our ``{"landmarks": [...]}`` (e.g. an infer result) -> ``(K, 2)``.
 
-    In our format a landmark is absent when it is left out or has ``"x": null, "y": null``; ``x`` and ``y`` must
-    otherwise both be finite JSON numbers.
+    Markups positions are on the grid the viewer shows (``geometry``; the stored grid of a raster file with an EXIF
+    orientation) and are converted to the upright frame; our format is in the upright frame already. In our format a
+    landmark is absent when it is left out or has ``"x": null, "y": null``; ``x`` and ``y`` must otherwise both be
+    finite JSON numbers.
 
     Raises:
         AnnotationError: unknown or repeated names (any copy, also a null one), non-numeric, boolean or non-finite
             coordinates, or only one of ``x`` / ``y``.
     """
     if "markups" in doc:
-        return read_slicer_markups(doc, landmark_set.names, geometry.spacing, geometry.origin)
+        return geometry.from_viewer(read_slicer_markups(doc, landmark_set.names, geometry.spacing, geometry.origin))
     items = doc.get("landmarks")
     if not isinstance(items, list):
         raise AnnotationError(
@@ -336,7 +486,17 @@ def read_label_points(
     landmark_set: LandmarkSet,
     label_info: Any = None,
 ) -> np.ndarray:
-    """Read any accepted label file for ``image`` -> ``(K, 2)`` pixel points (NaN = missing).
+    """Read any accepted label file for ``image`` -> ``(K, 2)`` pixel points (NaN = missing), in the upright frame.
+
+    Label maps and Slicer markups are in the frame 3D Slicer (ITK) shows: a raster image's stored pixel grid, EXIF
+    orientation ignored (also the label map's own); our ``{"landmarks": [...]}`` JSON and LabelMe JSON are upright.
+
+    Args:
+        label_path: the label file.
+        image: the image as :func:`~anatomark.data.image_io.load_image` read it (upright).
+        image_path: the image file (for the geometry a viewer gives it).
+        landmark_set: the landmarks to read.
+        label_info: Slicer's ``[{"name", "idx"}]`` for label maps (see :func:`labelmap_points`).
 
     Raises:
         AnnotationError: unreadable label, wrong geometry, landmarks not in the set, or no landmark at all.
@@ -356,12 +516,20 @@ def read_label_points(
             pts = json_points(doc, landmark_set, viewer_geometry(image_path, image))
     else:
         lm = load_image(label_path)  # raises ImageReadError (an AnatomarkError) on corrupt files
-        if lm.shape != image.shape:
-            raise AnnotationError(
-                f"The label map is {lm.shape[1]}x{lm.shape[0]} px but the image is {image.shape[1]}x{image.shape[0]}: "
-                "a label map must have the image's exact size and orientation"
-            )
-        pts = labelmap_points(lm.array, landmark_set, label_info)
+        grid = exif_stored_array(lm.array, lm.exif_orientation)  # its pixels as stored, as ITK reads it
+        orientation = image.exif_orientation if image.exif_orientation not in (None, 1) else None
+        ws, hs = exif_stored_size_wh(image.size_wh, orientation)
+        if grid.shape != (hs, ws):
+            if orientation is None:
+                problem = f"the image is {ws}x{hs} px: a label map must have the image's exact size and orientation"
+            else:
+                problem = (
+                    f"the image is stored as {ws}x{hs} px (EXIF orientation {orientation}, shown upright as "
+                    f"{image.shape[1]}x{image.shape[0]}): a label map must have the size and orientation of the "
+                    "stored pixel grid, as 3D Slicer shows the file"
+                )
+            raise AnnotationError(f"The label map is {grid.shape[1]}x{grid.shape[0]} px but {problem}")
+        pts = exif_from_stored(labelmap_points(grid, landmark_set, label_info), orientation, image.size_wh)
     if np.isnan(pts).all():
         raise AnnotationError(
             f"The label holds none of the {len(landmark_set)} landmarks of the set {landmark_set.name!r}"
