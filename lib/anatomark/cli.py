@@ -73,7 +73,7 @@ def output_stems(images: list[str]) -> dict[str, str]:
 def cmd_infer(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from anatomark.data.annotations import _atomic_write_text, write_slicer_markups
+    from anatomark.data.annotations import _atomic_write_text
     from anatomark.data.image_io import load_image
     from anatomark.inference import analyse
     from anatomark.model import load_model
@@ -119,8 +119,10 @@ def cmd_infer(args: argparse.Namespace) -> int:
                 unreliable=~res.landmark_reliable if q["reliable"] is not None else None,
                 banner=banner,
             )
-        if args.markups:
-            write_slicer_markups(out / f"{stem}.mrk.json", shown, ls.names, img.spacing, img.origin, ls.descriptions)
+        if args.markups:  # where 3D Slicer shows the pixels: the server's rule (ITK's spacing, not img.spacing)
+            from anatomark.data.geometry import viewer_geometry, write_markups
+
+            write_markups(out / f"{stem}.mrk.json", shown, ls.names, viewer_geometry(p, img), ls.descriptions)
         verdict = {True: "reliable", False: "UNRELIABLE", None: "not checked"}[body["quality"]["reliable"]]
         print(f"{p}: {int(res.in_image.sum())} landmarks ({verdict}) -> {out / (stem + '.json')}")
         for w in body["quality"]["warnings"]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-import tempfile
+import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -51,11 +51,20 @@ def cache_dir() -> Path:
 def atomic_write(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success it replaces ``path`` in one step, on error it is removed.
 
-    Readers never see a half-written file, and a failed write leaves the old file (or none) in place.
+    Readers never see a half-written file, and a failed write leaves the old file (or none) in place. The file gets
+    the permissions of any newly created file (``0o666`` minus the umask, e.g. ``0644``), not ``mkstemp``'s private
+    ``0600``: models, reports and DICOM files are meant to be read by others (a PACS upload, a web server).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix="".join(path.suffixes[-1:]))
+    suffix = "".join(path.suffixes[-1:])
+    while True:  # mkstemp's unique name, but created with the default mode so that the umask applies
+        tmp = str(path.parent / f".tmp-{secrets.token_hex(6)}{suffix}")
+        try:
+            fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o666)
+        except FileExistsError:
+            continue
+        break
     os.close(fd)
     try:
         yield Path(tmp)

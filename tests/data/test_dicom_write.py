@@ -104,3 +104,61 @@ def test_model_sees_the_same_image(tmp_path, isbi_dir):
     a = model.predict(load_image(jpg, spacing=0.1)).points
     b = model.predict(load_image(ids.path)).points
     np.testing.assert_allclose(a, b, atol=1e-3)
+
+
+# ---------------------------------------------------------------------------------------------------- metadata
+@pytest.mark.parametrize("modality", ["DX", "CR"])
+def test_patient_orientation_of_a_right_facing_lateral_cephalogram(tmp_path, gradient_png, modality):
+    """PS3.3 C.7.6.1.1.1: first value = direction of the rows (increasing column index), second = of the columns.
+
+    A cephalogram facing right has the face toward +x (anterior) and the feet down: A\\F (it was P\\F).
+    """
+    ds = pydicom.dcmread(write_dicom(gradient_png, tmp_path / "g.dcm", spacing=0.1, modality=modality).path)
+    assert list(ds.PatientOrientation) == ["A", "F"]
+    other = write_dicom(gradient_png, tmp_path / "s.dcm", spacing=0.1, modality=modality, body_part="SPINE")
+    assert pydicom.dcmread(other.path).PatientOrientation == ""  # unknown, not a guess (Type 2)
+    for given in ("P\\F", ("p", "f")):
+        left = write_dicom(gradient_png, tmp_path / "l.dcm", spacing=0.1, modality=modality, patient_orientation=given)
+        assert list(pydicom.dcmread(left.path).PatientOrientation) == ["P", "F"]
+    with pytest.raises(AnatomarkError, match="two directions"):
+        write_dicom(gradient_png, tmp_path / "x.dcm", spacing=0.1, patient_orientation="A\\X")
+    sc = write_dicom(gradient_png, tmp_path / "sc.dcm", spacing=0.1, modality="SC")
+    assert pydicom.dcmread(sc.path).PatientOrientation == ""
+
+
+def test_isbi_cephalograms_face_right_so_rows_point_anterior(isbi_dir):
+    """The convention behind the default: on the ISBI images nasion lies at larger x than sella (face toward +x)."""
+    from anatomark.data.dataset import LandmarkDataset
+
+    ds = LandmarkDataset(isbi_dir, split="test1", annotator="senior", landmark_set="isbi2015_cephalometric")
+    names = ds.landmark_set.names
+    s, n = names.index("sella"), names.index("nasion")
+    assert all(it["landmarks"][n, 0] > it["landmarks"][s, 0] for it in ds.items)
+
+
+def test_burned_in_annotation_is_not_denied(tmp_path, gradient_png):
+    """A converted picture may carry identifying text nobody checked: YES unless the caller says otherwise."""
+    ds = pydicom.dcmread(write_dicom(gradient_png, tmp_path / "g.dcm", spacing=0.1).path)
+    assert ds.BurnedInAnnotation == "YES"
+    clean = write_dicom(gradient_png, tmp_path / "c.dcm", spacing=0.1, burned_in_annotation=False)
+    assert pydicom.dcmread(clean.path).BurnedInAnnotation == "NO"
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+def test_written_files_follow_the_umask_not_0600(tmp_path, gradient_png, umask):
+    """atomic_write used mkstemp's private 0600: a PACS upload or web server run as another user could not read."""
+    import os
+    import stat
+
+    from anatomark.data.annotations import _atomic_write_text
+
+    old = os.umask(umask)
+    try:
+        dcm = write_dicom(gradient_png, tmp_path / "g.dcm", spacing=0.1).path
+        text = _atomic_write_text(tmp_path / "sub" / "ids.json", "{}")
+        assert main(["to-dicom", str(gradient_png), "--out", str(tmp_path / "cli"), "--spacing", "0.1"]) == 0
+    finally:
+        os.umask(old)
+    for path in (dcm, text, tmp_path / "cli" / "g.dcm"):
+        assert stat.S_IMODE(os.stat(path).st_mode) == 0o666 & ~umask, path
+    assert not [p for p in tmp_path.rglob(".tmp-*")]  # no temp file left behind

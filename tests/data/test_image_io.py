@@ -168,6 +168,33 @@ def test_3d_volume_rejected(tmp_path):
         load_image(tmp_path / "v.nii.gz")
 
 
+@pytest.mark.parametrize("dtype", ["uint8", "float32"])
+def test_vector_nifti_from_slicer_is_read_as_gray(tmp_path, dtype):
+    """3D Slicer saves a colour JPG as a vector NIfTI of shape (W, H, 1, 1, 3): read like the JPG, not refused."""
+    import nibabel as nib
+    import SimpleITK as sitk
+
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 256, (24, 32, 3), dtype=np.uint8)
+    Image.fromarray(rgb).save(tmp_path / "colour.png")
+    itk = sitk.ReadImage(str(tmp_path / "colour.png"))  # what Slicer loads: a 3-component vector image
+    if dtype == "float32":
+        itk = sitk.Cast(itk, sitk.sitkVectorFloat32)
+    itk.SetSpacing((0.1, 0.2))
+    sitk.WriteImage(itk, str(tmp_path / "colour.nii.gz"))
+    assert nib.load(tmp_path / "colour.nii.gz").shape == (32, 24, 1, 1, 3)  # the shape the issue reports
+    img = load_image(tmp_path / "colour.nii.gz")
+    assert img.shape == (24, 32) and img.spacing == pytest.approx((0.1, 0.2)) and img.spacing_source == "file"
+    if dtype == "uint8":  # exactly the gray the PNG itself gives (ITU-R 601 luma, as Pillow rounds it)
+        np.testing.assert_array_equal(img.array, load_image(tmp_path / "colour.png").array)
+    else:
+        np.testing.assert_allclose(img.array, rgb.astype(np.float32).mean(axis=-1), atol=1e-4)
+    # a real 4D/5D volume is still refused
+    nib.save(nib.Nifti1Image(np.zeros((20, 20, 1, 2, 3), np.float32), np.eye(4)), tmp_path / "v5.nii.gz")
+    with pytest.raises(ImageReadError, match="single 2D X-ray"):
+        load_image(tmp_path / "v5.nii.gz")
+
+
 def test_truncated_and_corrupt_files(tmp_path, gradient):
     Image.fromarray((gradient // 16).astype(np.uint8)).save(tmp_path / "ok.png")
     data = (tmp_path / "ok.png").read_bytes()

@@ -181,11 +181,18 @@ def test_infer_slicer_markups_schema_and_lps(client, server, landmark_set):
     assert markup["type"] == "Fiducial" and markup["coordinateSystem"] == "LPS"
     cps = markup["controlPoints"]
     assert [c["label"] for c in cps] == landmark_set.names
-    # The PNG says 254 dpi: ITK/Slicer place pixel (x, y) at LPS (0.1 x, 0.1 y, 0), x to the patient's left
-    # (screen right), y posterior (screen down). RAS would negate x and y.
+    # The PNG says 254 dpi in pHYs, which ITK/Slicer ignore: they show it at 1 mm/px and place pixel (x, y) at LPS
+    # (x, y, 0), x to the patient's left (screen right), y posterior (screen down). RAS would negate x and y.
+    import SimpleITK as sitk
+
+    itk = sitk.ReadImage(str(server.studies / f"{SMALL}.png"))
+    assert itk.GetSpacing() == (1.0, 1.0)
     for c, e in zip(cps, res["landmarks"]):
         assert c["positionStatus"] == "defined"
-        assert c["position"] == pytest.approx([e["x"] * 0.1, e["y"] * 0.1, 0.0], abs=1e-3)
+        assert c["position"] == pytest.approx([e["x"], e["y"], 0.0], abs=1e-2)
+        assert itk.TransformPhysicalPointToContinuousIndex(c["position"][:2]) == pytest.approx(
+            (e["x"], e["y"]), abs=1e-2
+        )
     # the JSON result carries the same landmarks as the label-map format
     _, res2 = client.infer(MODEL, "", {}, file=str(server.studies / f"{SMALL}.png"))
     assert [(e["x"], e["y"]) for e in res2["landmarks"]] == [(e["x"], e["y"]) for e in res["landmarks"]]

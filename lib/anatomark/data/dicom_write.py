@@ -1,4 +1,4 @@
-"""Write 2D X-rays as valid single-frame DICOM: DX, CR or secondary capture (for demos, tests and PACS uploads).
+r"""Write 2D X-rays as valid single-frame DICOM: DX, CR or secondary capture (for demos, tests and PACS uploads).
 
 ``write_dicom(image, out, spacing=...)`` takes a PNG/JPG/any file :func:`anatomark.data.image_io.load_image` reads
 (or an :class:`XrayImage`) and writes an uncompressed (explicit VR little endian) DICOM file:
@@ -11,11 +11,23 @@
 Pixel data is ``MONOCHROME2`` (bone bright), 8-bit when the source is 8-bit, else 16-bit unsigned, with a default
 window from the 1st-99th percentiles. Every file gets its own SOP instance UID; study and series UIDs are new unless
 given (pass the same ones to put several images into one series).
+
+Metadata that the pixels alone cannot tell:
+
+- ``PatientOrientation`` (0020,0020), PS3.3 C.7.6.1.1.1: the patient direction of the rows (toward increasing column
+  index) and of the columns (toward increasing row index). A lateral cephalogram facing right (the ISBI 2015
+  convention anatomark's cephalometric models use) has the face toward +x and the feet down: ``A\F``; facing left it
+  would be ``P\F``. The default is ``A\F`` for ``body_part="SKULL"`` and empty (Type 2: unknown) otherwise.
+- ``BurnedInAnnotation`` (0028,0301) says whether the pixels carry text identifying the patient. A converted PNG/JPG
+  may well (film labels, a name typed by the exporting software) and nothing here reads the pixels, so the file says
+  ``YES`` unless the caller knows better (``burned_in_annotation=False``); claiming ``NO`` would let
+  de-identification tools pass the image through unchecked.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +43,9 @@ SOP_CLASSES = {
     "CR": ("1.2.840.10008.5.1.4.1.1.1", "CR"),  # Computed Radiography Image Storage
     "SC": ("1.2.840.10008.5.1.4.1.1.7", "OT"),  # Secondary Capture Image Storage
 }
+#: PatientOrientation of a lateral cephalogram facing right: rows toward the face (anterior), columns to the feet.
+RIGHT_FACING_LATERAL = ("A", "F")
+_DIRECTIONS = set("APRLHF")
 
 
 @dataclass
@@ -58,6 +73,21 @@ def _pixels(img: XrayImage) -> tuple[np.ndarray, int]:
     return np.round(scaled).astype(np.uint16), 16
 
 
+def _patient_orientation(value: str | Sequence[str] | None, body_part: str) -> list[str] | str:
+    """``PatientOrientation`` values from ``"A\\F"`` / ``("A", "F")``; the default for ``body_part``; ``""`` = unknown."""
+    if value is None:
+        return list(RIGHT_FACING_LATERAL) if str(body_part).upper() == "SKULL" else ""
+    parts = [p.strip().upper() for p in (value.split("\\") if isinstance(value, str) else value)]
+    if parts == [""]:
+        return ""
+    if len(parts) != 2 or not all(p and set(p) <= _DIRECTIONS for p in parts):
+        raise AnatomarkError(
+            f"Patient orientation must be two directions such as A\\F (rows toward the face, columns to the feet), "
+            f"made of the letters A P R L H F; got {value!r}"
+        )
+    return parts
+
+
 def write_dicom(
     image: str | Path | XrayImage,
     out: str | Path,
@@ -71,6 +101,8 @@ def write_dicom(
     series_description: str | None = None,
     instance_number: int = 1,
     body_part: str = "SKULL",
+    patient_orientation: str | Sequence[str] | None = None,
+    burned_in_annotation: bool = True,
 ) -> DicomIds:
     """Write ``image`` as a single-frame DICOM X-ray.
 
@@ -82,12 +114,18 @@ def write_dicom(
         patient_id, patient_name: default: the input file's stem.
         study_instance_uid, series_instance_uid: default: new UIDs.
         study_description, series_description, instance_number, body_part: written as given.
+        patient_orientation: ``PatientOrientation`` as ``"A\\F"`` or ``("A", "F")`` (row direction, column direction;
+            letters A P R L H F); default: :data:`RIGHT_FACING_LATERAL` for ``body_part="SKULL"``, else empty
+            (unknown). Secondary captures get none (their module has no patient orientation).
+        burned_in_annotation: whether the pixels may carry identifying text (``BurnedInAnnotation`` ``YES``, the
+            default, since a converted picture is not checked); ``False`` writes ``NO``.
 
     Returns:
         The UIDs written.
 
     Raises:
-        AnatomarkError: unknown modality, non-positive spacing, or no spacing known.
+        AnatomarkError: unknown modality, non-positive spacing, no spacing known, or a patient orientation that is
+            not two values of the letters A, P, R, L, H, F.
     """
     import pydicom
     from pydicom.dataset import FileDataset, FileMetaDataset
@@ -108,6 +146,7 @@ def write_dicom(
         sx, sy = (float(s) for s in spacing)  # type: ignore[union-attr]
     if not (sx > 0 and sy > 0):
         raise AnatomarkError(f"Pixel spacing must be positive, got {(sx, sy)}")
+    orientation = _patient_orientation(patient_orientation, body_part)
     pixels, bits = _pixels(img)
     sop_class, modality_value = SOP_CLASSES[modality]
     sop_uid = generate_uid()
@@ -144,8 +183,8 @@ def write_dicom(
     ds.StudyID = "1"
     ds.SeriesNumber = 1
     ds.InstanceNumber = int(instance_number)
-    ds.PatientOrientation = ["P", "F"] if modality != "SC" else ""
-    ds.BurnedInAnnotation = "NO"
+    ds.PatientOrientation = orientation if modality != "SC" else ""
+    ds.BurnedInAnnotation = "YES" if burned_in_annotation else "NO"
     ds.LossyImageCompression = "00"
     if modality == "DX":
         ds.PresentationIntentType = "FOR PRESENTATION"

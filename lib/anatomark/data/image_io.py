@@ -432,13 +432,28 @@ def _squeeze_2d(data: np.ndarray, name: str) -> np.ndarray:
     return data
 
 
+def _nifti_vector_image(shape: tuple[int, ...]) -> bool:
+    """A 2D vector (RGB/RGBA) NIfTI as ITK writes one (3D Slicer saving a colour JPG): ``(W, H, 1, 1, C)``."""
+    dims = [int(s) for s in shape]
+    return len(dims) == 5 and dims[2] == dims[3] == 1 and dims[4] in (3, 4) and dims[0] > 8 and dims[1] > 8
+
+
 def _read_nifti(path: Path) -> XrayImage:
     import nibabel as nib
 
     nii = nib.load(str(path))
-    _check_2d_shape(nii.shape, path.name)
-    _check_size(int(nii.shape[0]), int(nii.shape[1]) if len(nii.shape) > 1 else 1, path.name)
-    data = _squeeze_2d(np.asanyarray(nii.dataobj), path.name)  # indexed [i (x), j (y)]
+    if _nifti_vector_image(nii.shape):
+        _check_size(int(nii.shape[0]), int(nii.shape[1]), path.name)
+        rgb = np.asanyarray(nii.dataobj)[:, :, 0, 0, :3]  # [x, y, channel]; alpha dropped
+        if rgb.dtype == np.uint8:  # as raster files: ITU-R 601 luma, rounded like Pillow's convert("L")
+            r, g, b = (rgb[..., c].astype(np.uint32) for c in range(3))
+            data = ((r * 19595 + g * 38470 + b * 7471 + 0x8000) >> 16).astype(np.float32)
+        else:
+            data = rgb.astype(np.float32).mean(axis=-1)
+    else:
+        _check_2d_shape(nii.shape, path.name)
+        _check_size(int(nii.shape[0]), int(nii.shape[1]) if len(nii.shape) > 1 else 1, path.name)
+        data = _squeeze_2d(np.asanyarray(nii.dataobj), path.name)  # indexed [i (x), j (y)]
     zooms = nii.header.get_zooms()
     spacing = (float(zooms[0]), float(zooms[1]))
     source = "file" if spacing != (1.0, 1.0) else "none"

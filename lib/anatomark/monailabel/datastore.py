@@ -64,7 +64,6 @@ from anatomark.monailabel.labels import (
     draw_labelmap,
     label_radius_px,
     labelmap_extension,
-    labelmap_points,
     points_from_json,
     points_to_json,
     read_label_points,
@@ -573,8 +572,9 @@ class LandmarkDatastore(LocalDatastore):
     def label_points(self, image_id: str, tag: str) -> tuple[np.ndarray, tuple[float, float]] | None:
         """``((K, 2) points, spacing)`` of an image's label with ``tag``, or ``None`` when it has none.
 
-        Uses the exact points stored at save time; labels dropped into the folder by hand are decoded from the label
-        map (centroids, identity value mapping).
+        Uses the exact points stored at save time; labels dropped into the folder by hand are read like saved ones
+        (:func:`read_label_points`: a label map's centroids with identity value mapping on the grid 3D Slicer shows,
+        i.e. a raster image's stored frame, or a JSON label).
         """
         info = self.get_label_info(image_id, tag)
         uri = self.get_label_uri(image_id, tag)
@@ -589,8 +589,6 @@ class LandmarkDatastore(LocalDatastore):
             return points_from_json(info[INFO_POINTS], len(ls)), (float(sp[0]), float(sp[1]))
         if not uri or not os.path.isfile(uri):
             return None
-        image = load_image(self.get_image_uri(image_id), default_spacing=ls.default_spacing_mm)
-        lm = load_image(uri)
-        if lm.shape != image.shape:
-            raise AnatomarkError(f"Label of {image_id} does not have the image's size")
-        return labelmap_points(lm.array, ls), image.spacing
+        image_path = self.get_image_uri(image_id)
+        image = load_image(image_path, default_spacing=ls.default_spacing_mm)
+        return read_label_points(uri, image, image_path, ls), image.spacing

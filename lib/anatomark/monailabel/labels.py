@@ -29,24 +29,30 @@ import struct
 import tempfile
 import zlib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from anatomark.config import LandmarkSet
-from anatomark.data.annotations import coordinate, read_labelme, read_slicer_markups, slicer_markups_document
+from anatomark.data.annotations import coordinate, read_labelme
+from anatomark.data.geometry import (  # re-exported: the server's names for the geometry rules
+    PNG_SIGNATURE,
+    ViewerGeometry,
+    file_exif_orientation,
+    itk_raster_spacing,
+    markups_document,
+    markups_points,
+    viewer_geometry,
+)
 from anatomark.data.image_io import (
     NIFTI_EXTENSIONS,
     NRRD_EXTENSIONS,
     RASTER_EXTENSIONS,
     XrayImage,
-    _exif_orientation,
     exif_from_stored,
     exif_stored_array,
     exif_stored_size_wh,
-    exif_to_stored,
     image_extension,
     load_image,
 )
@@ -54,92 +60,6 @@ from anatomark.errors import AnnotationError
 from anatomark.transforms import functional as Fn
 
 RESULT_FORMATS = ("labelmap", "slicer_markups")
-_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-
-
-@dataclass
-class ViewerGeometry:
-    """Where pixel (x, y) of an image sits in a viewer's LPS world: ``origin + (x * sx, y * sy)``, z = 0.
-
-    For raster files this is the geometry ITK (hence 3D Slicer) gives them: origin 0 and a spacing of 1 mm unless
-    the file carries a resolution (``25.4 / dpi`` mm). It can differ from the physical spacing used for ``x_mm``.
-    ``(x, y)`` here are pixels of the grid the viewer shows: for a raster file with an EXIF orientation that is the
-    stored grid, not anatomark's upright frame; :meth:`to_viewer` / :meth:`from_viewer` convert.
-
-    Attributes:
-        spacing: ``(sx, sy)`` mm per pixel of the viewer's grid.
-        origin: LPS ``(x, y)`` of the viewer grid's first pixel centre.
-        exif_orientation: EXIF ``Orientation`` (1..8) that anatomark applied to the image and the viewer does not;
-            ``None`` when both frames are the same.
-        size_wh: the upright image's ``(W, H)`` (needed with an orientation).
-    """
-
-    spacing: tuple[float, float]
-    origin: tuple[float, float]
-    exif_orientation: int | None = None
-    size_wh: tuple[int, int] | None = None
-
-    def _size(self) -> tuple[int, int]:
-        if self.size_wh is None:
-            raise ValueError("ViewerGeometry with an EXIF orientation needs the image's size_wh")
-        return self.size_wh
-
-    def to_viewer(self, points: np.ndarray) -> np.ndarray:
-        """``(N, 2)`` upright (anatomark) pixel points -> pixels of the viewer's grid (NaN rows stay NaN)."""
-        if self.exif_orientation in (None, 1):
-            return np.asarray(points, dtype=np.float64).reshape(-1, 2).copy()
-        return exif_to_stored(points, self.exif_orientation, self._size())
-
-    def from_viewer(self, points: np.ndarray) -> np.ndarray:
-        """Inverse of :meth:`to_viewer`: pixels of the viewer's grid -> upright (anatomark) pixel points."""
-        if self.exif_orientation in (None, 1):
-            return np.asarray(points, dtype=np.float64).reshape(-1, 2).copy()
-        return exif_from_stored(points, self.exif_orientation, self._size())
-
-
-def file_exif_orientation(path: str | Path) -> int | None:
-    """The EXIF orientation :func:`~anatomark.data.image_io.load_image` applies to the raster file ``path``.
-
-    ``None`` for other formats, for no (or an invalid) tag and for 1 (stored upright). Reads the header only, unless
-    the file has a tag: then it is decoded, as the reader does, since Pillow applies (and drops) a TIFF's orientation
-    itself when it loads the pixels.
-    """
-    if image_extension(path) not in RASTER_EXTENSIONS:
-        return None
-    from PIL import Image
-
-    with Image.open(path) as im:
-        if _exif_orientation(im) in (None, 1):
-            return None
-        im.load()
-        orientation = _exif_orientation(im)
-    return None if orientation in (None, 1) else orientation
-
-
-def viewer_geometry(path: str | Path, image: XrayImage) -> ViewerGeometry:
-    """The LPS geometry a viewer (3D Slicer / ITK) assigns to ``path`` (axis-aligned 2D images).
-
-    Args:
-        path: the image file.
-        image: ``path`` as :func:`~anatomark.data.image_io.load_image` read it (its EXIF orientation and size).
-    """
-    ext = image_extension(path)
-    if ext in RASTER_EXTENSIONS:
-        from PIL import Image
-
-        with Image.open(path) as im:
-            dpi = im.info.get("dpi")  # of the stored grid (EXIF does not turn it)
-        orientation = image.exif_orientation if image.exif_orientation not in (None, 1) else None
-        frame: dict[str, Any] = {"exif_orientation": orientation, "size_wh": tuple(image.size_wh)}
-        if dpi and len(dpi) == 2 and float(dpi[0]) > 0 and float(dpi[1]) > 0:
-            return ViewerGeometry((25.4 / float(dpi[0]), 25.4 / float(dpi[1])), (0.0, 0.0), **frame)
-        return ViewerGeometry((1.0, 1.0), (0.0, 0.0), **frame)
-    if ext in NIFTI_EXTENSIONS:
-        import nibabel as nib
-
-        lps = np.diag([-1.0, -1.0, 1.0, 1.0]) @ nib.load(str(path)).affine  # NIfTI affines are RAS
-        return ViewerGeometry((float(lps[0, 0]), float(lps[1, 1])), (float(lps[0, 3]), float(lps[1, 3])))
-    return ViewerGeometry(tuple(image.spacing), tuple(image.origin))  # type: ignore[arg-type]
 
 
 def label_radius_px(points: np.ndarray, spacing: Sequence[float], radius_mm: float, min_px: float = 2.0) -> float:
@@ -175,53 +95,6 @@ def labelmap_extension(image_path: str | Path) -> str:
     return ".nii.gz" if ext in NIFTI_EXTENSIONS else ".nrrd" if ext in NRRD_EXTENSIONS else ".png"
 
 
-def _png_scal(path: str | Path) -> tuple[float, float] | None:
-    """The ``sCAL`` pixel size of a PNG (what ITK reads as its spacing; Pillow does not parse it), if any."""
-    try:
-        with open(path, "rb") as f:
-            if f.read(8) != _PNG_SIGNATURE:
-                return None
-            while True:
-                head = f.read(8)
-                if len(head) < 8:
-                    return None
-                length, kind = struct.unpack(">I4s", head)
-                if kind in (b"IDAT", b"IEND"):  # sCAL comes before the image data
-                    return None
-                if kind == b"sCAL":
-                    fields = f.read(length)[1:].split(b"\0")  # unit byte, then "width\0height" in ASCII
-                    w, h = float(fields[0]), float(fields[1])
-                    return (w, h) if np.isfinite([w, h]).all() and w > 0 and h > 0 else None
-                f.seek(length + 4, os.SEEK_CUR)  # data + CRC
-    except (OSError, ValueError, IndexError, struct.error):
-        return None
-
-
-def itk_raster_spacing(path: str | Path) -> tuple[float, float] | None:
-    """The spacing (mm, along the stored x and y) ITK gives a raster file; ``None`` for its default of 1 mm.
-
-    ITK reads it from a JPEG's JFIF density (inch or cm), a TIFF's resolution and a PNG's ``sCAL`` chunk; it ignores
-    a PNG's ``pHYs`` (dpi), a BMP's resolution and every EXIF field.
-    """
-    from PIL import Image
-
-    with Image.open(path) as im:
-        fmt, info = im.format, dict(im.info)
-    spacing: tuple[float, float] | None = None
-    if fmt == "JPEG":
-        unit, density = info.get("jfif_unit"), info.get("jfif_density")
-        if unit in (1, 2) and density and len(density) == 2 and min(density) > 0:
-            scale = 25.4 if unit == 1 else 10.0
-            spacing = (scale / float(density[0]), scale / float(density[1]))
-    elif fmt == "TIFF":
-        dpi = info.get("dpi")
-        if dpi and len(dpi) == 2 and float(dpi[0]) > 0 and float(dpi[1]) > 0:
-            spacing = (25.4 / float(dpi[0]), 25.4 / float(dpi[1]))
-    elif fmt == "PNG":
-        spacing = _png_scal(path)
-    return None if spacing is None or spacing == (1.0, 1.0) else spacing
-
-
 def write_labelmap_like(labelmap: np.ndarray, image_path: str | Path, directory: str | None = None) -> str:
     """Write an ``(H, W)`` label map in the geometry and file family of ``image_path``; returns a new temp file.
 
@@ -241,10 +114,13 @@ def write_labelmap_like(labelmap: np.ndarray, image_path: str | Path, directory:
 
         ref = nib.load(str(image_path))
         data = lm.T.reshape(ref.shape[:2] + (1,) * (len(ref.shape) - 2)) if len(ref.shape) >= 2 else lm.T
-        if len(ref.shape) > 2 and ref.shape[2] != 1:  # RGB stored as a vector dimension
-            data = lm.T
-        out = _tmp_path(".nii.gz", directory)
         hdr = ref.header.copy()
+        if len(ref.shape) == 3 and ref.shape[2] != 1:  # RGB stored as a vector dimension
+            data = lm.T
+        elif len(ref.shape) == 5 and ref.shape[2:4] == (1, 1):  # a vector volume (Slicer's colour image): scalar map
+            data = lm.T[:, :, None]
+            hdr.set_intent("none")
+        out = _tmp_path(".nii.gz", directory)
         hdr.set_data_dtype(lm.dtype)
         nib.save(nib.Nifti1Image(np.ascontiguousarray(data), ref.affine, hdr), out)
         return out
@@ -287,7 +163,7 @@ def write_labelmap_like(labelmap: np.ndarray, image_path: str | Path, directory:
     if spacing is not None:  # ITK reads a PNG's spacing from sCAL only (it ignores pHYs); Pillow cannot write it
         data = b"\x01" + repr(float(spacing[0])).encode() + b"\0" + repr(float(spacing[1])).encode()
         scal = struct.pack(">I", len(data)) + b"sCAL" + data + struct.pack(">I", zlib.crc32(b"sCAL" + data))
-        end_of_ihdr = len(_PNG_SIGNATURE) + 8 + 13 + 4  # length + type, 13 bytes of IHDR data, CRC
+        end_of_ihdr = len(PNG_SIGNATURE) + 8 + 13 + 4  # length + type, 13 bytes of IHDR data, CRC
         png = png[:end_of_ihdr] + scal + png[end_of_ihdr:]
     out = _tmp_path(".png", directory)
     Path(out).write_bytes(png)
@@ -305,9 +181,7 @@ def write_markups_like(
         geometry: :func:`viewer_geometry` of the image (points are placed on the grid the viewer shows).
         directory: where to create the file (the system temp folder by default).
     """
-    doc = slicer_markups_document(
-        geometry.to_viewer(points), landmark_set.names, geometry.spacing, geometry.origin, landmark_set.descriptions
-    )
+    doc = markups_document(points, landmark_set.names, geometry, landmark_set.descriptions)
     out = _tmp_path(".mrk.json", directory)
     Path(out).write_text(json.dumps(doc, indent=1))
     return out
@@ -443,7 +317,7 @@ def json_points(doc: Mapping[str, Any], landmark_set: LandmarkSet, geometry: Vie
             coordinates, or only one of ``x`` / ``y``.
     """
     if "markups" in doc:
-        return geometry.from_viewer(read_slicer_markups(doc, landmark_set.names, geometry.spacing, geometry.origin))
+        return markups_points(doc, landmark_set.names, geometry)
     items = doc.get("landmarks")
     if not isinstance(items, list):
         raise AnnotationError(
