@@ -392,7 +392,7 @@ class LandmarkTrainTask(TrainTask):
         return out
 
     def _keep_rejected(self, candidate: Path, version: str, numbers: dict[str, Any]) -> Path:
-        """Move the rejected candidate to ``rejected/<time>-<version>.pt`` with its numbers (``.json``); keep the
+        """Copy the rejected candidate to ``rejected/<time>-<version>.pt`` with its numbers (``.json``); keep the
         last :attr:`GatePolicy.keep_rejected`."""
         folder = self.run_dir / "rejected"
         folder.mkdir(parents=True, exist_ok=True)
