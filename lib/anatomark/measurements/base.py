@@ -41,6 +41,8 @@ class MeasurementResult:
         landmarks: names of the landmarks the measurement uses.
         details: JSON-serialisable extras (intermediate terms, end vertebrae, reference ranges ...).
         lines: segments ``((x0, y0), (x1, y1))`` in pixels to draw in a report (not part of :meth:`to_dict`).
+        arcs: angles to draw as arcs in a report, ``(vertex, a, b)`` in pixels: the angle at ``vertex`` between the
+            rays ``vertex -> a`` and ``vertex -> b`` (see :func:`angle_arc`; not part of :meth:`to_dict`).
     """
 
     name: str
@@ -53,6 +55,7 @@ class MeasurementResult:
     landmarks: list[str] = field(default_factory=list)
     details: dict[str, Any] = field(default_factory=dict)
     lines: list[tuple[tuple[float, float], tuple[float, float]]] = field(default_factory=list)
+    arcs: list[tuple[tuple[float, float], tuple[float, float], tuple[float, float]]] = field(default_factory=list)
 
     @property
     def computable(self) -> bool:
@@ -74,6 +77,7 @@ class MeasurementResult:
         }
         if include_lines:
             d["lines"] = [[list(map(float, a)), list(map(float, b))] for a, b in self.lines]
+            d["arcs"] = [[list(map(float, p)) for p in arc] for arc in self.arcs]
         return d
 
 
@@ -99,7 +103,7 @@ def withhold(
             why = ("not computed: " + "; ".join(f"{n} {bad[n]}" for n in used)) if used else None
         if why:
             r.value, r.klass, r.class_description, r.reason = None, None, None, why
-            r.details, r.lines = {}, []
+            r.details, r.lines, r.arcs = {}, [], []
     return list(results)
 
 
@@ -256,8 +260,9 @@ def run_measurement(
 ) -> MeasurementResult:
     """Check ``landmarks`` are present, then call ``compute()``.
 
-    ``compute`` returns ``(value, klass, class_description, details, lines)``. A missing landmark or a
-    :class:`NotComputable` raised inside gives a result without a value and with the reason.
+    ``compute`` returns ``(value, klass, class_description, details, lines)``, optionally followed by ``arcs``
+    (see :class:`MeasurementResult`). A missing landmark or a :class:`NotComputable` raised inside gives a result
+    without a value and with the reason.
     """
     miss = pts.missing(landmarks)
     if miss:
@@ -265,7 +270,7 @@ def run_measurement(
             name, unit, f"missing landmark(s): {', '.join(miss)}", description=description, landmarks=landmarks
         )
     try:
-        value, klass, cdesc, details, lines = compute()
+        value, klass, cdesc, details, lines, *more = compute()
     except NotComputable as e:
         return not_computable(name, unit, str(e), description=description, landmarks=landmarks)
     if value is None or not math.isfinite(float(value)):
@@ -280,4 +285,29 @@ def run_measurement(
         landmarks=list(landmarks),
         details=details or {},
         lines=[(tuple(map(float, a)), tuple(map(float, b))) for a, b in (lines or [])],
+        arcs=[tuple(tuple(map(float, q)) for q in arc) for arc in ((more[0] if more else None) or []) if arc],
     )
+
+
+def angle_arc(
+    p0: np.ndarray, p1: np.ndarray, q0: np.ndarray, q1: np.ndarray
+) -> tuple[tuple[float, float], tuple[float, float], tuple[float, float]] | None:
+    """Drawing data for the angle θ(p0->p1, q0->q1) between two lines: ``(vertex, a, b)`` in pixels.
+
+    ``vertex`` is where the two lines meet (the shared point of S-N-A, the crossing of S-N and Go-Gn); ``a`` and
+    ``b`` lie on the rays from it in the directions ``p0->p1`` and ``q0->q1`` (the farther segment end when it is on
+    the ray), so the arc between them shows exactly the angle measured. ``None`` for (nearly) parallel lines.
+    """
+    p0, p1, q0, q1 = (np.asarray(v, dtype=np.float64) for v in (p0, p1, q0, q1))
+    u, v = p1 - p0, q1 - q0
+    denom = cross(u, v)
+    if abs(denom) <= 1e-9 * max(1.0, float(np.hypot(*u)) * float(np.hypot(*v))):
+        return None
+    vertex = p0 + u * (cross(q0 - p0, v) / denom)
+
+    def on_ray(start: np.ndarray, end: np.ndarray, d: np.ndarray) -> np.ndarray:
+        t = max(float(np.dot(start - vertex, d)), float(np.dot(end - vertex, d))) / float(np.dot(d, d))
+        return vertex + d * (t if t > 1e-6 else 1.0)
+
+    a, b = on_ray(p0, p1, u), on_ray(q0, q1, v)
+    return (tuple(map(float, vertex)), tuple(map(float, a)), tuple(map(float, b)))  # type: ignore[return-value]

@@ -32,6 +32,7 @@ from anatomark.measurements.base import (
     MeasurementResult,
     NotComputable,
     Points,
+    angle_arc,
     angle_deg,
     check_points,
     check_spacing,
@@ -119,24 +120,33 @@ def ab_plane_angle(n: np.ndarray, pog: np.ndarray, a: np.ndarray, b: np.ndarray)
     return -ang if cross(u, v) > 0 else ang
 
 
-def _compute(name: str, p: Points, raw: Points) -> tuple[float, dict[str, Any], list]:
+def _arc(p: Points, a0: str, a1: str, b0: str, b1: str) -> Any:
+    """Arc drawing data for θ(a0->a1, b0->b1), in pixels (``None`` for parallel lines)."""
+    return angle_arc(p.px_of(a0), p.px_of(a1), p.px_of(b0), p.px_of(b1))
+
+
+def _compute(name: str, p: Points, raw: Points) -> tuple[float, dict[str, Any], list, list]:
+    """``(value, details, lines, arcs)`` of measurement ``name`` (lines and arcs: drawing data in pixels)."""
     g = p.geo
     if name == "SNA":
         return (
             angle_deg(vec(g(N), g(S), "N-S"), vec(g(N), g(A), "N-A")),
             {},
             [(p.px_of(N), p.px_of(S)), (p.px_of(N), p.px_of(A))],
+            [_arc(p, N, S, N, A)],
         )
     if name == "SNB":
         return (
             angle_deg(vec(g(N), g(S), "N-S"), vec(g(N), g(B), "N-B")),
             {},
             [(p.px_of(N), p.px_of(S)), (p.px_of(N), p.px_of(B))],
+            [_arc(p, N, S, N, B)],
         )
     if name == "ANB":
-        sna, _, _ = _compute("SNA", p, raw)
-        snb, _, _ = _compute("SNB", p, raw)
-        return sna - snb, {"SNA": sna, "SNB": snb}, [(p.px_of(N), p.px_of(A)), (p.px_of(N), p.px_of(B))]
+        sna = _compute("SNA", p, raw)[0]
+        snb = _compute("SNB", p, raw)[0]
+        lines = [(p.px_of(N), p.px_of(A)), (p.px_of(N), p.px_of(B))]
+        return sna - snb, {"SNA": sna, "SNB": snb}, lines, [_arc(p, N, A, N, B)]
     if name == "ODI":
         ab_mp = angle_deg(vec(g(ME), g(GO), "Me-Go"), vec(g(B), g(A), "B-A"))
         pp = palatal_plane_angle(g(PO), g(OR), g(PNS), g(ANS))
@@ -146,7 +156,8 @@ def _compute(name: str, p: Points, raw: Points) -> tuple[float, dict[str, Any], 
             (p.px_of(PO), p.px_of(OR)),
             (p.px_of(PNS), p.px_of(ANS)),
         ]
-        return ab_mp + pp, {"AB_to_mandibular_plane": ab_mp, "PP": pp}, lines
+        arcs = [_arc(p, ME, GO, B, A), _arc(p, PO, OR, PNS, ANS)]
+        return ab_mp + pp, {"AB_to_mandibular_plane": ab_mp, "PP": pp}, lines, arcs
     if name == "APDI":
         facial = angle_deg(vec(g(OR), g(PO), "Or-Po"), vec(g(N), g(POG), "N-Pog"))
         ab = ab_plane_angle(g(N), g(POG), g(A), g(B))
@@ -157,7 +168,8 @@ def _compute(name: str, p: Points, raw: Points) -> tuple[float, dict[str, Any], 
             (p.px_of(A), p.px_of(B)),
             (p.px_of(PNS), p.px_of(ANS)),
         ]
-        return facial + ab + pp, {"facial_angle": facial, "AB": ab, "PP": pp}, lines
+        arcs = [_arc(p, OR, PO, N, POG), _arc(p, N, POG, A, B), _arc(p, PO, OR, PNS, ANS)]
+        return facial + ab + pp, {"facial_angle": facial, "AB": ab, "PP": pp}, lines, arcs
     if name == "FHI":
         pfh = distance(g(S), g(GO))
         afh = distance(g(N), g(ME))
@@ -170,17 +182,19 @@ def _compute(name: str, p: Points, raw: Points) -> tuple[float, dict[str, Any], 
                 (p.px_of(S), p.px_of(GO)),
                 (p.px_of(N), p.px_of(ME)),
             ],
+            [],
         )
     if name == "FMA":
         return (
             angle_deg(vec(g(S), g(N), "S-N"), vec(g(GO), g(GN), "Go-Gn")),
             {},
             [(p.px_of(S), p.px_of(N)), (p.px_of(GO), p.px_of(GN))],
+            [_arc(p, S, N, GO, GN)],
         )
     if name == "MW":
         d = p.to_mm(distance(g(UI), g(LI)))
         sign = -1.0 if raw.px_of(UI)[0] < raw.px_of(LI)[0] else 1.0
-        return sign * d if d != 0 else 0.0, {"distance_mm": d}, [(p.px_of(UI), p.px_of(LI))]
+        return sign * d if d != 0 else 0.0, {"distance_mm": d}, [(p.px_of(UI), p.px_of(LI))], []
     raise KeyError(name)
 
 
@@ -217,14 +231,14 @@ def cephalometric_measurements(
         unit = "ratio" if name == "FHI" else ("mm" if name == "MW" else "deg")
 
         def compute(name: str = name) -> tuple:
-            value, details, lines = _compute(name, p, raw)
+            value, details, lines, arcs = _compute(name, p, raw)
             k = classify(name, value)
             if name != "MW":
                 low, high = TYPE_TABLE[name][:2]
                 details = {**details, "type_1_range": [low, high]}
             else:
                 details = {**details, "type_1_range": [2.0, 4.5]}
-            return value, k, class_description(name, k), details, lines
+            return value, k, class_description(name, k), details, lines, arcs
 
         r = run_measurement(name, unit, DESCRIPTIONS[name], LANDMARKS[name], p, compute)
         if truncate:
