@@ -79,7 +79,7 @@ def dicom_server(pacs, tmp_path_factory: pytest.TempPathFactory):
     root = tmp_path_factory.mktemp("mlserver-dicomweb")
     try:
         srv = stack.start_monailabel(
-            f"{orthanc.url}/dicom-web", root, models=MODEL, conf={"dicom_modalities": "DX,CR"},
+            f"{orthanc.url}/dicom-web", root, models=MODEL, conf={"dicom_modalities": "DX,CR", "gate_min_val_images": "0"},
             env={"ANATOMARK_CACHE": str(root / "cache")},
         )  # fmt: skip
     except stack.StackError as e:
@@ -152,6 +152,23 @@ def test_save_final_label_and_train_reads_it(pacs, dicom_server):
     assert info["landmarks"][0] == pytest.approx([pts[0]["x"], pts[0]["y"]], abs=1e-3)
     stats = _get(f"{dicom_server.url}/datastore/?output=stats")
     assert stats["completed"] == 1 and stats["total"] == 2
+    # the correction is in the PACS too: an SR in the image's study whose points are the saved ones, by name
+    from anatomark.monailabel.dicomweb import dicomweb_client, sr_landmarks
+
+    orthanc, _ = pacs
+    sr_info = info["pacs_sr"]
+    assert "error" not in sr_info, sr_info
+    study = files["DX"].study_instance_uid
+    assert sr_info["StudyInstanceUID"] == study
+    series = _get(f"{orthanc.url}/dicom-web/studies/{study}/series?Modality=SR")
+    assert [s["0020000E"]["Value"][0] for s in series] == [sr_info["SeriesInstanceUID"]]
+    client = dicomweb_client(f"{orthanc.url}/dicom-web")
+    sr = client.retrieve_instance(study, sr_info["SeriesInstanceUID"], sr_info["SOPInstanceUID"])
+    got = sr_landmarks(sr)
+    assert list(got) == [p["name"] for p in pts]
+    for p in pts:
+        assert got[p["name"]] == pytest.approx((p["x"], p["y"]), abs=1e-3)
+    assert sr.CurrentRequestedProcedureEvidenceSequence[0].StudyInstanceUID == study
     # a label that does not fit the landmark set is refused
     bad = json.dumps({"landmarks": [{"name": "nose", "x": 1, "y": 2}]}).encode()
     status, _ = _request(
@@ -224,3 +241,34 @@ def test_datastore_in_process_secondary_capture_and_new_uploads(pacs, isbi, tmp_
     time.sleep(0.6)
     assert sorted(ds.list_images()) == sorted([sc, new.series_instance_uid])
     assert sorted(ds.get_unlabeled_images()) == sorted(ds.list_images())
+
+
+def test_landmarks_sr_round_trip(isbi, tmp_path):
+    """The SR of a correction (TID 1500): one SCOORD POINT per placed landmark on the source image, named by its
+    tracking identifier, pixel centres shifted by 0.5 to DICOM's corner origin and back; missing landmarks left out."""
+    import pydicom
+
+    from anatomark.monailabel.dicomweb import landmarks_sr, sr_landmarks, sr_series_uid
+
+    dx = write_dicom(isbi / "images" / "151.jpg", tmp_path / "151.dcm", spacing=0.1, modality="DX")
+    src = pydicom.dcmread(dx.path, stop_before_pixels=True)
+    pts = np.array([[10.0, 20.0], [np.nan, np.nan], [1934.0, 2399.0]])
+    sr = landmarks_sr(src, ["sella", "nasion", "gnathion"], pts, instance_number=7)
+    sr.save_as(str(tmp_path / "sr.dcm"))
+    back = pydicom.dcmread(tmp_path / "sr.dcm")
+    assert back.Modality == "SR" and back.StudyInstanceUID == dx.study_instance_uid and back.InstanceNumber == 7
+    assert back.SeriesInstanceUID == sr_series_uid(dx.series_instance_uid) != dx.series_instance_uid
+    assert sr_landmarks(back) == {"sella": (10.0, 20.0), "gnathion": (1934.0, 2399.0)}
+
+    def items(seq):
+        for c in seq:
+            yield c
+            yield from items(c.get("ContentSequence", []))
+
+    scoords = [c for c in items(back.ContentSequence) if c.ValueType == "SCOORD"]
+    assert [c.GraphicType for c in scoords] == ["POINT", "POINT"]
+    assert list(scoords[0].GraphicData) == [10.5, 20.5]
+    ref = scoords[0].ContentSequence[0].ReferencedSOPSequence[0]
+    assert ref.ReferencedSOPInstanceUID == src.SOPInstanceUID
+    with pytest.raises(ValueError):
+        landmarks_sr(src, ["sella"], np.array([[np.nan, np.nan]]))

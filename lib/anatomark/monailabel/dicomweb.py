@@ -11,7 +11,11 @@ internet at start. This datastore instead:
 - on first use downloads the series' first instance (by InstanceNumber) over WADO-RS and keeps it as
   ``<cache>/<series uid>.dcm``: our loader reads it directly with its ``ImagerPixelSpacing``/``PixelSpacing``;
 - stores labels exactly like :class:`LandmarkDatastore` (points validated, label map + exact points in the label info)
-  in the local cache folder; training and scoring read them from there. Labels are not written back to the PACS.
+  in the local cache folder; training and scoring read them from there;
+- also writes every saved *final* label back to the PACS as a DICOM SR measurement report (TID 1500, one SCOORD
+  POINT per landmark, named; :func:`landmarks_sr`, built with ``highdicom``) stored by STOW-RS in the image's study,
+  one SR series per image series (a new instance per save). The SR's UIDs go into the label info (``pacs_sr``); a
+  PACS that refuses it does not lose the saved label (``pacs_sr.error``).
 """
 
 from __future__ import annotations
@@ -22,10 +26,14 @@ import os
 import tempfile
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import pydicom
 from pydicom.dataset import Dataset
+from pydicom.uid import generate_uid
 
 from anatomark.config import LandmarkSet
 from anatomark.monailabel.datastore import LandmarkDatastore
@@ -33,6 +41,113 @@ from anatomark.monailabel.datastore import LandmarkDatastore
 logger = logging.getLogger(__name__)
 
 DEFAULT_MODALITIES = ("DX", "CR")
+#: coding scheme of the landmark names in our SR (a private scheme: the names are the landmark set's)
+LANDMARK_SCHEME = "99ANATOMARK"
+SR_SERIES_DESCRIPTION = "anatomark landmarks (saved correction)"
+
+
+def sr_series_uid(image_series_uid: str) -> str:
+    """The SR series that holds the saved corrections of one image series (the same UID on every save)."""
+    return generate_uid(entropy_srcs=["anatomark-sr", image_series_uid])
+
+
+def landmarks_sr(
+    source: Dataset,
+    names: Sequence[str],
+    points: np.ndarray,
+    series_instance_uid: str | None = None,
+    instance_number: int = 1,
+    observer: str = "anatomark",
+    description: str = SR_SERIES_DESCRIPTION,
+) -> Dataset:
+    """A DICOM SR measurement report (TID 1500) with one planar ROI (TID 1410) per landmark: an SCOORD ``POINT`` on
+    ``source``, its tracking identifier and finding type the landmark's name.
+
+    Args:
+        source: the image the points are on (its header is enough: UIDs, patient and study attributes).
+        names: landmark names, one per row of ``points``.
+        points: ``(K, 2)`` pixel positions in our convention (origin at the *centre* of the top-left pixel); rows
+            with a NaN (missing landmarks) are left out. DICOM SCOORD puts (0, 0) at the pixel's outer corner, so
+            0.5 is added.
+        series_instance_uid: the SR's series (default: :func:`sr_series_uid` of the source's series).
+        instance_number: the SR's instance number.
+        observer: the device observer's name.
+        description: the SR's series description.
+
+    Returns:
+        The SR as a ``highdicom.sr.Comprehensive3DSR`` (a pydicom ``Dataset``).
+    """
+    import highdicom as hd
+    from pydicom.sr.codedict import codes
+
+    points = np.asarray(points, dtype=float).reshape(-1, 2)
+    if len(names) != len(points):
+        raise ValueError(f"{len(names)} names for {len(points)} points")
+    observer_context = hd.sr.ObserverContext(
+        observer_type=codes.DCM.Device,
+        observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(uid=hd.UID(), name=observer),
+    )
+    groups = []
+    for name, (x, y) in zip(names, points):
+        if not (np.isfinite(x) and np.isfinite(y)):
+            continue
+        region = hd.sr.ImageRegion(
+            graphic_type=hd.sr.GraphicTypeValues.POINT,
+            graphic_data=np.array([[x + 0.5, y + 0.5]]),
+            source_image=hd.sr.SourceImageForRegion.from_source_image(source),
+        )
+        groups.append(
+            hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+                tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(), identifier=str(name)),
+                referenced_region=region,
+                finding_type=hd.sr.CodedConcept(value=str(name)[:16], scheme_designator=LANDMARK_SCHEME, meaning=name),
+            )
+        )
+    if not groups:
+        raise ValueError("No landmark has a position")
+    report = hd.sr.MeasurementReport(
+        observation_context=hd.sr.ObservationContext(observer_device_context=observer_context),
+        procedure_reported=hd.sr.CodedConcept(value="P5-08000", scheme_designator="SRT", meaning="Radiography"),
+        imaging_measurements=groups,
+        title=codes.DCM.ImagingMeasurementReport,
+    )
+    series_uid = series_instance_uid or sr_series_uid(str(source.SeriesInstanceUID))
+    return hd.sr.Comprehensive3DSR(
+        evidence=[source],
+        content=report,
+        series_instance_uid=series_uid,
+        series_number=int(getattr(source, "SeriesNumber", None) or 0) + 9000,
+        sop_instance_uid=hd.UID(),
+        instance_number=int(instance_number),
+        institution_name="anatomark",
+        institutional_department_name="landmarks",
+        manufacturer="anatomark",
+        series_description=description,
+        is_complete=True,
+        is_final=True,
+    )
+
+
+def sr_landmarks(sr: Dataset) -> dict[str, tuple[float, float]]:
+    """Landmark name -> (x, y) in our pixel convention, read back from a :func:`landmarks_sr` report."""
+    out: dict[str, tuple[float, float]] = {}
+
+    def walk(items: Any) -> None:
+        for item in items or []:
+            if getattr(item, "ValueType", "") == "CONTAINER" and "ContentSequence" in item:
+                name = None
+                for c in item.ContentSequence:
+                    concept = c.ConceptNameCodeSequence[0] if "ConceptNameCodeSequence" in c else None
+                    if concept is not None and concept.CodeMeaning == "Tracking Identifier":
+                        name = str(c.TextValue)
+                for c in item.ContentSequence:
+                    if getattr(c, "ValueType", "") == "SCOORD" and name is not None:
+                        gx, gy = (float(v) for v in c.GraphicData[:2])
+                        out[name] = (gx - 0.5, gy - 0.5)
+                walk(item.ContentSequence)
+
+    walk(sr.ContentSequence)
+    return out
 
 
 def dicomweb_client(url: str, username: str = "", password: str = "") -> Any:
@@ -160,6 +275,43 @@ class LandmarkDICOMwebDatastore(LandmarkDatastore):
         logger.info(
             f"Fetched {series_uid} ({info['Modality']}, instance {sop_uid}) in {time.perf_counter() - t0:.2f} s"
         )
+
+    # ------------------------------------------------------------------ labels
+    def save_label(self, image_id: str, label_filename: str, label_tag: str, label_info: dict[str, Any]) -> str:
+        """Save as :class:`LandmarkDatastore` does; a final label is also stored in the PACS as a DICOM SR."""
+        saved = super().save_label(image_id, label_filename, label_tag, label_info)
+        if (label_tag or "final") == "final":
+            self._store_sr(image_id)
+        return saved
+
+    def _store_sr(self, image_id: str) -> dict[str, Any]:
+        """STOW-RS the saved final label of ``image_id`` as an SR in its study; the outcome goes to ``pacs_sr``."""
+        t0 = time.perf_counter()
+        record: dict[str, Any] = {}
+        try:
+            got = self.label_points(image_id, "final")
+            if got is None:
+                raise FileNotFoundError(f"No final label for {image_id}")
+            points, _ = got
+            source = pydicom.dcmread(self.get_image_uri(image_id), stop_before_pixels=True)
+            sr = landmarks_sr(source, self.landmark_set.names, points, instance_number=int(time.time()) % 2**31)
+            self._client.store_instances([sr], study_instance_uid=str(source.StudyInstanceUID))
+            record = {
+                "SOPInstanceUID": str(sr.SOPInstanceUID),
+                "SeriesInstanceUID": str(sr.SeriesInstanceUID),
+                "StudyInstanceUID": str(sr.StudyInstanceUID),
+                "ts": int(time.time()),
+            }
+            logger.info(f"Stored the final label of {image_id} in the PACS as SR {sr.SOPInstanceUID}")
+        except Exception as e:  # noqa: BLE001 - the label is saved locally; the PACS copy is best effort, reported
+            logger.exception(f"Storing the final label of {image_id} as DICOM SR failed")
+            record = {"error": f"{type(e).__name__}: {e}", "ts": int(time.time())}
+        record["seconds"] = round(time.perf_counter() - t0, 3)
+        try:
+            self.update_label_info(image_id, "final", {"pacs_sr": record})
+        except Exception:  # noqa: BLE001
+            logger.exception("Recording the SR in the label info failed")
+        return record
 
     def get_image_info(self, image_id: str) -> dict[str, Any]:
         info = super().get_image_info(image_id)
