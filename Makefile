@@ -6,6 +6,10 @@ DATASET ?= ../shared/datasets/isbi2015
 MODEL   ?= default
 STUDIES ?= runs/studies
 PORT    ?= 8000
+# server options for `make serve` / `make stack`: CONF="auto_train_every_n_labels 5 gate_min_val_images 3" (pairs)
+CONF    ?=
+CONF_ARGS = $(shell set -- $(CONF); if [ $$(( $$# % 2 )) -ne 0 ]; then echo "--conf-needs-key-value-pairs"; fi; \
+	while [ $$# -ge 2 ]; do printf -- '--conf %s %s ' "$$1" "$$2"; shift 2; done)
 
 .PHONY: install run evaluate test lint clean-venv serve stack-deps viewer stack test-dicom
 
@@ -57,10 +61,10 @@ $(VIEWER)/ohif-dist/.anatomark-ohif-version: $(VIEWER)/package.json $(VIEWER)/fe
 	cd $(VIEWER) && node fetch-ohif.mjs
 
 ## The whole stack on loopback: Orthanc :8042 (DICOMweb), MONAI Label :8000 on it (DX/CR), OHIF :3000.
-## UPLOAD="a.dcm b.dcm" stores DICOM files first (make PNG/JPG into DICOM with `anatomark to-dicom`).
+## UPLOAD="a.dcm b.dcm" stores DICOM files first; CONF="key value ..." passes server options (also for serve) (make PNG/JPG into DICOM with `anatomark to-dicom`).
 stack: install stack-deps viewer
 	$(VPY) -m anatomark.stack up --models $(MODEL) --port $(PORT) --orthanc-port $(ORTHANC_PORT) \
-		--viewer-port $(VIEWER_PORT) $(if $(UPLOAD),--upload $(UPLOAD))
+		--viewer-port $(VIEWER_PORT) $(if $(UPLOAD),--upload $(UPLOAD)) $(CONF_ARGS)
 
 ## DICOMweb server tests and the headless-Chromium OHIF test only.
 test-dicom: install stack-deps viewer
@@ -81,4 +85,4 @@ serve: install
 		for i in 151 152 153 154 155 156 157 158 159 160; do cp $(DATASET)/images/$$i.jpg $(STUDIES)/; done; \
 		echo "Seeded $(STUDIES) with 10 images from $(DATASET)"; fi
 	$(VPY) -m monailabel.main start_server --app apps/landmarks --studies $(STUDIES) --conf models all \
-		--host 127.0.0.1 --port $(PORT)
+		--host 127.0.0.1 --port $(PORT) $(CONF_ARGS)

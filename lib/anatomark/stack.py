@@ -9,7 +9,8 @@
   plus our OHIF extension and mode (``viewer/anatomark-ohif``). It proxies ``/dicom-web/*`` to Orthanc and
   ``/monai/*`` to MONAI Label, so the browser talks to one origin (no CORS set-up in either server).
 
-``--upload file.dcm ...`` stores DICOM files in Orthanc first. Everything stops on Ctrl-C.
+``--upload file.dcm ...`` stores DICOM files in Orthanc first; ``--conf KEY VALUE`` (repeatable) passes a server
+option to MONAI Label (``make stack CONF="auto_train_every_n_labels 5"``). Everything stops on Ctrl-C.
 The same functions start the services in the tests (:func:`start_orthanc`, :func:`start_monailabel`,
 :func:`start_viewer`).
 """
@@ -375,7 +376,12 @@ def main(argv: list[str] | None = None) -> int:
     up.add_argument("--modalities", default="DX,CR", help="series modalities served (add OT for secondary captures)")
     up.add_argument("--upload", nargs="*", default=[], help="DICOM files to store in Orthanc first")
     up.add_argument("--no-viewer", action="store_true")
+    up.add_argument(
+        "--conf", nargs=2, action="append", default=[], metavar=("KEY", "VALUE"),
+        help="a MONAI Label server option (--conf auto_train_every_n_labels 5), repeatable",
+    )  # fmt: skip
     args = p.parse_args(argv)
+    conf = {"dicom_modalities": args.modalities, **dict(args.conf)}
 
     work = Path(args.workdir)
     services: list[Service] = []
@@ -388,7 +394,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"Uploaded {len(args.upload)} DICOM file(s)", flush=True)
         ml = start_monailabel(
             f"{orthanc.url}/dicom-web", work / "monailabel", args.port, args.models,
-            conf={"dicom_modalities": args.modalities},
+            conf=conf,
         )  # fmt: skip
         services.append(ml)
         print(f"MONAI Label   {ml.url}   (log {ml.log})", flush=True)
