@@ -121,9 +121,11 @@ class Analysis:
         """Why measurements are withheld: the image's reason (or ``None``) and ``{landmark: why}``."""
         if self.verdict is None:
             return None, {}
-        image = None if self.verdict.reliable else "the image was judged unreliable (" + "; ".join(
-            self.verdict.warnings
-        ) + ")"
+        image = (
+            None
+            if self.verdict.reliable
+            else "the image was judged unreliable (" + "; ".join(self.verdict.warnings) + ")"
+        )
         return image, {n: self._why(k) for k, n in enumerate(self.names) if not self.landmark_reliable[k]}
 
     def measurements(self) -> list[dict[str, Any]]:

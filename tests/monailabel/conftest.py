@@ -41,7 +41,15 @@ def server(isbi: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ser
     with Image.open(isbi / "images" / "151.jpg") as im:
         im.convert("L").resize((387, 480), Image.BILINEAR).save(studies / f"{SMALL}.png", dpi=(254, 254))
     srv = start_server(
-        root, studies, {"models": MODEL, "train_epochs": "1", "auto_train_every_n_labels": str(AUTO_TRAIN_EVERY)}
+        root,
+        studies,
+        # these labels hold no validation image: publication without the gate (the gate: test_trust_gate_server.py)
+        {
+            "models": MODEL,
+            "train_epochs": "1",
+            "auto_train_every_n_labels": str(AUTO_TRAIN_EVERY),
+            "gate_min_val_images": "0",
+        },
     )
     yield srv
     stop_server(srv)
