@@ -1,11 +1,16 @@
 """End to end in a real browser: a DICOM DX X-ray in Orthanc, opened from OHIF 3's study list (prebuilt @ohif/app
-from npm) in the anatomark mode ("X-ray landmarks"), "Auto-landmark" clicked, points checked against the server's JSON (pixels, mm and where they are
-rendered), one point dragged with the mouse, "Save landmarks" clicked, and the final label found in the datastore.
+from npm) in the anatomark mode ("X-ray landmarks"); in the side panel: the model version, "Auto-landmark" clicked,
+19 landmark rows with the quality verdict, points checked against the server's JSON (pixels, mm and where they are
+rendered), a landmark focused / hidden / shown from the list, one point dragged with the mouse, "Save" clicked, the
+final label found in the datastore and the DICOM SR in Orthanc; the page reloaded shows the saved correction (marked
+as such) and Auto-landmark asks before replacing it; the retraining schedule set and a training started from the
+panel, followed to its end.
 
 Needs Orthanc + DICOMweb plugin and Chromium (``make stack-deps``: Debian packages) and the viewer (``make viewer``:
 ``npm ci`` for playwright-core, prebuilt OHIF). Skips with the command to run when one is missing.
-``ANATOMARK_E2E_SCREENSHOT=docs/ohif_auto_landmark.png`` also keeps the final screenshot there (and the one with the
-label map shown as ``<name>_labelmap.png``).
+``ANATOMARK_E2E_SCREENSHOT=docs/ohif_auto_landmark.png`` also keeps the final screenshot there (and the ones with the
+label map, the panel, the reloaded page and the training as ``<name>_labelmap.png``, ``_panel``, ``_reload``,
+``_train``).
 """
 
 from __future__ import annotations
@@ -82,8 +87,10 @@ def run(e2e_stack) -> dict:
     out, shot = root / "e2e.json", root / "e2e.png"
     cmd = ["node", str(VIEWER / "e2e" / "landmarks.e2e.mjs"), "--viewer", e2e_stack["viewer"].url,
            "--study", e2e_stack["dx"].study_instance_uid, "--patient", e2e_stack["dx"].patient_id, "--out", str(out), "--screenshot", str(shot),
-           "--labelmap-screenshot", str(root / "labelmap.png"), "--chromium", CHROMIUM, "--move", "sella", "--dx=40", "--dy=-30"]  # fmt: skip
-    proc = subprocess.run(cmd, cwd=VIEWER, capture_output=True, text=True, timeout=600)
+           "--labelmap-screenshot", str(root / "labelmap.png"), "--chromium", CHROMIUM, "--move", "sella", "--dx=40", "--dy=-30",
+           "--panel-screenshot", str(root / "panel.png"), "--reload-screenshot", str(root / "reload.png"),
+           "--train-screenshot", str(root / "train.png")]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=VIEWER, capture_output=True, text=True, timeout=900)
     assert out.is_file(), f"e2e driver wrote nothing:\n{proc.stdout}\n{proc.stderr}"
     res = json.loads(out.read_text())
     assert proc.returncode == 0 and res["ok"], (
@@ -93,7 +100,9 @@ def run(e2e_stack) -> dict:
     if os.environ.get("ANATOMARK_E2E_SCREENSHOT"):
         keep = Path(os.environ["ANATOMARK_E2E_SCREENSHOT"])
         shutil.copy(shot, keep)
-        shutil.copy(root / "labelmap.png", keep.with_name(keep.stem + "_labelmap.png"))
+        for name in ("labelmap", "panel", "reload", "train"):
+            if (root / f"{name}.png").is_file():
+                shutil.copy(root / f"{name}.png", keep.with_name(f"{keep.stem}_{name}.png"))
     print("e2e steps (ms since start):", [(s["name"], s["ms"]) for s in res["steps"]])
     return res
 
@@ -202,3 +211,111 @@ def test_points_belong_to_their_image(run, e2e_stack):
     with urllib.request.urlopen(f"{e2e_stack['ml'].url}/datastore/?output=all", timeout=60) as r:
         objects = json.loads(r.read())["objects"]
     assert "final" not in (objects.get(other["uid"]) or {}).get("labels", {})
+
+
+def _names() -> list[str]:
+    from anatomark.config import load_landmark_set
+
+    return list(load_landmark_set("isbi2015_cephalometric").names)
+
+
+def test_panel_shows_model_version_landmarks_and_quality(run):
+    """The side panel: model and version, toolbar buttons with text, one row per landmark with the server's
+    confidence and expected error, and the image's quality verdict."""
+    before, after, server = run["panel_before"], run["panel_after_auto"], run["server"]
+    assert before["model"] == run["auto"]["model"]
+    assert before["version"].startswith("version ")
+    assert after["version"] == f"version {server['model_version']}" and server["model_version"]
+    assert before["toolbar"] == ['"Auto-landmark"', '"Save"', '"Label map"']
+    assert before["source"].startswith("No saved correction")
+    assert after["source_kind"] == "model" and after["source"].startswith("Model output")
+    rows = after["rows"]
+    assert [r["name"] for r in rows] == _names() == [p["name"] for p in server["landmarks"]]
+    for r, p in zip(rows, server["landmarks"]):
+        assert r["visible"] is True
+        assert r["cells"][2] == f"{p['confidence']:.2f}", (r, p)
+        assert r["cells"][3] == f"±{p['expected_error_mm']:.1f}", (r, p)
+        flagged = p.get("reliable") is False or p.get("in_image") is False
+        assert (r["cells"][4] == "!") == flagged, (r, p)
+    q = server["quality"]
+    assert after["quality_reliable"] == ("false" if q["reliable"] is False else "true")
+    word = "UNRELIABLE" if q["reliable"] is False else "reliable"
+    assert after["quality"].startswith(f"Quality: {word} (score {q['score']:.2f})"), after["quality"]
+
+
+def test_panel_focus_and_show_hide(run):
+    f, v = run["focus"], run["visibility"]
+    assert f["focal"][:2] == pytest.approx(f["world"][:2], abs=1e-3), "the view is centred on the clicked landmark"
+    assert v["after_hide"] is False and v["after_show"] is True
+
+
+def test_reload_shows_the_saved_correction(run):
+    """After a reload the image shows its saved correction, marked as such, not the model's points; Auto-landmark
+    asks before replacing it and, answered no, leaves it."""
+    assert run["save"]["source"].startswith("Saved correction") and "in the PACS" in run["save"]["source"]
+    rl = run["reload"]
+    assert rl["seriesUID"] == run["image"]["seriesUID"]
+    assert rl["source"].startswith("Saved correction"), rl["source"]
+    assert [r["cells"][2] for r in rl["rows"]] == ["saved"] * 19
+    got = {p["name"]: p for p in rl["points"]}
+    after = {p["name"]: p for p in run["after_move"]}
+    assert sorted(got) == sorted(_names())
+    for n in _names():
+        assert (got[n]["x"], got[n]["y"]) == pytest.approx((after[n]["x"], after[n]["y"]), abs=2e-3), n
+    model = {p["name"]: p for p in run["server"]["landmarks"]}
+    m = run["moved"]["name"]
+    assert np.hypot(got[m]["x"] - model[m]["x"], got[m]["y"] - model[m]["y"]) > 5, (
+        "the corrected point, not the model's"
+    )
+    assert len(run["dialogs"]) == 1 and "saved correction" in run["dialogs"][0]
+    re = run["reauto"]
+    assert re["status"] == "cancelled" and re["source_kind"] == "saved"
+    assert {p["name"]: (p["x"], p["y"]) for p in re["points"]} == {n: (got[n]["x"], got[n]["y"]) for n in got}
+
+
+def test_correction_is_a_dicom_sr_in_the_study(run, e2e_stack):
+    """QIDO of the study lists an SR series (only the saved image has one); its SCOORD points, by landmark name, are
+    the saved correction, including the dragged point."""
+    from anatomark.monailabel.dicomweb import dicomweb_client, sr_landmarks
+
+    orthanc, study = e2e_stack["orthanc"], e2e_stack["dx"].study_instance_uid
+    with urllib.request.urlopen(f"{orthanc.url}/dicom-web/studies/{study}/series?Modality=SR", timeout=60) as r:
+        series = json.loads(r.read())
+    assert len(series) == 1, series
+    sr_series = series[0]["0020000E"]["Value"][0]
+    client = dicomweb_client(f"{orthanc.url}/dicom-web")
+    instances = client.search_for_instances(study, sr_series)
+    assert len(instances) == 1
+    sr = client.retrieve_instance(study, sr_series, instances[0]["00080018"]["Value"][0])
+    assert sr.Modality == "SR" and sr.StudyInstanceUID == study
+    ref = sr.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence[0]
+    assert ref.SeriesInstanceUID == run["image"]["seriesUID"]
+    pts = sr_landmarks(sr)
+    assert list(pts) == _names()
+    after = {p["name"]: p for p in run["after_move"]}
+    for n, (x, y) in pts.items():
+        assert (x, y) == pytest.approx((after[n]["x"], after[n]["y"]), abs=2e-3), n
+
+
+def test_schedule_set_from_the_panel(run, e2e_stack):
+    assert run["schedule"] is not None, "the panel offers no retraining schedule"
+    assert run["schedule"]["message"] == "Retraining every 5 saved labels"
+    with urllib.request.urlopen(f"{e2e_stack['ml'].url}/anatomark/schedule", timeout=60) as r:
+        sched = json.loads(r.read())
+    assert sched["every_n_labels"] == 5 and sched["interval_hours"] == 0
+
+
+def test_train_from_the_panel(run):
+    """Train now starts a training (or says one runs: 409); the panel shows its progress and its end with the
+    gate's decision."""
+    t = run["train"]
+    if "409" in t["message"]:
+        return
+    assert t["message"].startswith("Training of"), t
+    running = [x for x in t["seen"] if x["status"] == "RUNNING"]
+    assert running and "epoch" in running[-1]["text"], t["seen"]
+    assert t["final_status"] in ("DONE", "FAILED", "STOPPED"), t
+    assert t["final"].startswith(f"Last training: {t['final_status']}")
+    if t["final_status"] == "DONE":
+        assert t["gate"] and ("published" in t["gate"]), t
+        assert ("not published" in t["gate"]) == (not t["stats"].get("published")), t

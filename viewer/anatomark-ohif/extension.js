@@ -1,6 +1,12 @@
 // anatomark OHIF extension (plain ES module, loaded at run time by the prebuilt OHIF 3 app through
 // window.config.extensions; no build step). It adds:
-//   - the cornerstone tool "AnatomarkPoint": a Probe whose text is the landmark name; points are draggable;
+//   - the side panel "Landmarks" (panel.js: model and version, Auto-landmark, the landmark list with the quality
+//     verdict, Save, training and the retraining schedule);
+//   - the cornerstone tool "AnatomarkPoint": a Probe whose label (the landmark's short name) is placed next to its
+//     point, away from other points and labels, with a leader line when it had to move away; points are draggable;
+//   - on opening an image, its saved correction (the final label, GET /datastore/label/info) is drawn and marked as
+//     such; Auto-landmark asks before replacing it on screen and Save asks before storing unedited model points over
+//     it;
 //   - commands "anatomarkAutoLandmark" (POST /infer/<model>?image=<series UID> on the MONAI Label server: the JSON
 //     gives one point per landmark, the label map (landmark k = disk of value k) is kept for display),
 //     "anatomarkToggleLabelmap" (the label map as an OHIF labelmap segmentation, one segment per landmark) and "anatomarkSave" (PUT /datastore/label?image=<series UID>&tag=final with
@@ -8,10 +14,12 @@
 // Pixel convention: the server's (x, y) is in pixels with (0, 0) at the centre of the top-left pixel; cornerstone3D's
 // image coordinates put (0, 0) at the pixel's corner, hence the 0.5 offsets below.
 
+import { getPanelModule, injectStyles } from './panel.js';
+
 export const TOOL_NAME = 'AnatomarkPoint';
 const EXTENSION_ID = 'anatomark';
 
-const state = {
+export const state = {
   status: 'idle', // idle | running | done | saving | saved | error
   error: null,
   model: null,
@@ -23,11 +31,44 @@ const state = {
   styles: {}, // landmark name -> {short, color} from the server's /info/ (anatomark.landmarks)
   labelmap: null, // {width, height, values: Uint8Array} of the last /infer
   labelmapSegmentationId: null, // shown as a segmentation when set
+  info: null, // the server's last /info/
+  selectedModel: null, // chosen in the panel (else window.config.anatomark.model, else the server's first)
+  // per image (series instance UID): what is drawn ('saved' correction, 'model' output, null) and the saved label info
+  images: {},
+  train: null, // /info/ train_stats.<model> of the selected model
+  trainMessage: null, // the answer to the last Train now / Stop ({type, text})
+  schedule: null, // GET /anatomark/schedule ({every_n_labels, interval_hours}); null = not offered by the server
+  scheduleMessage: null,
 };
+
+const listeners = new Set();
+
+/** Call `fn` after every change of `state` (the panel re-renders); returns the unsubscribe function. */
+export function subscribe(fn) {
+  listeners.add(fn);
+  return () => listeners.delete(fn);
+}
+
+/** Tell the listeners that `state` changed. */
+export function changed() {
+  for (const fn of listeners) {
+    try {
+      fn(state);
+    } catch (e) {
+      console.error('[anatomark] listener failed', e);
+    }
+  }
+}
+
+/** The per-image record of `seriesUID` (created empty). */
+export function imageState(seriesUID) {
+  state.images[seriesUID] = state.images[seriesUID] || { source: null, saved: null, loaded: false, edited: false };
+  return state.images[seriesUID];
+}
 
 let ctx = null; // { servicesManager, extensionManager, commandsManager }
 
-function monaiUrl() {
+export function monaiUrl() {
   return (window.config?.anatomark?.monaiUrl || '/monai').replace(/\/$/, '');
 }
 
@@ -46,11 +87,27 @@ export function registerTool() {
     static toolName = TOOL_NAME;
     constructor(toolProps = {}, defaultToolProps) {
       super(toolProps, defaultToolProps);
-      // the short label (S, N, Or ...) keeps text boxes next to their points; the full name is data.label
-      this.configuration.getTextLines = data => {
-        const text = data.anatomark?.short || data.label;
-        return text ? [text] : undefined;
+      // the Probe draws the ring only; the labels are laid out together below (drawLabels)
+      this.configuration.getTextLines = () => undefined;
+      const base = this.renderAnnotation.bind(this);
+      this.renderAnnotation = (enabledElement, svgDrawingHelper) => {
+        const rendered = base(enabledElement, svgDrawingHelper);
+        try {
+          drawLabels(enabledElement.viewport, svgDrawingHelper);
+        } catch (e) {
+          console.warn('[anatomark] drawing the labels failed', e);
+        }
+        return rendered;
       };
+      // a drag is an edit: the panel says "edited, not saved"
+      const done = this.endCallback?.bind(this);
+      if (done) {
+        this.endCallback = evt => {
+          const r = done(evt);
+          markEdited();
+          return r;
+        };
+      }
     }
   }
   cornerstoneTools.addTool(AnatomarkPointTool);
@@ -58,7 +115,90 @@ export function registerTool() {
   return TOOL_NAME;
 }
 
-function notify(title, message, type = 'info') {
+const RING_PX = 8; // the Probe's ring (radius 6 px) plus a margin
+const CHAR_PX = 8.2; // width of a character of the 14 px label font (estimate)
+const LABEL_H = 18;
+const LEADER_MIN_PX = 14; // a label farther than this from its point gets a leader line
+
+/**
+ * Place each visible point's label (its short name) beside the point: the first of several positions around it
+ * (right/left, above/below, then farther out) that overlaps no other point's ring and no label already placed.
+ * A label that is not next to its point gets a leader line, in the point's colour, from the ring to the label.
+ */
+function drawLabels(viewport, svgDrawingHelper) {
+  const { cornerstoneTools } = libs();
+  const { drawing, annotation } = cornerstoneTools;
+  const imageId = viewport.getCurrentImageId?.();
+  const anns = ourAnnotations(viewport.element, imageId).filter(
+    a => annotation.visibility?.isAnnotationVisible?.(a.annotationUID) !== false
+  );
+  const pts = anns.map(a => ({ a, c: viewport.worldToCanvas(a.data.handles.points[0]) }));
+  const placed = [];
+  const overlaps = (b, self) =>
+    placed.some(o => b.x < o.x + o.w && o.x < b.x + b.w && b.y < o.y + o.h && o.y < b.y + b.h) ||
+    pts.some(
+      p =>
+        p !== self &&
+        p.c[0] > b.x - RING_PX &&
+        p.c[0] < b.x + b.w + RING_PX &&
+        p.c[1] > b.y - RING_PX &&
+        p.c[1] < b.y + b.h + RING_PX
+    );
+  for (const p of [...pts].sort((u, v) => u.c[1] - v.c[1])) {
+    const text = p.a.data.anatomark?.short || p.a.data.label;
+    if (!text) continue;
+    const w = text.length * CHAR_PX + 6;
+    const [x, y] = p.c;
+    let box = null;
+    for (const d of [RING_PX, 2.5 * RING_PX, 4.5 * RING_PX, 7 * RING_PX]) {
+      const tries = [
+        { x: x + d, y: y - d - LABEL_H / 2 },
+        { x: x + d, y: y + d - LABEL_H / 2 },
+        { x: x - d - w, y: y - d - LABEL_H / 2 },
+        { x: x - d - w, y: y + d - LABEL_H / 2 },
+        { x: x - w / 2, y: y - d - LABEL_H },
+        { x: x - w / 2, y: y + d },
+      ];
+      box = tries.map(t => ({ ...t, w, h: LABEL_H })).find(b => !overlaps(b, p));
+      if (box) break;
+    }
+    box = box || { x: x + RING_PX, y: y - RING_PX - LABEL_H / 2, w, h: LABEL_H };
+    placed.push(box);
+    const style = state.styles[p.a.data.label] || {};
+    const color = style.color || 'rgb(255, 255, 0)';
+    const uid = p.a.annotationUID;
+    // nearest point of the box to the point: the leader line's end
+    const nx = Math.min(Math.max(x, box.x), box.x + box.w);
+    const ny = Math.min(Math.max(y, box.y), box.y + box.h);
+    const dist = Math.hypot(nx - x, ny - y);
+    if (dist > LEADER_MIN_PX) {
+      const ux = (nx - x) / dist;
+      const uy = (ny - y) / dist;
+      drawing.drawLine(svgDrawingHelper, uid, 'anatomarkLeader', [x + 6 * ux, y + 6 * uy], [nx, ny], {
+        color,
+        width: 1,
+      });
+    }
+    drawing.drawTextBox(svgDrawingHelper, uid, 'anatomarkLabel', [text], [box.x, box.y], {
+      color,
+      fontSize: '14px',
+      padding: 2,
+    });
+  }
+}
+
+/** A point was dragged on the active image: mark the image's points as edited (not saved yet). */
+function markEdited() {
+  try {
+    const { seriesUID } = activeImage();
+    if (seriesUID) imageState(seriesUID).edited = true;
+    changed();
+  } catch (e) {
+    /* no active image */
+  }
+}
+
+export function notify(title, message, type = 'info') {
   try {
     ctx.servicesManager.services.uiNotificationService.show({ title, message, type, duration: 4000 });
   } catch (e) {
@@ -111,6 +251,7 @@ function clearPoints(viewport, imageId) {
 
 /** Draw one named, draggable point per landmark (points with null x/y are skipped). */
 export function drawPoints(landmarks) {
+  state.hidden = {};
   const { cornerstoneTools } = libs();
   const { viewport, imageId, viewportId } = activeImage();
   registerTool();
@@ -124,7 +265,7 @@ export function drawPoints(landmarks) {
       data: {
         handles: { points: [world] },
         label: p.name,
-        anatomark: { index: p.index, confidence: p.confidence, short: style.short },
+        anatomark: { index: p.index, confidence: p.confidence, short: style.short, source: p.source },
       },
     });
     ann.metadata.referencedImageId = ann.metadata.referencedImageId || imageId;
@@ -158,16 +299,105 @@ export function currentPoints() {
 
 /** The model to run (window.config.anatomark.model, else the server's first) and the landmarks' short labels and
  * colours (the app's /info/ "anatomark.landmarks"). */
-async function pickModel() {
-  const r = await fetch(`${monaiUrl()}/info/`);
-  if (!r.ok) throw new Error(`MONAI Label /info/ answered ${r.status}`);
-  const info = await r.json();
-  state.styles = Object.fromEntries((info.anatomark?.landmarks || []).map(l => [l.name, l]));
+export async function pickModel() {
+  const info = await loadInfo();
   const names = Object.keys(info.models || {});
-  const wanted = window.config?.anatomark?.model;
+  const wanted = state.selectedModel || window.config?.anatomark?.model;
   if (wanted) return wanted;
   if (!names.length) throw new Error('The MONAI Label server serves no model');
   return names[0];
+}
+
+/** GET /info/: models, landmark styles, published versions, train_stats (kept in state.info). */
+export async function loadInfo() {
+  const r = await fetch(`${monaiUrl()}/info/`);
+  if (!r.ok) throw new Error(`MONAI Label /info/ answered ${r.status}`);
+  const info = await r.json();
+  state.info = info;
+  state.styles = Object.fromEntries((info.anatomark?.landmarks || []).map(l => [l.name, l]));
+  const names = Object.keys(info.models || {});
+  if (!state.selectedModel || !names.includes(state.selectedModel)) {
+    const wanted = window.config?.anatomark?.model;
+    state.selectedModel = wanted && names.includes(wanted) ? wanted : names[0] || null;
+  }
+  state.train = (info.train_stats || {})[state.selectedModel] || null;
+  return info;
+}
+
+/** Served version of `model`: from the last Auto-landmark with it, else the last published one, else "shipped". */
+export function modelVersion(model) {
+  if (state.result && state.model === model && state.result.model_version) return state.result.model_version;
+  const kept = state.info?.anatomark?.versions?.[model] || [];
+  const last = kept[kept.length - 1];
+  if (last) return typeof last === 'string' ? last : last.version;
+  // the version a training started from / compared with is the one served then
+  const t = state.info?.train_stats?.[model];
+  return t?.gate?.served_version || t?.started_from_version || null;
+}
+
+/** Landmark names of the served set, in label-value order (from /info/). */
+function landmarkNames() {
+  return (state.info?.anatomark?.landmarks || []).map(l => l.name);
+}
+
+/** The saved final label of `seriesUID` (GET /datastore/label/info), drawn when `draw` and the image shows no
+ * points yet. Returns the label info or null. */
+export async function loadSaved(seriesUID, { draw = true } = {}) {
+  const img = imageState(seriesUID);
+  let info = null;
+  try {
+    if (!state.info) await loadInfo();
+    const q = new URLSearchParams({ label: seriesUID, tag: 'final' });
+    const r = await fetch(`${monaiUrl()}/datastore/label/info?${q}`);
+    if (r.ok) {
+      const j = await r.json();
+      if (j && Array.isArray(j.landmarks) && j.landmarks.length) info = j;
+    }
+  } catch (e) {
+    console.warn('[anatomark] reading the saved label failed', e);
+  }
+  img.saved = info;
+  img.loaded = true;
+  if (info && draw) {
+    const names = landmarkNames();
+    const landmarks = info.landmarks.map((p, k) => ({
+      index: k + 1,
+      name: names[k] || `landmark ${k + 1}`,
+      x: p ? p[0] : null,
+      y: p ? p[1] : null,
+      source: 'saved',
+    }));
+    const { seriesUID: shown } = activeImage();
+    if (shown === seriesUID) {
+      drawPoints(landmarks);
+      img.source = 'saved';
+      img.edited = false;
+      img.landmarks = landmarks;
+    }
+  }
+  changed();
+  return info;
+}
+
+/** Called by the panel when the active image changes: load its saved correction once (unless points are shown). */
+export async function onImageShown() {
+  let shown;
+  try {
+    shown = activeImage();
+  } catch (e) {
+    return;
+  }
+  const { seriesUID, viewport, imageId } = shown;
+  if (!seriesUID || !imageId || !viewport.getImageData?.()) return;
+  const img = imageState(seriesUID);
+  if (img.loaded || img.loading) return;
+  img.loading = true;
+  try {
+    const hasPoints = ourAnnotations(viewport.element, imageId).length > 0;
+    await loadSaved(seriesUID, { draw: !hasPoints });
+  } finally {
+    img.loading = false;
+  }
 }
 
 async function errorText(r) {
@@ -179,9 +409,32 @@ async function errorText(r) {
   }
 }
 
+/** Ask the user (window.confirm; the e2e test answers it). */
+function ask(question) {
+  state.lastQuestion = question;
+  return window.confirm(question);
+}
+
+function savedWhen(saved) {
+  return saved?.ts ? new Date(saved.ts * 1000).toLocaleString() : 'earlier';
+}
+
 export async function autoLandmark() {
+  const { seriesUID: uid } = activeImage();
+  const img = uid ? imageState(uid) : null;
+  if (img?.saved && img.source !== 'model') {
+    const q =
+      `This image has a saved correction (${savedWhen(img.saved)}). Replace it on screen with the model's points? ` +
+      'The saved correction stays in the datastore until you save.';
+    if (!ask(q)) {
+      state.status = 'cancelled';
+      changed();
+      return null;
+    }
+  }
   state.status = 'running';
   state.error = null;
+  changed();
   try {
     const { imageId, seriesUID } = activeImage();
     if (!seriesUID) throw new Error('The active image has no series instance UID');
@@ -204,23 +457,26 @@ export async function autoLandmark() {
     if (state.labelmapSegmentationId) removeLabelmap();
     Object.assign(state, { model, seriesInstanceUID: seriesUID, imageId, result, labelmap });
     drawPoints(result.landmarks || []);
+    Object.assign(imageState(seriesUID), { source: 'model', edited: false, landmarks: result.landmarks || [] });
     state.status = 'done';
     state.seconds = (performance.now() - t0) / 1000;
-    const q = result.quality || {};
+    const qv = result.quality || {};
     const shown = (result.landmarks || []).filter(p => p.x !== null && p.x !== undefined).length;
     const head = `${shown} landmarks from ${model} (${state.seconds.toFixed(1)} s)`;
-    if (q.reliable === false) {
+    if (qv.reliable === false) {
       // the server's quality verdict: say it, do not present the points as an answer
-      notify('Auto-landmark: UNRELIABLE', `${head}. ${(q.warnings || []).join('; ')}`, 'warning');
+      notify('Auto-landmark: UNRELIABLE', `${head}. ${(qv.warnings || []).join('; ')}`, 'warning');
     } else {
-      const notes = (q.warnings || []).length ? `. ${q.warnings.join('; ')}` : '';
+      const notes = (qv.warnings || []).length ? `. ${qv.warnings.join('; ')}` : '';
       notify('Auto-landmark', `${head}${notes}`, 'success');
     }
+    changed();
     return result;
   } catch (e) {
     state.status = 'error';
     state.error = String(e.message || e);
     notify('Auto-landmark', state.error, 'error');
+    changed();
     throw e;
   }
 }
@@ -325,8 +581,21 @@ export function labelmapStats() {
 }
 
 export async function save() {
+  const { seriesUID: uid } = activeImage();
+  const img = uid ? imageState(uid) : null;
+  if (img?.saved && img.source === 'model' && !img.edited) {
+    const q =
+      `This image has a saved correction (${savedWhen(img.saved)}) and the points shown are the model's, unedited. ` +
+      "Replace the saved correction with the model's points?";
+    if (!ask(q)) {
+      state.status = 'cancelled';
+      changed();
+      return null;
+    }
+  }
   state.status = 'saving';
   state.error = null;
+  changed();
   try {
     const { seriesUID } = activeImage();
     const points = currentPoints();
@@ -338,20 +607,181 @@ export async function save() {
     };
     const form = new FormData();
     form.append('label', new Blob([JSON.stringify(body)], { type: 'application/json' }), 'landmarks.json');
-    form.append('params', JSON.stringify({ client: 'anatomark-ohif' }));
+    const params = { client: 'anatomark-ohif', origin: img?.source === 'model' && !img.edited ? 'model' : 'correction' };
+    if (state.model) Object.assign(params, { model: state.model, model_version: state.result?.model_version });
+    form.append('params', JSON.stringify(params));
     const q = new URLSearchParams({ image: seriesUID, tag: 'final' });
     const r = await fetch(`${monaiUrl()}/datastore/label?${q}`, { method: 'PUT', body: form });
     if (!r.ok) throw new Error(`Save failed (${r.status}): ${await errorText(r)}`);
     state.saved = await r.json();
+    const info = await loadSaved(seriesUID, { draw: false }); // ts, pacs_sr
+    Object.assign(imageState(seriesUID), { source: 'saved', edited: false });
     state.status = 'saved';
-    notify('Landmarks saved', `${points.length} landmarks stored as the final label of this image`, 'success');
+    const pacs = info?.pacs_sr;
+    const where = pacs?.SOPInstanceUID ? ' and in the PACS (DICOM SR)' : pacs?.error ? ` (not in the PACS: ${pacs.error})` : '';
+    notify('Landmarks saved', `${points.length} landmarks stored as the final label of this image${where}`, 'success');
+    changed();
     return state.saved;
   } catch (e) {
     state.status = 'error';
     state.error = String(e.message || e);
     notify('Save landmarks', state.error, 'error');
+    changed();
     throw e;
   }
+}
+
+/** Show or hide one landmark's point (annotation visibility; hidden points are not dragged or saved over). */
+export function setLandmarkVisible(name, visible) {
+  const { cornerstoneTools } = libs();
+  const { viewport, imageId, viewportId } = activeImage();
+  for (const a of ourAnnotations(viewport.element, imageId)) {
+    if (a.data.label === name) cornerstoneTools.annotation.visibility.setAnnotationVisibility(a.annotationUID, visible);
+  }
+  state.hidden = state.hidden || {};
+  state.hidden[name] = !visible;
+  cornerstoneTools.utilities.triggerAnnotationRenderForViewportIds([viewportId]);
+  viewport.render();
+  changed();
+}
+
+/** Centre the view on one landmark and select its point. */
+export function focusLandmark(name) {
+  const { cornerstoneTools } = libs();
+  const { viewport, imageId } = activeImage();
+  const a = ourAnnotations(viewport.element, imageId).find(x => x.data.label === name);
+  if (!a) return false;
+  const world = a.data.handles.points[0];
+  const cam = viewport.getCamera();
+  const d = [0, 1, 2].map(i => cam.position[i] - cam.focalPoint[i]);
+  viewport.setCamera({ focalPoint: [...world], position: [0, 1, 2].map(i => world[i] + d[i]) });
+  try {
+    cornerstoneTools.annotation.selection.setAnnotationSelected(a.annotationUID, true, false);
+  } catch (e) {
+    /* selection is cosmetic */
+  }
+  viewport.render();
+  state.focused = name;
+  changed();
+  return true;
+}
+
+// ------------------------------------------------------------------------------------------------ training
+async function answerText(r) {
+  try {
+    const j = await r.json();
+    return typeof j.detail === 'string' ? j.detail : JSON.stringify(j.detail ?? j);
+  } catch (e) {
+    return r.statusText;
+  }
+}
+
+/** Train now: POST /train/<model> (409 while a training runs: said in the panel). */
+export async function trainNow() {
+  const model = await pickModel();
+  const params = window.anatomark?.trainParams || {};
+  const r = await fetch(`${monaiUrl()}/train/${encodeURIComponent(model)}`, {
+    method: 'POST',
+    headers: { 'Content-Type': 'application/json' },
+    body: JSON.stringify(params),
+  });
+  if (r.ok) {
+    state.trainMessage = { type: 'info', text: `Training of ${model} started`, status: r.status };
+    state.trainRequestedAt = Date.now();
+  } else if (r.status === 409) {
+    state.trainMessage = { type: 'warning', text: `A training is already running (409): ${await answerText(r)}`, status: 409 };
+  } else {
+    state.trainMessage = { type: 'error', text: `Train failed (${r.status}): ${await answerText(r)}`, status: r.status };
+  }
+  changed();
+  pollTraining(true);
+  return state.trainMessage;
+}
+
+/** Stop: DELETE /train/ (MONAI Label stops the running training). */
+export async function stopTraining() {
+  const r = await fetch(`${monaiUrl()}/train/`, { method: 'DELETE' });
+  state.trainMessage = r.ok
+    ? { type: 'info', text: 'Stop requested', status: r.status }
+    : { type: 'error', text: `Stop failed (${r.status}): ${await answerText(r)}`, status: r.status };
+  changed();
+  pollTraining(true);
+  return state.trainMessage;
+}
+
+let pollTimer = null;
+
+/** Poll /info/ train_stats every 2 s while a training runs or was just asked for, else every 10 s. */
+export function pollTraining(now = false) {
+  clearTimeout(pollTimer);
+  const tick = async () => {
+    try {
+      await loadInfo();
+    } catch (e) {
+      /* the server is restarting: keep polling */
+    }
+    changed();
+    const recent = state.trainRequestedAt && Date.now() - state.trainRequestedAt < 60000;
+    const running = ['RUNNING', 'SUBMITTED'].includes(state.train?.status);
+    if (listeners.size) pollTimer = setTimeout(tick, running || recent ? 2000 : 10000);
+  };
+  pollTimer = setTimeout(tick, now ? 0 : 2000);
+}
+
+/** GET /anatomark/schedule (null when the server has no such route: 404). */
+export async function loadSchedule() {
+  try {
+    const r = await fetch(`${monaiUrl()}/anatomark/schedule`);
+    state.schedule = r.ok ? await r.json() : null;
+    if (!r.ok && r.status !== 404) state.scheduleMessage = { type: 'error', text: `Schedule: ${r.status}` };
+  } catch (e) {
+    state.schedule = null;
+  }
+  changed();
+  return state.schedule;
+}
+
+/** PUT /anatomark/schedule {every_n_labels, interval_hours} (0 = off). */
+export async function saveSchedule(everyN, intervalHours) {
+  const body = { every_n_labels: Math.max(0, Math.round(Number(everyN) || 0)), interval_hours: Math.max(0, Number(intervalHours) || 0) };
+  const r = await fetch(`${monaiUrl()}/anatomark/schedule`, {
+    method: 'PUT',
+    headers: { 'Content-Type': 'application/json' },
+    body: JSON.stringify(body),
+  });
+  if (r.ok) {
+    state.schedule = await r.json();
+    const s = state.schedule;
+    const parts = [];
+    if (s.every_n_labels) parts.push(`every ${s.every_n_labels} saved labels`);
+    if (s.interval_hours) parts.push(`every ${s.interval_hours} h`);
+    state.scheduleMessage = { type: 'success', text: `Retraining ${parts.length ? parts.join(' and ') : 'off'}` };
+  } else if (r.status === 404) {
+    state.scheduleMessage = { type: 'warning', text: 'This server has no retraining schedule (404)' };
+  } else {
+    state.scheduleMessage = { type: 'error', text: `Schedule refused (${r.status}): ${await answerText(r)}` };
+  }
+  changed();
+  return state.scheduleMessage;
+}
+
+/** Next sample: the server's active-learning strategy picks an image; its study is opened in this mode. */
+export async function nextSample() {
+  const strategies = Object.keys(state.info?.strategies || {});
+  const strategy = strategies[0] || 'random';
+  const r = await fetch(`${monaiUrl()}/activelearning/${encodeURIComponent(strategy)}`, {
+    method: 'POST',
+    headers: { 'Content-Type': 'application/json' },
+    body: '{}',
+  });
+  if (!r.ok) throw new Error(`Next sample failed (${r.status}): ${await answerText(r)}`);
+  const { id } = await r.json();
+  if (!id) throw new Error('No image left to label');
+  const info = await (await fetch(`${monaiUrl()}/datastore/image/info?${new URLSearchParams({ image: id })}`)).json();
+  const study = info.StudyInstanceUID;
+  if (!study) throw new Error(`No study for image ${id}`);
+  window.location.assign(`/anatomark?StudyInstanceUIDs=${encodeURIComponent(study)}`);
+  return { id, study };
 }
 
 function getCommandsModule({ servicesManager, commandsManager, extensionManager }) {
@@ -381,6 +811,14 @@ const extension = {
       state,
       autoLandmark,
       save,
+      loadSaved,
+      trainNow,
+      stopTraining,
+      loadSchedule,
+      saveSchedule,
+      focusLandmark,
+      setLandmarkVisible,
+      libs,
       toggleLabelmap,
       labelmapStats,
       currentPoints,
@@ -389,8 +827,10 @@ const extension = {
       worldToPixel,
       TOOL_NAME,
     };
+    injectStyles();
   },
   getCommandsModule,
+  getPanelModule,
 };
 
 export default extension;

@@ -1,5 +1,6 @@
 // anatomark OHIF mode (plain ES module, loaded at run time through window.config.modes): DX/CR/secondary-capture
-// X-rays in one 2D stack viewport, with "Auto-landmark" and "Save landmarks" in the toolbar.
+// X-rays in one 2D stack viewport, with "Auto-landmark", "Save" and "Label map" in the toolbar (with text labels) and
+// the anatomark side panel (panel.js) open on the right.
 // Route: /anatomark?StudyInstanceUIDs=<study UID>
 import { registerTool, TOOL_NAME } from './extension.js';
 
@@ -10,6 +11,7 @@ const ohif = {
   measurements: '@ohif/extension-cornerstone.panelModule.panelMeasurement',
 };
 const cs3d = { viewport: '@ohif/extension-cornerstone.viewportModule.cornerstone' };
+const anatomark = { panel: 'anatomark.panelModule.landmarks' };
 
 export const XRAY_MODALITIES = ['DX', 'CR', 'OT', 'RG', 'DR'];
 
@@ -129,8 +131,9 @@ function modeFactory() {
           props: {
             leftPanels: [ohif.thumbnailList],
             leftPanelResizable: true,
-            rightPanels: [],
-            rightPanelClosed: true,
+            rightPanels: [anatomark.panel],
+            rightPanelClosed: false,
+            rightPanelResizable: true,
             viewports: [{ namespace: cs3d.viewport, displaySetsToDisplay: [ohif.sopClassHandler] }],
           },
         }),

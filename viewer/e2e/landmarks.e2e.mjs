@@ -3,9 +3,13 @@
 //   node e2e/landmarks.e2e.mjs --viewer http://127.0.0.1:3000 --study <StudyInstanceUID> --out result.json
 //        [--patient <PatientID>: start at the study list, click the study, then the "X-ray landmarks" mode]
 //        [--screenshot shot.png] [--move sella] [--dx=40] [--dy=-30] [--chromium /usr/bin/chromium]
-// Steps: open the study in /anatomark (from the study list with --patient), click "Auto-landmark", read the drawn points, check that each point's ring
-// is rendered at its canvas position (screenshot pixels), show the label map (segmentation) and hide it again, drag
-// one point with the mouse, click "Save landmarks", then visit another series of the study (if any) and come back.
+// Steps: open the study in /anatomark (from the study list with --patient), read the side panel (model version),
+// click the panel's "Auto-landmark", read the panel's landmark rows and quality verdict and the drawn points, check
+// that each point's ring is rendered at its canvas position (screenshot pixels), show the label map (segmentation)
+// and hide it again, focus / hide / show a landmark from the panel, drag one point with the mouse, click "Save",
+// visit another series of the study (if any) and come back, reload the page (the saved correction must be drawn and
+// marked), click "Auto-landmark" again (the question is answered "no": the correction stays), set the retraining
+// schedule, click "Train now" and follow its progress to its end.
 // Writes everything measured to --out (JSON); the Python test compares it with the server's JSON and datastore.
 import { chromium } from 'playwright-core';
 import { writeFileSync } from 'node:fs';
@@ -24,6 +28,10 @@ const { values: args } = parseArgs({
     dy: { type: 'string', default: '-30' },
     chromium: { type: 'string', default: process.env.CHROMIUM || '/usr/bin/chromium' },
     timeout: { type: 'string', default: '180000' },
+    'panel-screenshot': { type: 'string' },
+    'reload-screenshot': { type: 'string' },
+    'train-screenshot': { type: 'string' },
+    'train-wait': { type: 'string', default: '240000' },
   },
 });
 const timeout = Number(args.timeout);
@@ -38,6 +46,21 @@ try {
     if (m.type() === 'error') result.console_errors.push(m.text().slice(0, 500));
   });
   page.on('pageerror', e => result.console_errors.push(`pageerror: ${e.message.slice(0, 500)}`));
+  result.dialogs = [];
+  page.on('dialog', d => {
+    result.dialogs.push(d.message());
+    d.dismiss(); // "no": keep the saved correction
+  });
+  const panelText = sel => page.evaluate(q => document.querySelector(q)?.innerText ?? null, sel);
+  const panelAttr = (sel, attr) => page.evaluate(([q, a]) => document.querySelector(q)?.getAttribute(a) ?? null, [sel, attr]);
+  const panelRows = () =>
+    page.evaluate(() =>
+      [...document.querySelectorAll('[data-cy="anatomark-landmark-row"]')].map(r => ({
+        name: r.dataset.name,
+        cells: [...r.querySelectorAll('td')].map(td => td.innerText.trim()),
+        visible: r.querySelector('input[type=checkbox]')?.checked,
+      }))
+    );
 
   if (args.patient) {
     // the user's route: study list -> click the study -> "X-ray landmarks" in Launch workflow
@@ -67,9 +90,24 @@ try {
     const { imageId, seriesUID } = window.anatomark.activeImage();
     return { imageId, seriesUID };
   });
+  // the side panel: model and its version, no saved correction yet
+  await page.waitForSelector('[data-cy="anatomark-panel"] [data-cy="anatomark-model-version"]', { timeout });
+  await page.waitForSelector('[data-cy="anatomark-source"][data-source="none"]', { timeout });
+  result.panel_before = {
+    model: await page.evaluate(() => document.querySelector('[data-cy="anatomark-model"]')?.value ?? null),
+    version: await panelText('[data-cy="anatomark-model-version"]'),
+    source: await panelText('[data-cy="anatomark-source"]'),
+    toolbar: await page.evaluate(() =>
+      ['AnatomarkAutoLandmark', 'AnatomarkSave', 'AnatomarkLabelmap'].map(id => {
+        const b = document.querySelector(`[data-cy="${id}"]`);
+        return b ? getComputedStyle(b, '::after').content : null;
+      })
+    ),
+  };
+  step('panel');
 
-  // 1. Auto-landmark (a real click on the toolbar button)
-  await page.click('[data-cy="AnatomarkAutoLandmark"]');
+  // 1. Auto-landmark (a real click on the panel's button)
+  await page.click('[data-cy="anatomark-panel-auto"]');
   await page.waitForFunction(() => ['done', 'error'].includes(window.anatomark.state.status), null, { timeout });
   const st = await page.evaluate(() => ({ ...window.anatomark.state }));
   step('auto-landmark', { status: st.status, error: st.error, seconds: st.seconds });
@@ -77,6 +115,16 @@ try {
   result.server = st.result;
   if (st.status !== 'done') throw new Error(`auto-landmark failed: ${st.error}`);
   await page.waitForTimeout(500);
+  await page.waitForFunction(() => document.querySelectorAll('[data-cy="anatomark-landmark-row"]').length > 0, null, { timeout });
+  result.panel_after_auto = {
+    version: await panelText('[data-cy="anatomark-model-version"]'),
+    source: await panelText('[data-cy="anatomark-source"]'),
+    source_kind: await panelAttr('[data-cy="anatomark-source"]', 'data-source'),
+    quality: await panelText('[data-cy="anatomark-quality"]'),
+    quality_reliable: await panelAttr('[data-cy="anatomark-quality"]', 'data-reliable'),
+    rows: await panelRows(),
+  };
+  if (args['panel-screenshot']) await page.locator('[data-cy="anatomark-panel"]').screenshot({ path: args['panel-screenshot'] });
 
   // 2. the points as drawn: image pixels, world (mm) and page position of each
   const drawn = await page.evaluate(() => {
@@ -179,6 +227,40 @@ try {
   await page.waitForFunction(() => !window.anatomark.state.labelmapSegmentationId, null, { timeout });
   step('label map hidden');
 
+  // 2c. the panel's list: a click centres the view on the landmark, the check box hides / shows its point
+  const focusName = drawn.find(p => p.name !== args.move)?.name;
+  await page.evaluate(() => {
+    const { viewport } = window.anatomark.activeImage();
+    window.__camera = viewport.getCamera();
+  });
+  await page.click(`[data-cy="anatomark-landmark-row"][data-name="${focusName}"] td.am-name`);
+  await page.waitForTimeout(300);
+  result.focus = await page.evaluate(name => {
+    const { viewport } = window.anatomark.activeImage();
+    const p = window.anatomark.currentPoints().find(q => q.name === name);
+    return { name, focal: Array.from(viewport.getCamera().focalPoint), world: p.world };
+  }, focusName);
+  const visibility = () =>
+    page.evaluate(name => {
+      const { cornerstoneTools } = window.anatomark.libs();
+      const p = window.anatomark.currentPoints().find(q => q.name === name);
+      return cornerstoneTools.annotation.visibility.isAnnotationVisible(p.annotationUID) !== false;
+    }, focusName);
+  await page.click(`[data-cy="anatomark-landmark-row"][data-name="${focusName}"] input[type=checkbox]`);
+  await page.waitForTimeout(200);
+  const hidden = await visibility();
+  await page.click(`[data-cy="anatomark-landmark-row"][data-name="${focusName}"] input[type=checkbox]`);
+  await page.waitForTimeout(200);
+  result.visibility = { name: focusName, after_hide: hidden, after_show: await visibility() };
+  // back to the whole image (the drag below uses the page positions measured above)
+  await page.evaluate(() => {
+    const { viewport } = window.anatomark.activeImage();
+    viewport.setCamera(window.__camera);
+    viewport.render();
+  });
+  await page.waitForTimeout(300);
+  step('panel focus / hide / show');
+
   // 3. drag one point with the mouse
   const target = drawn.find(p => p.name === args.move);
   if (!target) throw new Error(`no drawn point named ${args.move}`);
@@ -205,11 +287,13 @@ try {
   result.after_move = await page.evaluate(() => window.anatomark.currentPoints());
   step('drag', { landmark: after.name, x: after.x, y: after.y });
 
-  // 4. save (a real click) -> PUT /datastore/label
-  await page.click('[data-cy="AnatomarkSave"]');
+  // 4. save (a real click on the panel's button) -> PUT /datastore/label (and the SR in the PACS)
+  await page.click('[data-cy="anatomark-panel-save"]');
   await page.waitForFunction(() => ['saved', 'error'].includes(window.anatomark.state.status), null, { timeout });
   const saved = await page.evaluate(() => ({ status: window.anatomark.state.status, error: window.anatomark.state.error, saved: window.anatomark.state.saved }));
   result.save = saved;
+  await page.waitForSelector('[data-cy="anatomark-source"][data-source="saved"]', { timeout: 10000 }).catch(() => null);
+  result.save.source = await panelText('[data-cy="anatomark-source"]');
   step('save', { status: saved.status });
   if (args.screenshot) await page.screenshot({ path: args.screenshot });
 
@@ -255,6 +339,60 @@ try {
     result.other_series = { uid: other, points: there.points, labelmap: there.labelmap, points_back_on_first: back };
     step('other series', result.other_series);
   }
+  // 6. reload: the saved correction is drawn (not the model's points) and marked as such
+  await page.reload({ waitUntil: 'load', timeout });
+  await page.waitForSelector('[data-cy="anatomark-source"][data-source="saved"]', { timeout });
+  await page.waitForTimeout(500);
+  result.reload = await page.evaluate(() => {
+    const { seriesUID } = window.anatomark.activeImage();
+    return { seriesUID, points: window.anatomark.currentPoints(), status: window.anatomark.state.status };
+  });
+  result.reload.source = await panelText('[data-cy="anatomark-source"]');
+  result.reload.rows = await panelRows();
+  if (args['reload-screenshot']) await page.screenshot({ path: args['reload-screenshot'] });
+  step('reload');
+  // Auto-landmark asks first; answered "no", the correction stays
+  await page.click('[data-cy="anatomark-panel-auto"]');
+  await page.waitForFunction(() => ['cancelled', 'done', 'error'].includes(window.anatomark.state.status), null, { timeout });
+  result.reauto = await page.evaluate(() => ({
+    status: window.anatomark.state.status,
+    points: window.anatomark.currentPoints(),
+  }));
+  result.reauto.source_kind = await panelAttr('[data-cy="anatomark-source"]', 'data-source');
+  step('auto-landmark over the saved correction', { status: result.reauto.status });
+
+  // 7. the retraining schedule from the panel
+  result.schedule = null;
+  if (await page.$('[data-cy="anatomark-schedule"]')) {
+    await page.fill('[data-cy="anatomark-schedule"] [data-field="every_n_labels"]', '5');
+    await page.fill('[data-cy="anatomark-schedule"] [data-field="interval_hours"]', '0');
+    await page.click('[data-cy="anatomark-schedule-save"]');
+    await page.waitForSelector('[data-cy="anatomark-schedule-message"]', { timeout });
+    result.schedule = { message: await panelText('[data-cy="anatomark-schedule-message"]') };
+    step('schedule', result.schedule);
+  }
+
+  // 8. Train now (1 epoch), progress in the panel until the run ends (or a 409 answer)
+  await page.evaluate(() => (window.anatomark.trainParams = { max_epochs: 1 }));
+  await page.click('[data-cy="anatomark-train"]');
+  await page.waitForSelector('[data-cy="anatomark-train-message"]', { timeout });
+  result.train = { message: await panelText('[data-cy="anatomark-train-message"]'), seen: [] };
+  const until = Date.now() + Number(args['train-wait']);
+  while (Date.now() < until) {
+    const status = await panelAttr('[data-cy="anatomark-train-status"]', 'data-status');
+    const text = await panelText('[data-cy="anatomark-train-status"]');
+    if (text && !result.train.seen.some(x => x.text === text)) result.train.seen.push({ status, text, ms: Date.now() - t0 });
+    if (['DONE', 'FAILED', 'STOPPED'].includes(status) && result.train.seen.some(x => x.status === 'RUNNING')) break;
+    if (result.train.message.includes('409')) break;
+    await page.waitForTimeout(1000);
+  }
+  result.train.final = await panelText('[data-cy="anatomark-train-status"]');
+  result.train.final_status = await panelAttr('[data-cy="anatomark-train-status"]', 'data-status');
+  result.train.gate = await panelText('[data-cy="anatomark-gate"]');
+  result.train.stats = await page.evaluate(() => window.anatomark.state.train);
+  if (args['train-screenshot']) await page.screenshot({ path: args['train-screenshot'] });
+  step('train', { final: result.train.final_status });
+
   result.ok = saved.status === 'saved';
 } catch (e) {
   result.ok = false;
