@@ -13,7 +13,13 @@ Start it with ``python -m monailabel.main start_server --app apps/landmarks --st
   published versions kept for ``anatomark served --rollback``), ``keep_rejected`` (3 rejected candidates kept).
 - ``POST /train/<model>`` while a training is queued or running answers 409 (one training at a time; the message says
   which one runs and how to stop it: ``DELETE /train/``). Automatic trainings queue at most one behind the running one.
-- ``auto_train_every_n_labels`` (0 = off): start a fine-tuning after every N saved ``final`` labels.
+- ``points_tasks`` (true): also serve every model as ``<model>_points``, a ``detection`` task for 3D Slicer's stock
+  MONAILabel module (one box ROI per landmark, saved back as final labels; see
+  :class:`anatomark.monailabel.infer.LandmarkPointsInferTask`).
+- ``auto_train_every_n_labels`` (0 = off): start a fine-tuning after every N saved ``final`` labels. This and
+  ``auto_train_interval`` are only the defaults: ``PUT /anatomark/schedule`` (``{"every_n_labels", "interval_hours"}``,
+  :mod:`anatomark.monailabel.schedule`) stores a schedule in ``<state>/schedule.json`` that overrides them, also
+  after a restart.
 - ``auto_train_interval`` (seconds, 0 = off; fractions allowed): on this schedule, fine-tune every model whose latest
   training (automatic or requested, also before a restart) did not read the current final labels; nothing happens
   while the labels stay the same, or while a training of that model is queued or running.
@@ -34,6 +40,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import threading
 import time
 from pathlib import Path
@@ -55,12 +62,16 @@ from anatomark.errors import AnatomarkError
 from anatomark.monailabel import LandmarkDatastore, LandmarkMRE, LandmarkTaskConfig, LowestConfidence
 from anatomark.monailabel.dicomweb import DEFAULT_MODALITIES, LandmarkDICOMwebDatastore, cache_dir, dicomweb_client
 from anatomark.monailabel.guard import harden_server, resolve_infer_image
+from anatomark.monailabel.schedule import Schedule, ScheduleStore, add_schedule_routes
 from anatomark.monailabel.train import GatePolicy, final_labels
 from anatomark.paths import CONFIG_DIR, model_dir
 
 logger = logging.getLogger(__name__)
 
 EXTRA_EXTENSIONS = ["*.jpeg", "*.bmp", "*.tiff", "*.dcm"]
+#: Name suffix of the ``detection`` infer task of each model (3D Slicer's stock module; ``--conf points_tasks false``
+#: serves only the segmentation tasks).
+POINTS_SUFFIX = "_points"
 
 
 def _landmark_set_of(path: Path) -> str | None:
@@ -135,8 +146,12 @@ class LandmarkApp(MONAILabelApp):
             )
         self.landmark_set = next(iter(sets.values()), None)
 
-        self.auto_every = int(conf.get("auto_train_every_n_labels", 0))
-        self.auto_interval = float(conf.get("auto_train_interval", 0))
+        conf_schedule = Schedule(
+            every_n_labels=max(0, int(conf.get("auto_train_every_n_labels", 0))),
+            interval_hours=max(0.0, float(conf.get("auto_train_interval", 0))) / 3600.0,
+        )
+        self._schedule_changed = threading.Event()
+        self.schedule = ScheduleStore(state / "schedule.json", conf_schedule, on_change=self._on_schedule_change)
         self.auto_epochs = int(conf.get("auto_train_epochs", conf.get("train_epochs", 10)))
         self._auto_lock = threading.Lock()
         self._saves_since_train = 0
@@ -154,6 +169,21 @@ class LandmarkApp(MONAILabelApp):
             labels=self.landmark_set.labels if self.landmark_set else None,
         )
         self._auto_update_scoring = bool(strtobool(conf.get("auto_update_scoring", "false")))
+
+    @property
+    def auto_every(self) -> int:
+        """Fine-tune after every N saved final labels (0 = off): the stored schedule, else the app option."""
+        return self.schedule.get().every_n_labels
+
+    @property
+    def auto_interval(self) -> float:
+        """Seconds between scheduled checks (0 = off): the stored schedule, else the app option."""
+        return self.schedule.get().interval_seconds
+
+    def _on_schedule_change(self, schedule: Schedule) -> None:
+        with self._auto_lock:
+            self._saves_since_train = 0
+        self._schedule_changed.set()  # the interval loop restarts its wait with the new interval
 
     # ------------------------------------------------------------------ tasks
     def init_datastore(self) -> Datastore:
@@ -190,7 +220,10 @@ class LandmarkApp(MONAILabelApp):
         )
 
     def init_infers(self) -> dict[str, Any]:
-        return {n: c.infer() for n, c in self.models.items()}
+        infers: dict[str, Any] = {n: c.infer() for n, c in self.models.items()}
+        if strtobool(self.conf.get("points_tasks", "true")):
+            infers.update({f"{n}{POINTS_SUFFIX}": c.points_infer() for n, c in self.models.items()})
+        return infers
 
     def init_trainers(self) -> dict[str, Any]:
         gate = GatePolicy.from_conf(self.conf)
@@ -216,6 +249,7 @@ class LandmarkApp(MONAILabelApp):
             "landmark_set": self.landmark_set.name if self.landmark_set else None,
             "auto_train_every_n_labels": self.auto_every,
             "auto_train_interval": self.auto_interval,
+            "schedule": self.schedule.get().to_dict(),  # also GET/PUT /anatomark/schedule
             "auto_train_log": self.auto_train_log[-20:],
             "published": {n: str(h.published_path) for n, h in self.handles.items()},
             # kept published versions (oldest first, the last one served); roll back with `anatomark served`
@@ -332,8 +366,11 @@ class LandmarkApp(MONAILabelApp):
         self.upload_dir = harden_server(self)
         if self._server_mode:
             one_training_at_a_time()
-        if self.auto_interval > 0 and self._trainers:
-            threading.Thread(target=self._interval_loop, name="anatomark-auto-train", daemon=True).start()
+            web = sys.modules.get("monailabel.app")
+            if web is not None and hasattr(web, "app"):
+                add_schedule_routes(web.app, self.schedule)
+            if self._trainers:  # always running: the schedule can be switched on from a viewer
+                threading.Thread(target=self._interval_loop, name="anatomark-auto-train", daemon=True).start()
 
     def scheduled_training(self) -> list[str]:
         """One tick of ``auto_train_interval``: queue a fine-tuning of every model whose latest training (automatic
@@ -349,7 +386,19 @@ class LandmarkApp(MONAILabelApp):
         return self.trigger_training(f"schedule every {self.auto_interval:g} s: final labels changed", due)
 
     def _interval_loop(self) -> None:
-        while not self._stop.wait(self.auto_interval):
+        """Call :meth:`scheduled_training` every ``auto_interval`` seconds while it is > 0; a schedule change
+        (``PUT /anatomark/schedule``) restarts the wait with the new interval."""
+        last = time.monotonic()
+        while not self._stop.is_set():
+            interval = self.auto_interval
+            timeout = max(0.0, last + interval - time.monotonic()) if interval > 0 else 60.0
+            if self._schedule_changed.wait(timeout):
+                self._schedule_changed.clear()
+                last = time.monotonic()
+                continue
+            if self._stop.is_set() or self.auto_interval <= 0:
+                continue
+            last = time.monotonic()
             try:
                 self.scheduled_training()
             except Exception:  # noqa: BLE001 - the scheduler must survive

@@ -324,7 +324,8 @@ def train(
         epochs: override ``recipe.train.epochs``.
         device: ``cpu``/``cuda``; default: CUDA when available.
         val_items: explicit validation items; default: ``recipe.train.val_fraction`` of ``items`` (seeded).
-        on_epoch: callback with each epoch's record.
+        on_epoch: callback with each epoch's record (as in ``history.json``, plus ``total_epochs`` and ``out_dir``,
+            the folder of the stage being trained).
         info: extra provenance stored in the model file.
 
     Returns:
@@ -587,8 +588,8 @@ def fit(
         msg += f" ({rec['seconds']:.0f} s){' *' if improved else ''}"
         if progress:
             tqdm.write(msg)
-        if on_epoch:
-            on_epoch(rec)
+        if on_epoch:  # the record plus where it is in the run (server progress: anatomark.monailabel.train)
+            on_epoch({**rec, "total_epochs": n_epochs, "out_dir": str(out)})
     dist.finish(net, stage.dataset)
     return {
         "best_val_mre_mm": best if val_c else None,

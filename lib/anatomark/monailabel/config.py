@@ -7,7 +7,7 @@ from typing import Any
 
 from monailabel.interfaces.config import TaskConfig
 
-from anatomark.monailabel.infer import LandmarkInferTask
+from anatomark.monailabel.infer import LandmarkInferTask, LandmarkPointsInferTask
 from anatomark.monailabel.published import PublishedModel, default_device
 from anatomark.monailabel.train import FINE_TUNE_LR, LandmarkTrainTask
 
@@ -31,6 +31,14 @@ class LandmarkTaskConfig(TaskConfig):
 
     def infer(self) -> LandmarkInferTask:
         return LandmarkInferTask(
+            self.handle,
+            label_radius_mm=float(self.conf.get("label_radius_mm", 2.0)),
+            threads=_threads(self.conf.get("infer_threads", "auto")),
+        )
+
+    def points_infer(self) -> LandmarkPointsInferTask:
+        """The same model as a ``detection`` task (3D Slicer's stock module: draggable, named landmark boxes)."""
+        return LandmarkPointsInferTask(
             self.handle,
             label_radius_mm=float(self.conf.get("label_radius_mm", 2.0)),
             threads=_threads(self.conf.get("infer_threads", "auto")),

@@ -70,6 +70,9 @@ class LandmarkInferTask(InferTask):
     reliable landmarks), ``spacing_mm``, ``model``/``model_version``, ``label_names`` and ``latencies``.
     """
 
+    infer_type: str = InferType.SEGMENTATION
+    result_formats: tuple[str, ...] = RESULT_FORMATS
+
     def __init__(
         self, handle: PublishedModel, description: str = "", label_radius_mm: float = 2.0, threads: int = 0
     ) -> None:
@@ -87,11 +90,11 @@ class LandmarkInferTask(InferTask):
             else "landmark model"
         )
         super().__init__(
-            type=InferType.SEGMENTATION,
+            type=self.infer_type,
             labels=labels,
             dimension=2,
             description=desc,
-            config={"result_format": list(RESULT_FORMATS), "label_radius_mm": float(label_radius_mm)},
+            config={"result_format": list(self.result_formats), "label_radius_mm": float(label_radius_mm)},
         )
         self.label_radius_mm = float(label_radius_mm)
         self.threads = int(threads)
@@ -114,11 +117,11 @@ class LandmarkInferTask(InferTask):
         image_path = request.get("image")
         if not isinstance(image_path, str) or not image_path:
             raise AnatomarkError("Provide an image id of the datastore or upload an image file")
-        fmt = request.get("result_format") or RESULT_FORMATS[0]
+        fmt = request.get("result_format") or self.result_formats[0]
         if isinstance(fmt, list):
             fmt = fmt[0]
-        if fmt not in RESULT_FORMATS:
-            raise AnatomarkError(f"Unknown result_format {fmt!r}; use one of {', '.join(RESULT_FORMATS)}")
+        if fmt not in self.result_formats:
+            raise AnatomarkError(f"Unknown result_format {fmt!r}; use one of {', '.join(self.result_formats)}")
         radius_mm = request.get("label_radius_mm", self.label_radius_mm)
         if isinstance(radius_mm, bool) or not isinstance(radius_mm, (int, float)) or not 0 < radius_mm <= 50:
             raise AnatomarkError(f"label_radius_mm must be a number in (0, 50] mm, got {radius_mm!r}")
@@ -141,6 +144,10 @@ class LandmarkInferTask(InferTask):
             lm = draw_labelmap(shown, image, radius, len(ls))
             t4 = time.perf_counter()
             out = write_labelmap_like(lm, image_path)
+        elif fmt == "slicer_rois":
+            radius = label_radius_px(shown, image.spacing, radius_mm)
+            t4 = time.perf_counter()
+            out = write_roi_markups_like(shown, ls, viewer_geometry(image_path, image), radius)
         else:
             radius = None
             t4 = time.perf_counter()
@@ -170,3 +177,72 @@ class LandmarkInferTask(InferTask):
             },
         }
         return out, result
+
+
+# ---------------------------------------------------------------------------------------------------- 3D Slicer points
+def roi_markups_document(
+    points: np.ndarray, landmark_set: Any, geometry: Any, half_size_px: float = 5.0
+) -> dict[str, Any]:
+    """A Slicer markups document with one small box ROI per landmark, centred on it (LPS, in the geometry Slicer gives
+    the image; landmarks absent or outside the image have no ROI).
+
+    What the stock MONAILabel module can edit and send back for a ``detection`` model: it loads a ``.json`` result with
+    ``slicer.util.loadMarkups`` and, on *Submit Label*, sends every ROI node of the scene (each one's own markups JSON,
+    in scene order) as ``{"@schema", "markups": [...]}``, never point lists. Each ROI's control point carries the
+    landmark's name (``label``) and description, so a save reads back by name
+    (:func:`anatomark.monailabel.labels.json_points`); the module renames the ROI nodes, not their control points.
+    """
+    from anatomark.monailabel.labels import markups_document
+
+    doc = markups_document(points, landmark_set.names, geometry, landmark_set.descriptions)
+    fiducials = doc["markups"][0]
+    sx, sy = (float(abs(v)) for v in geometry.spacing)
+    rois = []
+    for cp in fiducials["controlPoints"]:
+        if cp.get("positionStatus") != "defined":
+            continue
+        center = [float(v) for v in cp["position"]]
+        rois.append(
+            {
+                "type": "ROI",
+                "coordinateSystem": "LPS",
+                "coordinateUnits": "mm",
+                "locked": False,
+                "fixedNumberOfControlPoints": True,
+                "labelFormat": "%N-%d",
+                "roiType": "Box",
+                "center": center,
+                "orientation": [1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0],
+                "size": [2 * half_size_px * sx, 2 * half_size_px * sy, 1.0],
+                "insideOut": False,
+                "controlPoints": [{**cp, "id": cp.get("id", "1"), "position": center}],
+            }
+        )
+    return {"@schema": doc["@schema"], "markups": rois}
+
+
+def write_roi_markups_like(
+    points: np.ndarray, landmark_set: Any, geometry: Any, radius_px: float, directory: str | None = None
+) -> str:
+    """Write :func:`roi_markups_document` (box half-size ``radius_px``) to a new temp ``.json`` file."""
+    import json
+    import tempfile
+
+    fd, out = tempfile.mkstemp(suffix=".json", dir=directory)
+    with os.fdopen(fd, "w") as f:
+        json.dump(roi_markups_document(points, landmark_set, geometry, max(2.0, float(radius_px))), f, indent=1)
+    return out
+
+
+class LandmarkPointsInferTask(LandmarkInferTask):
+    """``/infer/<model>_points``: the same model as a ``detection`` task for 3D Slicer's stock MONAILabel module.
+
+    The result is a markups JSON with one small box ROI per landmark (:func:`roi_markups_document`), named by landmark;
+    the module shows them as draggable boxes (drag the centre handle) and saves them back as a markups JSON of ROIs,
+    which the label save path accepts as the landmarks (by control point label). The JSON result (``landmarks``,
+    ``quality``, ``measurements`` ...) is the segmentation task's. ``result_format`` may also be ``slicer_markups``
+    (a point list: named points, but the stock module does not send point lists back).
+    """
+
+    infer_type: str = InferType.DETECTION
+    result_formats: tuple[str, ...] = ("slicer_rois", "slicer_markups")

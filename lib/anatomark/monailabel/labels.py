@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import os
 import struct
 import tempfile
@@ -317,7 +318,7 @@ def json_points(doc: Mapping[str, Any], landmark_set: LandmarkSet, geometry: Vie
             coordinates, or only one of ``x`` / ``y``.
     """
     if "markups" in doc:
-        return markups_points(doc, landmark_set.names, geometry)
+        return markups_points(rois_as_point_list(doc, landmark_set.names), landmark_set.names, geometry)
     items = doc.get("landmarks")
     if not isinstance(items, list):
         raise AnnotationError(
@@ -351,6 +352,57 @@ def json_points(doc: Mapping[str, Any], landmark_set: LandmarkSet, geometry: Vie
             )
         pts[index[name]] = (coordinate(x, f"landmark {name!r}: x"), coordinate(y, f"landmark {name!r}: y"))
     return pts
+
+
+def rois_as_point_list(doc: Mapping[str, Any], names: Sequence[str]) -> Mapping[str, Any]:
+    """A markups document whose box ROIs (what 3D Slicer's stock MONAILabel module saves for a ``detection`` model:
+    every ROI node of the scene, see :class:`anatomark.monailabel.infer.LandmarkPointsInferTask`) are replaced by one
+    point list: each ROI whose control point is labelled with a landmark name gives that landmark at the ROI's
+    ``center`` (else its control point's position). ROIs without a landmark label (the module's own empty "SAM2 ROI",
+    "Scribbles ROI") are left out, unless no ROI is labelled and there are exactly ``len(names)``: then in order.
+    Documents without ROIs are returned as they are; the point list is checked by the markups reader as any other.
+
+    Raises:
+        AnnotationError: ROIs only, and none of them can be read as a landmark.
+    """
+    markups = doc.get("markups")
+    if not isinstance(markups, list) or not any(isinstance(m, Mapping) and m.get("type") == "ROI" for m in markups):
+        return doc
+    others = [m for m in markups if not (isinstance(m, Mapping) and m.get("type") == "ROI")]
+    found = []  # (label or None, position, status, coordinate system)
+    for m in markups:
+        if not (isinstance(m, Mapping) and m.get("type") == "ROI"):
+            continue
+        cps = m.get("controlPoints")
+        cp = cps[0] if isinstance(cps, list) and cps and isinstance(cps[0], Mapping) else {}
+        center = m.get("center")
+        if not (isinstance(center, (list, tuple)) and 2 <= len(center) <= 3 and all(map(_finite, center))):
+            center = cp.get("position")
+        if center is None:
+            continue  # an ROI that was never placed
+        label = cp.get("label")
+        found.append((label if label in names else None, center, cp.get("positionStatus", "defined"), m))
+    labelled = [f for f in found if f[0] is not None]
+    if not labelled and len(found) == len(names):
+        labelled = [(n, *f[1:]) for n, f in zip(names, found)]
+    if not labelled and not others:
+        raise AnnotationError(
+            f"The markups hold {len(found)} ROI(s), none labelled with a landmark name (and not one per landmark): "
+            "save the ROIs the detection model returned"
+        )
+    points = [
+        {
+            "type": "Fiducial",
+            "coordinateSystem": m.get("coordinateSystem", "LPS"),
+            "controlPoints": [{"label": n, "position": list(c), "positionStatus": st}],
+        }
+        for n, c, st, m in labelled
+    ]
+    return {**doc, "markups": others + points}
+
+
+def _finite(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v))
 
 
 def read_label_points(

@@ -31,6 +31,7 @@ import hashlib
 import json
 import logging
 import math
+import os
 import shutil
 import time
 from collections.abc import Mapping, Sequence
@@ -210,6 +211,100 @@ def gate_decision(scores: dict[str, Any], policy: GatePolicy) -> tuple[bool, str
     )
 
 
+def best_metric(sdr_2mm_percent: float | None) -> float:
+    """The 0..1 accuracy ``train_stats.best_metric`` that viewers show as a bar (3D Slicer's MONAILabel module shows it
+    as "Accuracy", coloured from red below 0.5 to dark green above 0.9): the share of validation landmarks within 2 mm
+    (SDR at 2 mm, the field's usual success rate) at the epoch with the lowest validation MRE; 0 without validation."""
+    if sdr_2mm_percent is None or not math.isfinite(sdr_2mm_percent):
+        return 0.0
+    return round(min(1.0, max(0.0, sdr_2mm_percent / 100.0)), 4)
+
+
+class TrainProgress:
+    """The ``on_epoch`` callback of a server training: rewrites ``stats.json`` (atomically) after every epoch, so that
+    ``/info/`` ``train_stats.<model>`` shows the running training.
+
+    Picklable (a multi-process training runs it in rank 0 and copies its state back). A cascade trains its stages one
+    after the other through the same callback; ``stage`` follows the folder each stage writes (``global``, ``local``),
+    ``total_epochs`` and ``epoch`` are per stage, ``stage_index`` / ``stages`` say which stage of how many.
+
+    Args:
+        path: ``stats.json`` of the run.
+        base: fields kept in every record (model, versions, image counts, ``pid`` of the training process ...).
+        stages: stage names in order (``["train"]`` for a single network, ``["global", "local"]`` for a cascade).
+        t0: start time of the run.
+    """
+
+    def __init__(self, path: str | Path, base: dict[str, Any], stages: Sequence[str], t0: float):
+        self.path = str(path)
+        self.base = dict(base)
+        self.stages = list(stages)
+        self.t0 = float(t0)
+        self.stage = self.stages[0]
+        self.best_val: float | None = None
+        self.best_sdr: float | None = None
+        self.last: dict[str, Any] = {}
+
+    def record(self, status: str = "RUNNING", **extra: Any) -> dict[str, Any]:
+        """The current ``train_stats`` record (``total_time`` stays 0 while running: 3D Slicer's module shows epoch
+        progress only while it is 0 and treats a non-zero value as "finished"; ``elapsed_s`` is the running time)."""
+        elapsed = round(time.time() - self.t0, 2)
+        rec = {
+            **self.base,
+            "status": status,
+            "stage": self.stage,
+            "stage_index": self.stages.index(self.stage) + 1 if self.stage in self.stages else 1,
+            "stages": len(self.stages),
+            "epoch": int(self.last.get("epoch", 0)),
+            "total_epochs": int(self.last.get("total_epochs", self.base.get("epochs", 0)) or 0),
+            "loss": _finite_or_none(self.last.get("loss")),
+            "val_mre_mm": _finite_or_none(self.last.get("val_mre_mm")),
+            "best_val_mre_mm": self.best_val,
+            "best_metric": best_metric(self.best_sdr),
+            "metric": "best_metric = share of validation landmarks within 2 mm at the epoch with the lowest MRE",
+            "elapsed_s": elapsed,
+            "total_time": 0 if status == "RUNNING" else elapsed,
+            "updated": round(time.time(), 3),
+            **extra,
+        }
+        return rec
+
+    def write(self, rec: dict[str, Any]) -> None:
+        with atomic_write(self.path) as tmp:
+            tmp.write_text(json.dumps(rec, indent=1))
+
+    def __call__(self, rec: dict[str, Any]) -> None:
+        stage = Path(str(rec.get("out_dir", ""))).name
+        if stage in self.stages and stage != self.stage:
+            self.stage, self.best_val, self.best_sdr = stage, None, None  # a new stage: its own best
+        self.last = dict(rec)
+        val = _finite_or_none(rec.get("val_mre_mm"))
+        if val is not None and (self.best_val is None or val < self.best_val):
+            self.best_val = round(val, 4)
+            self.best_sdr = (rec.get("val_sdr") or {}).get("2.0")
+        try:
+            self.write(self.record())
+        except OSError as e:  # progress is informative: never fail a training for it
+            logger.warning(f"Could not write training progress to {self.path}: {e}")
+
+
+def _finite_or_none(v: Any) -> float | None:
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return None
+    return round(f, 6) if math.isfinite(f) else None
+
+
+def _pid_alive(pid: Any) -> bool:
+    import psutil
+
+    try:
+        return psutil.Process(int(pid)).status() != psutil.STATUS_ZOMBIE
+    except (psutil.Error, TypeError, ValueError):
+        return False
+
+
 class LandmarkTrainTask(TrainTask):
     """``POST /train/<model>``: fine-tune from the current weights on all images with a ``final`` label; publish the
     result only when the gate (:class:`GatePolicy`) finds it not worse than the served model.
@@ -267,19 +362,74 @@ class LandmarkTrainTask(TrainTask):
             return None
 
     def stats(self) -> dict[str, Any]:
+        """``/info/`` ``train_stats.<model>``: the running training's progress (``status`` ``RUNNING``), or the last
+        training's result (``DONE``, ``FAILED``, ``STOPPED``). A record still saying ``RUNNING`` whose training process
+        is gone was stopped (``DELETE /train/``: MONAI Label kills the process, which cannot write) or died (killed,
+        server restarted): it is answered, and rewritten, as ``STOPPED`` / ``FAILED``."""
         p = self.run_dir / "stats.json"
         try:
-            return json.loads(p.read_text()) if p.is_file() else {}
+            rec = json.loads(p.read_text()) if p.is_file() else {}
         except (OSError, json.JSONDecodeError):
             return {}
+        if not isinstance(rec, dict) or rec.get("status") != "RUNNING" or _pid_alive(rec.get("pid")):
+            return rec if isinstance(rec, dict) else {}
+        stopped = self._last_task_status() == "STOPPED"
+        rec = {
+            **rec,
+            "status": "STOPPED" if stopped else "FAILED",
+            "error": "stopped (DELETE /train/)" if stopped else "the training process ended without a result",
+            "total_time": rec.get("elapsed_s", 0) or 0,
+            "published": False,
+        }
+        try:
+            with atomic_write(p) as tmp:
+                tmp.write_text(json.dumps(rec, indent=1))
+        except OSError:
+            pass
+        return rec
+
+    def _last_task_status(self) -> str | None:
+        """Status of this server's latest training task of this model (MONAI Label's task list), if any."""
+        try:
+            from monailabel.utils.async_tasks.utils import tasks
+
+            mine = [t for t in tasks("train") if t.get("request", {}).get("model") == self.handle.name]
+        except Exception:  # noqa: BLE001 - outside a server there is no task list
+            return None
+        return mine[-1].get("status") if mine else None
 
     def __call__(self, request: dict[str, Any], datastore: Datastore) -> dict[str, Any]:
+        t0 = time.time()
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        epochs = int(request.get("max_epochs", self.epochs))
+        base = {
+            "model": self.handle.name,
+            "epochs": epochs,
+            "trigger": request.get("trigger", "request"),
+            "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+            "pid": os.getpid(),
+        }
+        progress = TrainProgress(self.run_dir / "stats.json", base, ["train"], t0)
+        progress.write(progress.record())
+        try:
+            return self._run(request, datastore, progress)
+        except Exception as e:
+            try:
+                progress.write(progress.record("FAILED", error=str(e)[:500], published=False))
+            except OSError:
+                pass
+            raise
+
+    def _run(self, request: dict[str, Any], datastore: Datastore, progress: TrainProgress) -> dict[str, Any]:
         from anatomark.training import train
 
-        t0 = time.time()
+        t0 = progress.t0
         model, version = self.handle.get()
         names = list(model.landmark_set.names)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        progress.base["started_from_version"] = version
+        if model.recipe.get("kind") == "cascade":
+            progress.stages = ["global", "local"]
+            progress.stage = "global"
         with atomic_write(self.run_dir / "labels_used.json") as tmp:  # before anything can fail: no retry loop
             tmp.write_text(json.dumps({"labels": final_labels(datastore), "started": time.time()}))
         items = collect_items(datastore, names)
@@ -297,6 +447,7 @@ class LandmarkTrainTask(TrainTask):
         if "batch_size" in request:
             recipe["train"]["batch_size"] = request["batch_size"]
         epochs = int(request.get("max_epochs", self.epochs))
+        progress.base["epochs"] = epochs
         init = self.handle.path()
         for stale in ("model.pt", "last.pt"):
             (self.run_dir / stale).unlink(missing_ok=True)
@@ -315,16 +466,21 @@ class LandmarkTrainTask(TrainTask):
             "val_items": val_items or None,
             "progress": False,
             "info": {"fine_tuned_from": version, "train_images": [it["id"] for it in train_items]},
+            "on_epoch": progress,
         }
+        progress.base.update(n_train=len(train_items), n_val=len(val_items))
+        progress.write(progress.record())
         res = distributed.train_distributed(plan, *args, **kwargs) if plan else train(*args, **kwargs)
         candidate = Path(res["model_path"])
         if not candidate.is_file():
             raise AnatomarkError(f"The fine-tuning of {self.handle.name} wrote no model (no finite loss or score)")
+        progress.write(progress.record(stage_detail="publication gate: scoring candidate and served model"))
         gate = self._gate(candidate, model, version, val_items)
         skipped = sorted(
             {it["id"] for it in train_items if not Path(it["image"]).is_file()} | {s["id"] for s in gate["skipped"]}
         )
         stats = {
+            **progress.record("DONE"),
             "model": self.handle.name,
             "started_from_version": version,
             "model_version": self.handle.current_version() or version,
