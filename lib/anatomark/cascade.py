@@ -196,7 +196,7 @@ class CascadeModel(LandmarkModel):
     def _predict(self, image: XrayImage) -> Prediction:
         t0 = time.perf_counter()
         scaled = scale_intensity(image.array)
-        coarse = Fn.resize_image(scaled, self.size_hw)
+        coarse, frame = self.to_grid(scaled)
         s = self.refiner.spacing_mm
         fine_hw = (
             max(16, round(image.shape[0] * image.spacing[1] / s)),
@@ -204,29 +204,38 @@ class CascadeModel(LandmarkModel):
         )
         fine = Fn.resize_image(scaled, fine_hw)
         t1 = time.perf_counter()
-        pts, _ = self.predict_grid(coarse)
+        pts, coarse_conf = self.predict_grid(coarse)
         t2 = time.perf_counter()
+        coarse_pts = self.from_grid(pts, frame, image.shape)  # original px; outside the image when letterboxed
+        h, w = image.shape
+        inside = (coarse_pts[:, 0] >= -0.5) & (coarse_pts[:, 0] <= w - 0.5)
+        inside &= (coarse_pts[:, 1] >= -0.5) & (coarse_pts[:, 1] <= h - 0.5)
+        start = Fn.resize_points(coarse_pts, image.shape, fine_hw)
+        start[~inside] = np.nan  # a landmark stage 1 puts outside the image is not refined (there is nothing to see)
         with self._lock:
-            pts_fine, conf, spread = self.refiner.refine_spread(fine, Fn.resize_points(pts, self.size_hw, fine_hw))
+            pts_fine, conf, spread = self.refiner.refine_spread(fine, start)
         t3 = time.perf_counter()
         zoom = 0.5 * (image.shape[0] / fine_hw[0] + image.shape[1] / fine_hw[1])
+        points = Fn.resize_points(pts_fine, fine_hw, image.shape)
+        points[~inside] = coarse_pts[~inside]
+        conf = np.where(inside, conf, coarse_conf)
         return Prediction(
-            points=Fn.resize_points(pts_fine, fine_hw, image.shape),
+            points=points,
             confidence=conf,
             spacing=image.spacing,
             names=list(self.landmark_set.names),
             timings={"preprocess": t1 - t0, "network": t2 - t1, "refine": t3 - t2},
-            coarse_points=Fn.resize_points(pts, self.size_hw, image.shape),
+            coarse_points=coarse_pts,
             spread_px=spread * zoom,
         )
 
     def predict_coarse(self, image: XrayImage) -> Prediction:
         """Stage 1 only (about a quarter of the time of :meth:`predict`; no shape prior)."""
         t0 = time.perf_counter()
-        coarse = Fn.resize_image(scale_intensity(image.array), self.size_hw)
+        coarse, frame = self.to_grid(scale_intensity(image.array))
         pts, conf = self.predict_grid(coarse)
         return Prediction(
-            points=Fn.resize_points(pts, self.size_hw, image.shape),
+            points=self.from_grid(pts, frame, image.shape),
             confidence=conf,
             spacing=image.spacing,
             names=list(self.landmark_set.names),

@@ -240,6 +240,10 @@ def analyse(model: LandmarkModel, image: XrayImage, orientation: str = "auto") -
         in_image = ~(outside & far) & np.isfinite(canon_points).all(1)
     else:
         in_image = np.isfinite(canon_points).all(1)
+    # a model that letterboxes (input.keep_aspect) may itself place a landmark in the padding, outside the image
+    w, h = canon_size
+    px, py = canon_points[:, 0], canon_points[:, 1]
+    in_image &= (px >= -0.5) & (px <= w - 0.5) & (py >= -0.5) & (py <= h - 0.5)
     # no reported point outside the image: clamp the pixel centre into [0, W-1] x [0, H-1]
     w, h = canon_size
     canon_points = np.stack([np.clip(canon_points[:, 0], 0, w - 1), np.clip(canon_points[:, 1], 0, h - 1)], axis=1)

@@ -117,6 +117,9 @@ class LandmarkModel:
         dec = recipe.get("decode", {})
         self.decode_method = dec.get("method", "local_mean")
         self.decode_radius = int(dec.get("radius", 3))
+        # pad an image of another aspect ratio to the grid's instead of stretching it (``input.keep_aspect``): only
+        # for models trained on images of the grid's aspect (ISBI), for which it changes nothing
+        self.keep_aspect = bool(recipe.get("input", {}).get("keep_aspect", False))
         self.path: str | None = None
         self.shape_prior: Any = None  # anatomark.shape.ShapePrior, applied by predict() when the model file has one
         self.quality: Any = None  # anatomark.quality.QualityModel, used by anatomark.inference (anatomark calibrate)
@@ -151,6 +154,18 @@ class LandmarkModel:
         pts, _, mass = Fn.heatmaps_to_points(prob, self.decode_method, self.decode_radius)
         return pts, np.clip(mass, 0.0, 1.0), Fn.heatmap_spread(prob, pts)
 
+    def to_grid(self, scaled: np.ndarray) -> tuple[np.ndarray, tuple[int, int, int, int] | None]:
+        """``(H, W)`` [0, 1] image -> the ``size_hw`` model input, and the letterbox frame (``None``: stretched)."""
+        if self.keep_aspect:
+            return Fn.letterbox_image(scaled, self.size_hw)
+        return Fn.resize_image(scaled, self.size_hw), None
+
+    def from_grid(self, points: np.ndarray, frame: tuple[int, int, int, int] | None, shape_hw) -> np.ndarray:  # noqa: ANN001
+        """Points of the model grid -> the original image of ``shape_hw`` (see :meth:`to_grid`)."""
+        if frame is None:
+            return Fn.resize_points(points, self.size_hw, shape_hw)
+        return Fn.letterbox_points_back(points, frame, self.size_hw)
+
     def predict(self, image: XrayImage) -> Prediction:
         """Find the landmarks on ``image``; points come back in its original pixels.
 
@@ -182,12 +197,13 @@ class LandmarkModel:
         if self.recipe.get("kind") == "local":
             raise AnatomarkError(f"{self.name} is a local refiner (stage 2) only; predict with a cascade model")
         t0 = time.perf_counter()
-        scaled = prepare_image(image, self.size_hw)
+        scaled, frame = self.to_grid(scale_intensity(image.array))
         t1 = time.perf_counter()
         pts, conf, spread = self.predict_grid_spread(scaled)
         t2 = time.perf_counter()
-        zoom = 0.5 * (image.shape[0] / self.size_hw[0] + image.shape[1] / self.size_hw[1])
-        pts = Fn.resize_points(pts, self.size_hw, image.shape)
+        src = image.shape if frame is None else frame[2:]
+        zoom = 0.5 * (src[0] / self.size_hw[0] + src[1] / self.size_hw[1])
+        pts = self.from_grid(pts, frame, image.shape)
         return Prediction(
             points=pts,
             confidence=conf,

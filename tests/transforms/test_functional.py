@@ -154,3 +154,20 @@ def test_patch_sampling_carries_points(rng):
         hm[0, 10:23, 10:23] = patch[10:23, 10:23]
         found = Fn.heatmaps_to_points(hm, "local_mean", 5)[0][0]
         assert np.abs(found - inside[0]).max() < 0.5 * max(1.0, 1 / scale)
+
+
+def test_letterbox_pads_other_aspect_ratios_and_maps_points_back():
+    from anatomark.transforms.functional import letterbox_frame, letterbox_image, letterbox_points_back
+
+    assert letterbox_frame((2400, 1935), (320, 256)) == (0, 0, 2400, 1935)  # within 5 %: stretched as in training
+    top, left, ph, pw = letterbox_frame((1200, 1935), (320, 256))  # a lower half: padded above and below
+    assert left == 0 and pw == 1935 and ph == round(1935 * 320 / 256) and top == (ph - 1200) // 2
+    img = np.zeros((100, 300), np.float32)
+    img[40, 250] = 1.0
+    out, frame = letterbox_image(img, (64, 64))
+    assert out.shape == (64, 64) and frame == (100, 0, 300, 300)
+    y, x = np.unravel_index(int(out.argmax()), out.shape)
+    back = letterbox_points_back(np.array([[x, y]], float), frame, (64, 64))[0]
+    assert abs(back[0] - 250) < 300 / 64 and abs(back[1] - 40) < 300 / 64
+    above = letterbox_points_back(np.array([[32.0, 5.0]]), frame, (64, 64))[0]
+    assert above[1] < 0  # the padding maps outside the image
