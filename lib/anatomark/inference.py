@@ -155,7 +155,8 @@ def _search_orientation(
     model: LandmarkModel, q: QualityModel, image: XrayImage, stat: float, tried: dict[str, float]
 ) -> tuple[Orientation, XrayImage, Prediction, ShapeFit, Verdict] | None:
     """Try the other orientations with the first stage (in :data:`ORIENTATIONS` order, stopping at the first
-    plausible one), then the best fully; ``None`` unless that answer is reliable and fits better than ``stat``."""
+    plausible one), then the best fully; ``None`` unless that answer fits better than ``stat`` and is reliable or
+    clearly the right orientation (4x better and within 5x the typical statistic)."""
     best, best_stat = None, stat
     for o in ORIENTATIONS.values():
         if o is IDENTITY:
@@ -174,7 +175,11 @@ def _search_orientation(
     fit = q.fit_shape(pred.points, pred.spacing)
     tried[best.name] = fit.statistic_mm
     verdict = q.verdict(fit, work.array)
-    if not verdict.reliable or fit.statistic_mm >= stat:
+    # the orientation is clear when the answer is reliable, or when it fits far better than as given and is close
+    # to the anatomy (a mirrored copy of a borderline image: its verdict stays the one the unmirrored image gets)
+    typical = math.exp(float(q.statistic[0]))
+    clear = fit.statistic_mm <= 0.25 * stat and fit.statistic_mm <= 5.0 * typical
+    if fit.statistic_mm >= stat or not (verdict.reliable or clear):
         return None
     return best, work, pred, fit, verdict
 

@@ -52,7 +52,9 @@ def mre_mm(res: dict, truth: np.ndarray) -> float:
 
 def test_default_is_the_cascade_and_lands_near_the_senior_truth(cclient, senior, landmark_set, seen):
     info = cclient.info()
-    assert list(info["models"]) == [CASCADE]  # "default" resolved through configs/app.yaml
+    # "default" resolved through configs/app.yaml; beside it the detection task 3D Slicer shows as points
+    assert sorted(info["models"]) == [CASCADE, f"{CASCADE}_points"]
+    assert info["models"][f"{CASCADE}_points"]["type"] == "detection"
     assert info["models"][CASCADE]["labels"] == {n: k + 1 for k, n in enumerate(landmark_set.names)}
     _, res = cclient.infer(CASCADE, "154", {"result_format": "slicer_markups"})
     assert res["model"] == CASCADE and res["model_version"]

@@ -17,6 +17,11 @@ from PIL import Image
 REPO = Path(__file__).resolve().parents[2]
 
 
+def segmentation_models(info: dict) -> list[str]:
+    """The label-map tasks of ``/info/`` (each model also has a ``<name>_points`` detection task for 3D Slicer)."""
+    return [n for n, m in info["models"].items() if m.get("type") == "segmentation"]
+
+
 def _info(url: str) -> dict:
     with urllib.request.urlopen(f"{url}/info/", timeout=30) as r:
         return json.loads(r.read())
@@ -46,7 +51,8 @@ def test_all_means_the_default_models_landmark_set_and_the_spine_model_is_served
     srv = start_server(tmp_path / "spine", studies, {"models": "all", "landmark_set": "aasce2019_spine"})
     try:
         info = _info(srv.url)
-        assert list(info["models"]) == ["aasce2019_heatmap_unet"]
+        assert segmentation_models(info) == ["aasce2019_heatmap_unet"]
+        assert info["models"]["aasce2019_heatmap_unet_points"]["type"] == "detection"  # the Slicer points task
         assert len(info["models"]["aasce2019_heatmap_unet"]["labels"]) == 68
         client = MONAILabelClient(srv.url, tmpdir=str(tmp_path / "client"))
         _, res = client.infer("aasce2019_heatmap_unet", "spine", {})
@@ -83,7 +89,7 @@ def test_every_model_zoo_family_is_served_and_returns_k_points(tmp_path, monkeyp
     srv = start_server(tmp_path / "srv", studies, {"models": "all"})
     try:
         info = _info(srv.url)
-        assert sorted(info["models"]) == sorted(f"dots_{k}" for k in ZOO_KINDS)
+        assert sorted(segmentation_models(info)) == sorted(f"dots_{k}" for k in ZOO_KINDS)
         client = MONAILabelClient(srv.url, tmpdir=str(tmp_path / "client"))
         for kind in ZOO_KINDS:
             assert info["models"][f"dots_{kind}"]["labels"] == {"left_dot": 1, "right_dot": 2}
