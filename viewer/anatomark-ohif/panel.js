@@ -131,7 +131,8 @@ function sourceHtml(uid, img) {
     );
   }
   const none = img.loaded ? 'No saved correction: run Auto-landmark' : 'Looking for a saved correction…';
-  return `<div class="am-box am-muted" data-cy="anatomark-source" data-source="none">${none}</div>`;
+  const kind = img.loaded ? 'none' : 'loading';
+  return `<div class="am-box am-muted" data-cy="anatomark-source" data-source="${kind}">${none}</div>`;
 }
 
 /** The quality verdict of the last Auto-landmark on this image. */
