@@ -272,3 +272,32 @@ def test_landmarks_sr_round_trip(isbi, tmp_path):
     assert ref.ReferencedSOPInstanceUID == src.SOPInstanceUID
     with pytest.raises(ValueError):
         landmarks_sr(src, ["sella"], np.array([[np.nan, np.nan]]))
+
+
+def test_final_labels_read_back_from_the_pacs_sr(pacs, tmp_path):
+    """A datastore with an empty cache finds an image's anatomark SR in the PACS and trains on its latest instance's
+    points (``datalist``); a local label is never replaced by a later SR."""
+    import pydicom
+
+    from anatomark.config import load_landmark_set
+    from anatomark.monailabel.dicomweb import LandmarkDICOMwebDatastore, dicomweb_client, landmarks_sr
+
+    orthanc, files = pacs
+    client = dicomweb_client(f"{orthanc.url}/dicom-web")
+    ls = load_landmark_set("isbi2015_cephalometric")
+    cr = files["CR"]
+    src = pydicom.dcmread(cr.path, stop_before_pixels=True)
+    pts = np.stack([np.linspace(100, 1800, len(ls)), np.linspace(200, 2200, len(ls))], axis=1)
+    older = landmarks_sr(src, ls.names, pts + 50, instance_number=1)
+    latest = landmarks_sr(src, ls.names, pts, instance_number=2)
+    client.store_instances([older, latest])
+    ds = LandmarkDICOMwebDatastore(client, ls, cache_path=tmp_path / "cache", modalities=["CR"])
+    items = ds.datalist()
+    assert [Path(d["image"]).stem for d in items] == [cr.series_instance_uid]
+    got, spacing = ds.label_points(cr.series_instance_uid, "final")
+    np.testing.assert_allclose(got, pts, atol=1e-3)
+    info = ds.get_label_info(cr.series_instance_uid, "final")
+    assert info["source"] == "pacs_sr" and info["pacs_sr"]["SOPInstanceUID"] == latest.SOPInstanceUID
+    client.store_instances([landmarks_sr(src, ls.names, pts + 100, instance_number=3)])
+    assert ds.import_pacs_labels() == []
+    np.testing.assert_allclose(ds.label_points(cr.series_instance_uid, "final")[0], pts, atol=1e-3)

@@ -15,12 +15,17 @@ internet at start. This datastore instead:
 - also writes every saved *final* label back to the PACS as a DICOM SR measurement report (TID 1500, one SCOORD
   POINT per landmark, named; :func:`landmarks_sr`, built with ``highdicom``) stored by STOW-RS in the image's study,
   one SR series per image series (a new instance per save). The SR's UIDs go into the label info (``pacs_sr``); a
-  PACS that refuses it does not lose the saved label (``pacs_sr.error``).
+  PACS that refuses it does not lose the saved label (``pacs_sr.error``);
+- reads these SRs back (:meth:`LandmarkDICOMwebDatastore.import_pacs_labels`, run by ``datalist`` at most every
+  ``sr_import_ttl`` seconds, so also by every training): an image that has an anatomark SR in the PACS but no final
+  label in the cache folder (a new cache, another server, a wiped disk) gets the latest SR's points as its final
+  label. A local label is never replaced by an SR.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import tempfile
@@ -186,6 +191,7 @@ class LandmarkDICOMwebDatastore(LandmarkDatastore):
         cache_path: local folder for downloaded instances and labels.
         modalities: series modalities listed as images.
         list_ttl: seconds the series list is reused before asking the server again.
+        sr_import_ttl: seconds between two looks for SR labels in the PACS by ``datalist`` (< 0: never).
         **kwargs: passed to :class:`LandmarkDatastore` (``on_label_saved``, ``label_radius_mm``).
     """
 
@@ -196,6 +202,7 @@ class LandmarkDICOMwebDatastore(LandmarkDatastore):
         cache_path: str | Path,
         modalities: tuple[str, ...] | list[str] = DEFAULT_MODALITIES,
         list_ttl: float = 5.0,
+        sr_import_ttl: float = 60.0,
         **kwargs: Any,
     ) -> None:
         self._client = client
@@ -205,6 +212,8 @@ class LandmarkDICOMwebDatastore(LandmarkDatastore):
         self._listed_at = 0.0
         self._list_lock = threading.Lock()
         self._fetch_lock = threading.Lock()
+        self.sr_import_ttl = float(sr_import_ttl)
+        self._sr_imported_at: float | None = None
         Path(cache_path).mkdir(parents=True, exist_ok=True)
         logger.info(f"DICOMweb datastore {client.base_url}: modalities {self.modalities}, cache {cache_path}")
         super().__init__(str(cache_path), landmark_set, extensions=["*.dcm"], auto_reload=False, **kwargs)
@@ -283,6 +292,56 @@ class LandmarkDICOMwebDatastore(LandmarkDatastore):
         if (label_tag or "final") == "final":
             self._store_sr(image_id)
         return saved
+
+    def datalist(self, full_path: bool = True) -> list[dict[str, Any]]:
+        """The training list, after importing final labels kept only in the PACS (see :meth:`import_pacs_labels`)."""
+        now = time.monotonic()
+        due = self._sr_imported_at is None or now - self._sr_imported_at > self.sr_import_ttl
+        if self.sr_import_ttl >= 0 and due:
+            self._sr_imported_at = now
+            try:
+                self.import_pacs_labels()
+            except Exception:  # noqa: BLE001 - the PACS copy is optional; the local labels still train
+                logger.exception("Importing SR labels from the PACS failed")
+        return super().datalist(full_path)
+
+    def import_pacs_labels(self) -> list[str]:
+        """Final labels from the PACS: for each listed image without a local final label whose SR series
+        (:func:`sr_series_uid`) exists, the latest instance's points (highest InstanceNumber) are saved as its final
+        label (``source`` ``pacs_sr``; not stored back). Returns the image ids given a label."""
+        remote = self._remote_series()
+        labelled = set(LandmarkDatastore.get_labeled_images(self, "final"))
+        wanted = {sr_series_uid(uid): uid for uid in remote if uid not in labelled}
+        if not wanted:
+            return []
+        imported = []
+        for meta in self._client.search_for_series(search_filters={"Modality": "SR"}):
+            sr_series = _value(meta, "0020000E")
+            uid = wanted.get(sr_series)
+            if uid is None:
+                continue
+            study = _value(meta, "0020000D")
+            instances = self._client.search_for_instances(study, sr_series)
+            if not instances:
+                continue
+            last = max(instances, key=lambda m: (int(_value(m, "00200013") or 0), _value(m, "00080018")))
+            sr = self._client.retrieve_instance(study, sr_series, _value(last, "00080018"))
+            points = sr_landmarks(sr)
+            if not points:
+                continue
+            body = {"landmarks": [{"name": n, "x": x, "y": y} for n, (x, y) in points.items()]}
+            info = {"source": "pacs_sr", "pacs_sr": {"SOPInstanceUID": str(sr.SOPInstanceUID), "imported": True}}
+            with tempfile.TemporaryDirectory() as tmp:
+                f = Path(tmp) / "landmarks.json"
+                f.write_text(json.dumps(body))
+                try:
+                    LandmarkDatastore.save_label(self, uid, str(f), "final", info)
+                except Exception:  # noqa: BLE001 - one bad SR must not stop the others
+                    logger.exception(f"SR {sr.SOPInstanceUID} not imported as the label of {uid}")
+                    continue
+            logger.info(f"Imported the final label of {uid} from SR {sr.SOPInstanceUID} in the PACS")
+            imported.append(uid)
+        return imported
 
     def _store_sr(self, image_id: str) -> dict[str, Any]:
         """STOW-RS the saved final label of ``image_id`` as an SR in its study; the outcome goes to ``pacs_sr``."""
