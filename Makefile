@@ -4,6 +4,7 @@ VENV    ?= .venv
 VPY     := $(VENV)/bin/python
 DATASET ?= ../shared/datasets/isbi2015
 MODEL   ?= default
+ANNOTATOR ?= mean
 STUDIES ?= runs/studies
 PORT    ?= 8000
 # server options for `make serve` / `make stack`: CONF="auto_train_every_n_labels 5 gate_min_val_images 3" (pairs)
@@ -29,9 +30,9 @@ $(VENV)/.installed: requirements.txt constraints.txt setup.cfg
 
 install: $(VENV)/.installed
 
-## The main job: evaluate the shipped model on ISBI 2015 Test1 (senior) and write overlays for two images.
+## The main job: evaluate the shipped model on ISBI 2015 Test1 (mean of both annotators) and write overlays for two images.
 run: install
-	$(VENV)/bin/anatomark evaluate --model $(MODEL) --dataset $(DATASET) --split test1 --annotator senior --json runs/evaluate_test1.json
+	$(VENV)/bin/anatomark evaluate --model $(MODEL) --dataset $(DATASET) --split test1 --annotator $(ANNOTATOR) --json runs/evaluate_test1.json
 	$(VENV)/bin/anatomark infer $(DATASET)/images/151.jpg $(DATASET)/images/152.jpg --model $(MODEL) --out runs/infer --markups
 
 evaluate: run
