@@ -297,11 +297,19 @@ export function currentPoints() {
   });
 }
 
+/** Names of the landmark models in /info/: the label-map tasks (each also has a `<name>_points` detection task,
+ * which is what 3D Slicer shows as points; the viewer draws points itself). */
+export function landmarkModels(info) {
+  return Object.entries(info.models || {})
+    .filter(([, m]) => !m.type || m.type === 'segmentation')
+    .map(([name]) => name);
+}
+
 /** The model to run (window.config.anatomark.model, else the server's first) and the landmarks' short labels and
  * colours (the app's /info/ "anatomark.landmarks"). */
 export async function pickModel() {
   const info = await loadInfo();
-  const names = Object.keys(info.models || {});
+  const names = landmarkModels(info);
   const wanted = state.selectedModel || window.config?.anatomark?.model;
   if (wanted) return wanted;
   if (!names.length) throw new Error('The MONAI Label server serves no model');
@@ -315,7 +323,7 @@ export async function loadInfo() {
   const info = await r.json();
   state.info = info;
   state.styles = Object.fromEntries((info.anatomark?.landmarks || []).map(l => [l.name, l]));
-  const names = Object.keys(info.models || {});
+  const names = landmarkModels(info);
   if (!state.selectedModel || !names.includes(state.selectedModel)) {
     const wanted = window.config?.anatomark?.model;
     state.selectedModel = wanted && names.includes(wanted) ? wanted : names[0] || null;

@@ -15,6 +15,7 @@ import {
   activeImage,
   currentPoints,
   loadInfo,
+  landmarkModels,
   modelVersion,
   autoLandmark,
   save,
@@ -86,7 +87,7 @@ const num = (v, d = 2) => (typeof v === 'number' && Number.isFinite(v) ? v.toFix
 
 /** Model selector and its version. */
 function modelHtml() {
-  const models = Object.keys(state.info?.models || {});
+  const models = state.info ? landmarkModels(state.info) : [];
   if (!state.info) return '<div class="am-muted">Connecting to the MONAI Label server…</div>';
   const opts = models.map(m => `<option value="${esc(m)}"${m === state.selectedModel ? ' selected' : ''}>${esc(m)}</option>`);
   const version = modelVersion(state.selectedModel);

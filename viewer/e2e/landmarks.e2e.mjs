@@ -373,7 +373,7 @@ try {
   }
 
   // 8. Train now (1 epoch), progress in the panel until the run ends (or a 409 answer)
-  await page.evaluate(() => (window.anatomark.trainParams = { max_epochs: 1 }));
+  await page.evaluate(() => (window.anatomark.trainParams = { max_epochs: 4 }));
   await page.click('[data-cy="anatomark-train"]');
   await page.waitForSelector('[data-cy="anatomark-train-message"]', { timeout });
   result.train = { message: await panelText('[data-cy="anatomark-train-message"]'), seen: [] };
