@@ -20,6 +20,7 @@ logger = logging.getLogger(__name__)
 
 CONFIDENCE_KEY = "anatomark_confidence"
 MRE_KEY = "anatomark_mre_mm"
+PROPOSED_KEY = "anatomark_proposed"
 
 
 class LowestConfidence(Strategy):
@@ -29,13 +30,19 @@ class LowestConfidence(Strategy):
     :class:`anatomark.model.Prediction`). Scores are cached in the image info per model version, so each image is
     predicted once per model; at most ``max_candidates`` new images are scored per request.
 
-    Request options: ``model`` (default: the first served model), ``max_candidates``.
+    An image proposed less than ``skip_recent_minutes`` ago is skipped, so two requests (two users, or a user who
+    skips an image) get different images; when every candidate was proposed recently, the one proposed longest ago
+    is given again (the strategy rotates). Each proposal is recorded in the image info (``anatomark_proposed``:
+    ``{ts, model}``); ``skip_recent_minutes`` 0 gives the lowest-confidence image every time.
+
+    Request options: ``model`` (default: the first served model), ``max_candidates``, ``skip_recent_minutes``.
     """
 
-    def __init__(self, handles: dict[str, PublishedModel], max_candidates: int = 64):
+    def __init__(self, handles: dict[str, PublishedModel], max_candidates: int = 64, skip_recent_minutes: float = 10):
         super().__init__("Unlabelled image with the lowest model confidence (mean over landmarks)")
         self.handles = handles
         self.max_candidates = max_candidates
+        self.skip_recent_minutes = skip_recent_minutes
 
     def __call__(self, request: dict[str, Any], datastore: Datastore) -> dict[str, Any]:
         name = request.get("model") or next(iter(self.handles), None)
@@ -46,10 +53,16 @@ class LowestConfidence(Strategy):
             return {}
         model, version = self.handles[name].get()
         budget = int(request.get("max_candidates", self.max_candidates))
+        recent_min = request.get("skip_recent_minutes", self.skip_recent_minutes)
+        if isinstance(recent_min, bool) or not isinstance(recent_min, (int, float)) or not recent_min >= 0:
+            raise AnatomarkError(f"skip_recent_minutes must be a number >= 0, got {recent_min!r}")
         scores: dict[str, float] = {}
+        proposed: dict[str, float] = {}
         todo = []
         for image_id in ids:
-            c = datastore.get_image_info(image_id).get(CONFIDENCE_KEY) or {}
+            info = datastore.get_image_info(image_id)
+            proposed[image_id] = float((info.get(PROPOSED_KEY) or {}).get("ts") or 0.0)
+            c = info.get(CONFIDENCE_KEY) or {}
             if c.get("model") == name and c.get("model_version") == version and c.get("mean") is not None:
                 scores[image_id] = float(c["mean"])
             else:
@@ -78,20 +91,32 @@ class LowestConfidence(Strategy):
             )
         if not scores:
             return {}
-        image_id = min(scores, key=lambda i: (scores[i], i))
+        now = time.time()
+        fresh = [i for i in scores if now - proposed[i] >= 60.0 * float(recent_min)]
+        if fresh:
+            image_id = min(fresh, key=lambda i: (scores[i], i))
+        else:  # every candidate was proposed recently: the one proposed longest ago
+            image_id = min(scores, key=lambda i: (proposed[i], scores[i], i))
+        datastore.update_image_info(image_id, {PROPOSED_KEY: {"ts": round(now, 3), "model": name}})
         return {
             "id": image_id,
             "confidence": scores[image_id],
             "model": name,
             "model_version": version,
             "scored": len(scores),
+            "skipped_recent": len(scores) - len(fresh),
         }
 
 
 class LandmarkMRE(ScoringMethod):
     """Per image: mean radial error (mm) between the model's ``original`` landmarks and the user's ``final`` ones.
 
-    Writes ``anatomark_mre_mm`` into each image's info and returns ``{"images": {id: {...}}, "mean_mre_mm"}``.
+    The ``original`` is what ``/infer`` kept automatically (the prediction before the user's correction, see
+    :func:`anatomark.monailabel.datastore.keep_original_for_path`) or an infer result saved with ``save_label``.
+    Writes ``anatomark_mre_mm`` (``{mre_mm, max_mm, n_landmarks, model, model_version, ts}``) into each image's info,
+    readable through ``GET /datastore/image/info?image=<id>`` (or ``GET /datastore/?output=all``) once the scoring
+    task is done, and returns ``{"images": {id: {...}}, "mean_mre_mm"}`` (``POST /scoring/landmark_mre`` runs it in
+    a subprocess; its return value only reaches the log unless ``run_sync=true``).
     """
 
     def __init__(self) -> None:
@@ -118,6 +143,7 @@ class LandmarkMRE(ScoringMethod):
                 "max_mm": round(float(finite.max()), 4),
                 "n_landmarks": int(finite.size),
                 "model": info.get("model"),
+                "model_version": info.get("model_version"),
                 "ts": int(time.time()),
             }
             datastore.update_image_info(image_id, {MRE_KEY: rec})

@@ -27,6 +27,17 @@ supported, with one policy:
 - deleting (``DELETE /datastore/image``, ``/datastore/label``) removes only the entry in the studies folder: a link
   is unlinked and its target never touched, and nothing is deleted inside a folder reached through a link that
   leaves the studies folder (409).
+
+The model's original prediction (issue 16). 3D Slicer never sends ``save_label``, so every ``/infer`` of an image of
+the datastore keeps the predicted points as the image's ``original`` label (:func:`keep_original_for_path`): a small
+points JSON (``<labels>/original/<id>.json``, our ``{"landmarks": [...]}``) and the label info (``landmarks``,
+``spacing_mm``, ``model``, ``model_version``, ``source: "infer"``), written by a background thread so ``/infer`` does
+not wait for the datastore file. It is not replaced once the image has a ``final`` label: the original stays the
+prediction the user corrected (``save_label: true`` still stores the label map, as MONAI Label does). Only images
+in the studies folder itself (not links to files elsewhere, not uploads) are kept.
+
+The stored ``label_info`` always describes the stored label map: value k is landmark k of the set (the client's
+``label_info``, when its order differs, is kept as ``client_label_info``).
 """
 
 from __future__ import annotations
@@ -38,7 +49,9 @@ import os
 import threading
 import time
 import uuid
+import weakref
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +80,7 @@ from anatomark.monailabel.labels import (
     points_from_json,
     points_to_json,
     read_label_points,
+    stored_label_info,
     write_labelmap_like,
 )
 
@@ -77,7 +91,35 @@ INFO_POINTS = "landmarks"
 INFO_SPACING = "spacing_mm"
 INFO_SET = "landmark_set"
 #: label-info keys only the server writes (PUT /datastore/label/info may not change them)
-RESERVED_LABEL_INFO = (INFO_POINTS, INFO_SPACING, INFO_SET, "n_landmarks", "name", "ts")
+RESERVED_LABEL_INFO = (INFO_POINTS, INFO_SPACING, INFO_SET, "n_landmarks", "name", "ts", "label_info")
+
+#: the landmark datastores of this process: where an infer task keeps its prediction (:func:`keep_original_for_path`)
+_DATASTORES: weakref.WeakSet[LandmarkDatastore] = weakref.WeakSet()
+#: one writer thread for kept predictions: ``/infer`` never waits for the datastore file
+_KEEPER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="anatomark-keep-original")
+
+
+def keep_original_for_path(
+    image_path: str, points: np.ndarray, spacing: tuple[float, float], model: str, model_version: str | None
+) -> Future | None:
+    """Keep an infer result's points as the ``original`` label of the datastore image at ``image_path``.
+
+    Called by the infer task with the file it read; a path that is no image of a :class:`LandmarkDatastore` of this
+    process (an upload, a session volume, a library call without a server) keeps nothing. The in-memory checks run
+    here; the write runs on a background thread (:meth:`LandmarkDatastore.keep_original`).
+
+    Returns:
+        The pending write, or ``None`` when nothing is kept.
+    """
+    for ds in list(_DATASTORES):
+        image_id = ds.image_id_of_path(image_path)
+        if image_id is None:
+            continue
+        if ds.has_label(image_id, DefaultLabelTag.FINAL.value):
+            return None  # the original stays the prediction the user corrected
+        pts = np.array(points, dtype=np.float64, copy=True)
+        return _KEEPER.submit(ds.keep_original, image_id, pts, spacing, model, model_version)
+    return None
 
 
 def atomic_copy(src: str | Path, dst: str | Path, data: bytes | None = None) -> None:
@@ -210,6 +252,7 @@ class LandmarkDatastore(LocalDatastore):
         self._link_checks: dict[str, tuple[tuple[int, int, int, int], bool]] = {}  # target -> (stat key, is image)
         super().__init__(datastore_path, **kwargs)
         self._remove_partial_files()
+        _DATASTORES.add(self)
 
     def _remove_partial_files(self) -> None:
         """Drop ``.part`` files left by a writer that was killed mid-write (they never replaced a real file).
@@ -339,7 +382,20 @@ class LandmarkDatastore(LocalDatastore):
             return ""
         return super().get_image_uri(image_id)
 
+    def _refresh_if_changed(self) -> None:
+        """Re-read ``datastore_v2.json`` when another process (scoring, training) changed it: a cheap ``stat``
+        unless it did."""
+        if self._file_key() != self._config_key:
+            self._init_from_datastore_file()
+
+    def json(self) -> dict[str, Any]:
+        """``GET /datastore/?output=all``, as the file holds it now (scores of the scoring subprocess included)."""
+        self._refresh_if_changed()
+        return super().json()
+
     def get_image_info(self, image_id: str) -> dict[str, Any]:
+        """The image's info, as the file holds it now (scores written by the scoring subprocess included)."""
+        self._refresh_if_changed()
         info = super().get_image_info(image_id)
         if info and self.image_access_problem(image_id):
             info["path"] = self._image_entry(image_id)  # never the target of a link that is not followed
@@ -492,6 +548,10 @@ class LandmarkDatastore(LocalDatastore):
             detail = str(e).replace(os.path.basename(label_filename), "(uploaded label)")
             raise HTTPException(status_code=422, detail=f"Label refused for image {image_id!r}: {detail}") from e
         try:
+            client_label_info = info.pop("label_info", None)
+            stored = stored_label_info(ls)
+            if client_label_info is not None and client_label_info != stored:
+                info["client_label_info"] = client_label_info  # the uploaded map's values, not the stored map's
             info.update(
                 {
                     INFO_POINTS: points_to_json(points),
@@ -499,6 +559,7 @@ class LandmarkDatastore(LocalDatastore):
                     INFO_SET: ls.name,
                     "n_landmarks": int(np.isfinite(points).all(axis=1).sum()),
                     "source_file": Path(label_filename).name,
+                    "label_info": stored,  # describes the stored map (re-encoded into the set's order)
                 }
             )
             _, ext = self._to_id(os.path.basename(canonical))
@@ -533,6 +594,79 @@ class LandmarkDatastore(LocalDatastore):
             except Exception:  # noqa: BLE001 - a failing hook must not lose the saved label
                 logger.exception("on_label_saved hook failed")
         return image_id
+
+    def has_label(self, image_id: str, tag: str) -> bool:
+        """Whether the image has a label with ``tag`` (in this process's view of the datastore)."""
+        return self._datastore.label(image_id, tag) is not None
+
+    def image_id_of_path(self, image_path: str) -> str | None:
+        """The id of the image stored at ``image_path`` directly in the studies folder (``None`` otherwise)."""
+        folder = os.path.realpath(self._datastore.image_path())
+        real = os.path.realpath(image_path)
+        if os.path.dirname(real) != folder:
+            return None
+        image_id, _ = self._to_id(os.path.basename(real))
+        obj = self._datastore.objects.get(image_id)
+        if obj is None or self._filename(image_id, obj.image.ext) != os.path.basename(real):
+            return None
+        return image_id
+
+    def keep_original(
+        self,
+        image_id: str,
+        points: np.ndarray,
+        spacing: tuple[float, float],
+        model: str,
+        model_version: str | None,
+    ) -> bool:
+        """Store ``(K, 2)`` predicted points as the image's ``original`` label: a points JSON and its label info
+        (no label map is drawn). Not done when the image has a ``final`` label (checked again under the lock).
+
+        Returns:
+            Whether the points were stored.
+        """
+        tag = DefaultLabelTag.ORIGINAL.value
+        ls = self.landmark_set
+        doc = {
+            "landmarks": [
+                {"name": n, "x": None if p is None else p[0], "y": None if p is None else p[1]}
+                for n, p in zip(ls.names, points_to_json(points))
+            ]
+        }
+        try:
+            with self._mutex, FileLock(self._lock_file):
+                self._reload_unlocked()
+                obj = self._datastore.objects.get(image_id)
+                if obj is None or DefaultLabelTag.FINAL.value in obj.labels:
+                    return False
+                label_dir = self._datastore.label_path(tag)
+                if self._folder_problem(label_dir, "label"):
+                    return False
+                os.makedirs(label_dir, exist_ok=True)
+                name = self._filename(image_id, ".json")
+                atomic_copy(None, os.path.join(label_dir, name), json.dumps(doc).encode())  # type: ignore[arg-type]
+                old = obj.labels.get(tag)
+                if old is not None and old.ext != ".json":  # one label file per image and tag
+                    stale = os.path.join(label_dir, self._filename(image_id, old.ext))
+                    if os.path.islink(stale) or os.path.isfile(stale):
+                        os.unlink(stale)
+                info = {
+                    "model": model,
+                    "model_version": model_version,
+                    "source": "infer",
+                    INFO_POINTS: points_to_json(points),
+                    INFO_SPACING: [float(s) for s in spacing],
+                    INFO_SET: ls.name,
+                    "n_landmarks": int(np.isfinite(points).all(axis=1).sum()),
+                    "ts": int(time.time()),
+                    "name": name,
+                }
+                obj.labels[tag] = DataModel(info=info, ext=".json")
+                self._update_datastore_file(lock=False)
+        except Exception:  # noqa: BLE001 - keeping the prediction must never fail an inference
+            logger.exception(f"Could not keep the original prediction of {image_id}")
+            return False
+        return True
 
     def remove_label(self, label_id: str, label_tag: str) -> None:
         """Remove a label: only its entry in the studies folder (a link is unlinked, its target never touched),

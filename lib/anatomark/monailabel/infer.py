@@ -68,6 +68,10 @@ class LandmarkInferTask(InferTask):
     reliable}]`` (x, y in original pixels; ``null`` for a landmark outside the image), ``quality`` (``reliable``,
     ``score``, ``warnings``), ``orientation``, ``measurements`` (``value: null`` + ``reason`` unless computed from
     reliable landmarks), ``spacing_mm``, ``model``/``model_version``, ``label_names`` and ``latencies``.
+
+    Without ``save_label``, the predicted points of an image of the datastore are kept as its ``original`` label
+    (a points JSON, written in the background; not once the image has a final label), what ``landmark_mre`` scoring
+    compares the user's final label with (:func:`anatomark.monailabel.datastore.keep_original_for_path`).
     """
 
     infer_type: str = InferType.SEGMENTATION
@@ -153,6 +157,10 @@ class LandmarkInferTask(InferTask):
             t4 = time.perf_counter()
             out = write_markups_like(shown, ls, viewer_geometry(image_path, image))
         t5 = time.perf_counter()
+        if not request.get("save_label"):  # 3D Slicer never asks: keep the prediction for scoring (issue 16)
+            from anatomark.monailabel.datastore import keep_original_for_path
+
+            keep_original_for_path(image_path, shown, image.spacing, self.handle.name, version)
         conf = np.asarray(pred.confidence, dtype=np.float64)
         result = {
             "model": self.handle.name,

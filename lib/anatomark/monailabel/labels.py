@@ -484,3 +484,9 @@ def points_from_json(values: Sequence[Any], num_landmarks: int) -> np.ndarray:
     if not isinstance(values, (list, tuple)) or len(values) != num_landmarks:
         raise AnnotationError(f"stored landmarks must be a list of {num_landmarks} [x, y] or null entries")
     return np.array([[np.nan, np.nan] if v is None else [float(v[0]), float(v[1])] for v in values], dtype=np.float64)
+
+
+def stored_label_info(landmark_set: LandmarkSet) -> list[dict[str, Any]]:
+    """Slicer's ``label_info`` of the label maps the server stores and serves: landmark k (1..K, the set's order) is
+    value k, whatever order the client's label map used (it is re-encoded into this order when saved)."""
+    return [{"name": n, "idx": k} for k, n in enumerate(landmark_set.names, start=1)]
