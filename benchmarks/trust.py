@@ -72,7 +72,7 @@ def reliability_plot(path: Path, expected: np.ndarray, observed: dict[str, np.nd
     ax.plot([0, top], [0, top], "k--", lw=1, label="perfect calibration")
     ax.set_xlabel("expected_error_mm (mean of the bin)")
     ax.set_ylabel("observed radial error, mm (mean of the bin)")
-    ax.set_title("Test1, 150 images x 19 landmarks: deciles of expected error")
+    ax.set_title("Test1 landmarks, deciles of expected error", fontsize=10)
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
