@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from anatomark.data.image_io import XrayImage, load_image
+from anatomark.inference import landmark_features
 from anatomark.model import LandmarkModel, load_model
 from anatomark.quality import QualityModel
 from anatomark.training import recipe_split
@@ -62,10 +63,7 @@ def prediction_features(model: LandmarkModel, q: QualityModel, image: XrayImage)
     """Predict on ``image`` (no orientation search) -> ``(points (K, 2), features (K, F), shape fit)``."""
     pred = model.predict(image)
     fit = q.fit_shape(pred.points, image.spacing)
-    sp = np.asarray(image.spacing)
-    spread = None if pred.spread_px is None else pred.spread_px * float(sp.mean())
-    move = None if pred.coarse_points is None else np.linalg.norm((pred.points - pred.coarse_points) * sp, axis=1)
-    return pred.points, q.features(fit.residual_mm, spread, move), fit
+    return pred.points, landmark_features(q, pred, fit), fit
 
 
 def calibrate(

@@ -207,9 +207,7 @@ class CascadeModel(LandmarkModel):
         pts, coarse_conf = self.predict_grid(coarse)
         t2 = time.perf_counter()
         coarse_pts = self.from_grid(pts, frame, image.shape)  # original px; outside the image when letterboxed
-        h, w = image.shape
-        inside = (coarse_pts[:, 0] >= -0.5) & (coarse_pts[:, 0] <= w - 0.5)
-        inside &= (coarse_pts[:, 1] >= -0.5) & (coarse_pts[:, 1] <= h - 0.5)
+        inside = Fn.points_inside(coarse_pts, image.shape)
         start = Fn.resize_points(coarse_pts, image.shape, fine_hw)
         start[~inside] = np.nan  # a landmark stage 1 puts outside the image is not refined (there is nothing to see)
         with self._lock:

@@ -26,10 +26,11 @@ import numpy as np
 from anatomark.data.image_io import XrayImage
 from anatomark.errors import AnatomarkError
 from anatomark.measurements import available_measurements, measure
-from anatomark.measurements.base import withhold
+from anatomark.measurements.base import unreliable_image_reason, withhold
 from anatomark.model import LandmarkModel, Prediction
 from anatomark.orientation import DESCRIPTIONS, IDENTITY, ORIENTATIONS, Orientation
 from anatomark.quality import QualityModel, ShapeFit, Verdict
+from anatomark.transforms import functional as Fn
 
 #: ``orientation`` argument values: ``auto`` searches when the answer looks wrong, ``none`` never does, or a
 #: transform name of :data:`anatomark.orientation.ORIENTATIONS` that the caller knows undoes the image's orientation.
@@ -121,11 +122,7 @@ class Analysis:
         """Why measurements are withheld: the image's reason (or ``None``) and ``{landmark: why}``."""
         if self.verdict is None:
             return None, {}
-        image = (
-            None
-            if self.verdict.reliable
-            else "the image was judged unreliable (" + "; ".join(self.verdict.warnings) + ")"
-        )
+        image = None if self.verdict.reliable else unreliable_image_reason(self.verdict.warnings)
         return image, {n: self._why(k) for k, n in enumerate(self.names) if not self.landmark_reliable[k]}
 
     def measurements(self) -> list[dict[str, Any]]:
@@ -149,6 +146,15 @@ class Analysis:
             "landmarks": self.landmarks(),
             "measurements": self.measurements(),
         }
+
+
+def landmark_features(q: QualityModel, pred: Prediction, fit: ShapeFit) -> np.ndarray:
+    """``(K, F)`` expected-error features of a prediction (see :meth:`QualityModel.features`): the distance to the
+    fitted shape, the probability map's spread and the stage-1 -> stage-2 move, in mm at ``pred.spacing``."""
+    sp = np.asarray(pred.spacing, np.float64)
+    spread = None if pred.spread_px is None else pred.spread_px * float(sp.mean())
+    move = None if pred.coarse_points is None else np.linalg.norm((pred.points - pred.coarse_points) * sp, axis=1)
+    return q.features(fit.residual_mm, spread, move)
 
 
 def _search_orientation(
@@ -231,26 +237,15 @@ def analyse(model: LandmarkModel, image: XrayImage, orientation: str = "auto") -
     canon_points = np.asarray(pred.points, np.float64)
     k = len(canon_points)
     expected = np.full(k, np.nan)
+    w, h = canon_size
+    # NaN is not in the image, nor a landmark a letterboxing model (input.keep_aspect) put in the padding
+    in_image = Fn.points_inside(canon_points, (h, w))
     if q is not None and fit is not None:
-        sp = np.asarray(work.spacing)
-        scale = float(np.mean(sp))
-        spread = None if pred.spread_px is None else pred.spread_px * scale
-        move = None if pred.coarse_points is None else np.linalg.norm((canon_points - pred.coarse_points) * sp, axis=1)
-        expected = q.expected_error(q.features(fit.residual_mm, spread, move))
+        expected = q.expected_error(landmark_features(q, pred, fit))
         # a landmark the shape model places outside the image, far from where the network put it: not in the picture
-        w, h = canon_size
-        fx, fy = fit.fitted[:, 0], fit.fitted[:, 1]
-        outside = ~((fx >= -0.5) & (fx <= w - 0.5) & (fy >= -0.5) & (fy <= h - 0.5))
         far = np.nan_to_num(fit.residual_mm, nan=np.inf) > q.distance("outlier")
-        in_image = ~(outside & far) & np.isfinite(canon_points).all(1)
-    else:
-        in_image = np.isfinite(canon_points).all(1)
-    # a model that letterboxes (input.keep_aspect) may itself place a landmark in the padding, outside the image
-    w, h = canon_size
-    px, py = canon_points[:, 0], canon_points[:, 1]
-    in_image &= (px >= -0.5) & (px <= w - 0.5) & (py >= -0.5) & (py <= h - 0.5)
+        in_image &= ~(~Fn.points_inside(fit.fitted, (h, w)) & far)
     # no reported point outside the image: clamp the pixel centre into [0, W-1] x [0, H-1]
-    w, h = canon_size
     canon_points = np.stack([np.clip(canon_points[:, 0], 0, w - 1), np.clip(canon_points[:, 1], 0, h - 1)], axis=1)
     given = Prediction(
         points=chosen.points_back(canon_points, image.size_wh) if chosen is not IDENTITY else canon_points,

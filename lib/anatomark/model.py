@@ -138,19 +138,22 @@ class LandmarkModel:
         return self
 
     @torch.no_grad()
-    def predict_grid(self, scaled: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Predict on a prepared ``size_hw`` image -> ``(K, 2)`` points in the model grid and ``(K,)`` confidence."""
-        pts, conf, _ = self.predict_grid_spread(scaled)
-        return pts, conf
-
-    @torch.no_grad()
-    def predict_grid_spread(self, scaled: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """As :meth:`predict_grid`, plus the ``(K,)`` spread of each probability map around its point (grid px)."""
+    def grid_probabilities(self, scaled: np.ndarray) -> torch.Tensor:
+        """``(K, H, W)`` per-landmark spatial softmax of the network on a prepared ``size_hw`` image."""
         x = to_model_input(scaled).to(self.device)
         with self._lock:
             logits = self.network(x)[0]
         k = logits.shape[0]
-        prob = torch.softmax(logits.reshape(k, -1).float(), dim=-1).reshape(logits.shape)
+        return torch.softmax(logits.reshape(k, -1).float(), dim=-1).reshape(logits.shape)
+
+    def predict_grid(self, scaled: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Predict on a prepared ``size_hw`` image -> ``(K, 2)`` points in the model grid and ``(K,)`` confidence."""
+        pts, _, mass = Fn.heatmaps_to_points(self.grid_probabilities(scaled), self.decode_method, self.decode_radius)
+        return pts, np.clip(mass, 0.0, 1.0)
+
+    def predict_grid_spread(self, scaled: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """As :meth:`predict_grid`, plus the ``(K,)`` spread of each probability map around its point (grid px)."""
+        prob = self.grid_probabilities(scaled)
         pts, _, mass = Fn.heatmaps_to_points(prob, self.decode_method, self.decode_radius)
         return pts, np.clip(mass, 0.0, 1.0), Fn.heatmap_spread(prob, pts)
 

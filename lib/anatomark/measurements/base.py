@@ -81,6 +81,11 @@ class MeasurementResult:
         return d
 
 
+def unreliable_image_reason(warnings: Sequence[str]) -> str:
+    """The reason :func:`withhold` gives for every value of an image judged unreliable (its quality warnings)."""
+    return "the image was judged unreliable (" + "; ".join(map(str, warnings)) + ")"
+
+
 def withhold(
     results: Sequence[MeasurementResult], image_reason: str | None = None, landmarks: dict[str, str] | None = None
 ) -> list[MeasurementResult]:

@@ -41,6 +41,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
 
 def _jobs_from_json(path: Path, args: argparse.Namespace) -> list[dict[str, Any]]:
     from anatomark.config import load_landmark_set
+    from anatomark.measurements.base import unreliable_image_reason
 
     try:
         doc = json.loads(path.read_text())
@@ -72,7 +73,7 @@ def _jobs_from_json(path: Path, args: argparse.Namespace) -> list[dict[str, Any]
     quality = doc.get("quality") if isinstance(doc.get("quality"), dict) else {}
     image_reason = None
     if quality.get("reliable") is False:
-        image_reason = "the image was judged unreliable (" + "; ".join(map(str, quality.get("warnings") or [])) + ")"
+        image_reason = unreliable_image_reason(quality.get("warnings") or [])
     bad = {
         lm["name"]: ("is outside the image" if lm.get("in_image") is False else "is unreliable")
         for lm in doc["landmarks"]

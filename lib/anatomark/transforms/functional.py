@@ -55,6 +55,15 @@ def resize_image(image: np.ndarray, dst_hw: Sequence[int]) -> np.ndarray:
     return out.numpy()
 
 
+def points_inside(points: np.ndarray, shape_hw: Sequence[int]) -> np.ndarray:
+    """``(K,)`` bool: which ``(K, 2)`` (x, y) points lie on an ``(H, W)`` image (within half a pixel of its pixel
+    centres); NaN points are not inside."""
+    p = np.asarray(points, dtype=np.float64)
+    h, w = shape_hw
+    with np.errstate(invalid="ignore"):
+        return (p[:, 0] >= -0.5) & (p[:, 0] <= w - 0.5) & (p[:, 1] >= -0.5) & (p[:, 1] <= h - 0.5)
+
+
 def letterbox_frame(src_hw: Sequence[int], dst_hw: Sequence[int], tolerance: float = 0.05) -> tuple[int, int, int, int]:
     """Zero padding that gives ``src_hw`` the aspect ratio of ``dst_hw``: ``(top, left, padded_h, padded_w)``.
 
