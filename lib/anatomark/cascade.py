@@ -228,17 +228,9 @@ class CascadeModel(LandmarkModel):
         )
 
     def predict_coarse(self, image: XrayImage) -> Prediction:
-        """Stage 1 only (about a quarter of the time of :meth:`predict`; no shape prior)."""
-        t0 = time.perf_counter()
-        coarse, frame = self.to_grid(scale_intensity(image.array))
-        pts, conf = self.predict_grid(coarse)
-        return Prediction(
-            points=self.from_grid(pts, frame, image.shape),
-            confidence=conf,
-            spacing=image.spacing,
-            names=list(self.landmark_set.names),
-            timings={"coarse": time.perf_counter() - t0},
-        )
+        """Stage 1 only (about a quarter of the time of :meth:`predict`; no shape prior): the heatmap model's own
+        prediction."""
+        return LandmarkModel._predict(self, image)
 
     def save(self, path: str | Path, half: bool = True) -> Path:
         return save_model_file(
