@@ -121,6 +121,20 @@ def test_dice_loss_ignores_missing_landmarks_and_rewards_overlap():
     assert dice(bad, target) > 0.99
 
 
+def test_dice_spatial_ce_penalises_a_second_blob_and_ignores_missing_landmarks():
+    loss = LOSSES["dice_spatial_ce"](ce_weight=1.0)
+    target = torch.zeros(1, 2, 32, 32)
+    target[0, 0, 4:9, 4:9] = 1  # channel 1 empty = missing landmark
+    good = torch.full((1, 2, 32, 32), -20.0)
+    good[0, 0, 4:9, 4:9] = 20.0
+    extra = good.clone()
+    extra[0, 0, 20:25, 20:25] = 20.0  # a second blob elsewhere
+    extra[0, 1] = 20.0  # whatever the missing channel predicts is ignored
+    # good: Dice ~0, cross-entropy = log(25) (the minimum for a 5x5 target); the blob halves the probability
+    assert float(loss(good, target)) == pytest.approx(np.log(25), abs=1e-3)
+    assert float(loss(extra, target)) > np.log(50) - 1e-3
+
+
 def test_ewc_weights_the_centre_by_alpha_and_supervises_coarse_output():
     ewc = LOSSES["ewc"](alpha=40.0)
     target = torch.zeros(1, 1, 8, 8)

@@ -60,6 +60,31 @@ class MaskedDiceLoss(nn.Module):
         return _masked_mean(d, _present(target))
 
 
+class DiceSpatialCELoss(nn.Module):
+    """Soft Dice on sigmoid masks plus a spatial-softmax cross-entropy on the same logits.
+
+    The Dice term is the segmentation paper's loss; the cross-entropy term (the mask normalised to a distribution
+    over the image, :class:`SpatialSoftmaxCELoss`) penalises foreground anywhere else in the image, which makes
+    the tiny masks converge on a CPU budget and suppresses second blobs.
+
+    Args:
+        ce_weight: weight of the cross-entropy term.
+        smooth: Dice smoothing.
+
+    Shapes:
+        logits ``(B, K, H, W)``, target ``(B, K, H, W)`` in {0, 1} (empty channel = missing, ignored) -> scalar.
+    """
+
+    def __init__(self, ce_weight: float = 1.0, smooth: float = 1e-5) -> None:
+        super().__init__()
+        self.ce_weight = float(ce_weight)
+        self.dice = MaskedDiceLoss(smooth)
+        self.ce = SpatialSoftmaxCELoss()
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return self.dice(logits, target) + self.ce_weight * self.ce(logits, target)
+
+
 class HeatmapMSELoss(nn.Module):
     """Mean squared error between predicted and Gaussian target heatmaps (Reddy et al. 2021).
 
@@ -158,6 +183,7 @@ class SegRegressionLoss(nn.Module):
 LOSSES: dict[str, type[nn.Module]] = {
     "spatial_softmax_ce": SpatialSoftmaxCELoss,
     "dice": MaskedDiceLoss,
+    "dice_spatial_ce": DiceSpatialCELoss,
     "heatmap_mse": HeatmapMSELoss,
     "ewc": ExponentialWeightedCenterLoss,
     "seg_regression": SegRegressionLoss,

@@ -337,15 +337,43 @@ def resolve_model_path(name_or_path: str | Path | None) -> Path:
     return models[name]
 
 
-def load_model(name_or_path: str | Path | None = None, device: str | torch.device = "cpu") -> LandmarkModel:
-    """Load a model by name (``default``, a shipped name) or from a ``.pt`` file."""
-    path = resolve_model_path(name_or_path)
+def _read_payload(path: Path) -> dict[str, Any]:
+    """The dictionary stored in an anatomark model file (weights included); clear errors for anything else."""
     try:
         payload = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as e:  # noqa: BLE001
         raise ModelNotFoundError(f"{path} is not a readable anatomark model file ({e})") from e
     if not isinstance(payload, dict) or payload.get("format") != MODEL_FORMAT:
         raise ModelNotFoundError(f"{path} is not an anatomark model file (expected format {MODEL_FORMAT})")
+    return payload
+
+
+def read_model_header(name_or_path: str | Path) -> dict[str, Any]:
+    """What a model file says about itself, without building its networks.
+
+    Args:
+        name_or_path: a model name (``default``, a shipped name) or a ``.pt`` path.
+
+    Returns:
+        ``{"path", "recipe", "landmark_set" (dict), "info"}``.
+
+    Raises:
+        ModelNotFoundError: unknown name, missing or unreadable file, or not an anatomark model file.
+    """
+    path = resolve_model_path(name_or_path)
+    payload = _read_payload(path)
+    return {
+        "path": str(path),
+        "recipe": payload["recipe"],
+        "landmark_set": payload["landmark_set"],
+        "info": payload.get("info") or {},
+    }
+
+
+def load_model(name_or_path: str | Path | None = None, device: str | torch.device = "cpu") -> LandmarkModel:
+    """Load a model by name (``default``, a shipped name) or from a ``.pt`` file."""
+    path = resolve_model_path(name_or_path)
+    payload = _read_payload(path)
     ls = LandmarkSet.from_dict(payload["landmark_set"])
     recipe = payload["recipe"]
     kind = recipe.get("kind", "heatmap")

@@ -149,6 +149,8 @@ class ZooModel(LandmarkModel):
         dec = recipe.get("decode", {})
         self.threshold = float(dec.get("threshold", 0.5))
         self.missed_policy = dec.get("missed", "argmax")
+        self.region = dec.get("region", "largest")
+        self.weighted = bool(dec.get("weighted", False))
         pa = recipe.get("prealign") or {}
         tpl = pa.get("template") if pa.get("enabled") else None
         self.prealign = pa
@@ -172,7 +174,7 @@ class ZooModel(LandmarkModel):
             return pts, np.clip(peak, 0.0, 1.0), None, None
         logits = out[0][0] if self.kind == "seg_regression" else out[0]
         prob = torch.sigmoid(logits.float()).cpu().numpy()
-        seg_pts, n_regions = Fn.masks_to_points(prob, self.threshold)
+        seg_pts, n_regions = Fn.masks_to_points(prob, self.threshold, self.region, self.weighted)
         missed = n_regions == 0
         conf = prob.reshape(prob.shape[0], -1).max(-1).astype(np.float64)
         if self.kind == "seg_regression":

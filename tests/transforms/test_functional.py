@@ -70,6 +70,19 @@ def test_mask_to_points_counts_extra_regions():
     assert np.allclose(pts[0], (24.5, 24.5))  # the largest region wins
 
 
+def test_mask_to_points_peak_region_and_weighted_centroid():
+    prob = np.zeros((1, 40, 40))
+    prob[0, 20:30, 20:30] = 0.6  # a large blob
+    prob[0, 5:8, 5:8] = 0.7  # a small blob holding the maximum
+    prob[0, 6, 7] = 0.99
+    pts, n = Fn.masks_to_points(prob, region="peak")
+    assert n[0] == 2 and np.allclose(pts[0], (6.0, 6.0))  # the other blob does not move the point
+    w, _ = Fn.masks_to_points(prob, region="peak", weighted=True)
+    assert w[0, 0] > 6.0 and abs(w[0, 1] - 6.0) < 1e-9  # pulled towards the maximum at x=7
+    with pytest.raises(ValueError, match="region"):
+        Fn.masks_to_points(prob, region="biggest")
+
+
 def test_labelmap_round_trip(rng):
     pts = np.round(_points(rng, 5)) + 0.0
     pts[3] = np.nan

@@ -250,8 +250,17 @@ def points_to_masks(
     return out
 
 
-def masks_to_points(masks: np.ndarray, threshold: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
-    """Decode ``(K, H, W)`` masks (or probabilities) into centroids of each channel's largest region.
+def masks_to_points(
+    masks: np.ndarray, threshold: float = 0.5, region: str = "largest", weighted: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
+    """Decode ``(K, H, W)`` masks (or probabilities) into one point per channel, from one connected region.
+
+    Args:
+        masks: ``(K, H, W)`` masks or probabilities.
+        threshold: foreground is ``masks > threshold``.
+        region: which region gives the point when a channel has several: ``"largest"`` (most pixels) or
+            ``"peak"`` (the region holding the channel's maximum); a second blob never moves the point.
+        weighted: probability-weighted centroid of the region instead of its plain centroid.
 
     Returns:
         ``points (K, 2)`` (x, y; NaN where a channel has no region) and ``n_regions (K,)`` (0 = missed,
@@ -259,6 +268,8 @@ def masks_to_points(masks: np.ndarray, threshold: float = 0.5) -> tuple[np.ndarr
     """
     from scipy.ndimage import label
 
+    if region not in ("largest", "peak"):
+        raise ValueError(f"region must be 'largest' or 'peak', not {region!r}")
     m = np.asarray(masks)
     pts = np.full((m.shape[0], 2), np.nan)
     n_regions = np.zeros(m.shape[0], dtype=int)
@@ -269,10 +280,17 @@ def masks_to_points(masks: np.ndarray, threshold: float = 0.5) -> tuple[np.ndarr
         lab, n = label(fg)
         n_regions[k] = n
         if n > 1:
-            sizes = np.bincount(lab.ravel())[1:]
-            fg = lab == (int(np.argmax(sizes)) + 1)
+            if region == "peak":
+                keep = int(lab.flat[int(np.argmax(np.where(fg, m[k], -np.inf)))])
+            else:
+                keep = int(np.argmax(np.bincount(lab.ravel())[1:])) + 1
+            fg = lab == keep
         ys, xs = np.nonzero(fg)
-        pts[k] = (xs.mean(), ys.mean())
+        if weighted:
+            wts = np.asarray(m[k][ys, xs], np.float64)
+            pts[k] = (float((xs * wts).sum() / wts.sum()), float((ys * wts).sum() / wts.sum()))
+        else:
+            pts[k] = (xs.mean(), ys.mean())
     return pts, n_regions
 
 
