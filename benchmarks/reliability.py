@@ -163,7 +163,7 @@ def run_malformed(work: Path) -> dict[str, Any]:
         names = names_of(srv.url)
         r = put_label(srv.url, "s1", names, hs.random_points(len(names), seed=1))
         assert r.status_code == 200, r.text
-        from anatomark.monailabel.guard import DEFAULT_MAX_UPLOAD_MB
+        from anatomark.monailabel.middleware import DEFAULT_MAX_UPLOAD_MB
 
         cases = hs.catalogue(studies, root / "outside.png", names, int(DEFAULT_MAX_UPLOAD_MB * 1e6), full=True)
         before = hs.snapshot(studies)

@@ -22,15 +22,17 @@ Start it with ``python -m monailabel.main start_server --app apps/landmarks --st
   after a restart.
 - ``auto_train_interval`` (seconds, 0 = off; fractions allowed): on this schedule, fine-tune every model whose latest
   training (automatic or requested, also before a restart) did not read the current final labels; nothing happens
-  while the labels stay the same, or while a training of that model is queued or running.
+  while the labels stay the same, or while a training of that model is queued or running
+  (:class:`anatomark.monailabel.autotrain.AutoTrainer`).
 - ``multi_gpu`` (false): default of the train request option ``multi_gpu`` (with ``gpus``, as in MONAI Label: one
   DistributedDataParallel process per GPU when more than one is visible; see ``anatomark.distributed``).
 - ``infer_threads`` (``auto``: every core, half of them while a training subprocess runs; or a number; 0 = torch
   default): oversubscribed OpenMP threads made inference ~8x slower beside a training.
 - ``label_radius_mm`` (2.0), ``device`` (default ``cuda`` when available), ``auto_update_scoring`` (false).
 - ``max_upload_mb`` (200): larger request bodies are refused (413) before they are read; ``allow_model_upload``
-  (false): let ``PUT``/``DELETE /model/<name>`` replace or delete weights. Hardening: :mod:`anatomark.monailabel.guard`
-  (README *Hardening/security*).
+  (false): let ``PUT``/``DELETE /model/<name>`` replace or delete weights. Hardening:
+  :mod:`anatomark.monailabel.middleware`, :mod:`~anatomark.monailabel.patches` (tied to monailabel 0.8.5) and
+  :mod:`~anatomark.monailabel.validation` (README *Hardening/security*).
 - With ``--studies http://host/dicom-web`` (DICOMweb, e.g. Orthanc): ``dicom_modalities`` (``DX,CR``; add ``OT`` for
   secondary captures) selects the series served as images, ``dicomweb_cache`` the local folder for downloaded
   instances, labels and the app's training state (default ``~/.cache/anatomark/dicomweb/<hash of url>``).
@@ -40,30 +42,27 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
-import threading
-import time
 from pathlib import Path
 from typing import Any
 
 from fastapi import HTTPException
 from monailabel.config import settings
 from monailabel.interfaces.app import MONAILabelApp
-from monailabel.interfaces.datastore import Datastore, DefaultLabelTag
+from monailabel.interfaces.datastore import Datastore
 from monailabel.tasks.activelearning.first import First
 from monailabel.tasks.activelearning.random import Random
-from monailabel.utils.async_tasks.task import AsyncTask
-from monailabel.utils.async_tasks.utils import processes, tasks
 from monailabel.utils.others.generic import strtobool
 
 import anatomark
 from anatomark.config import load_yaml
-from anatomark.errors import AnatomarkError
+from anatomark.errors import AnatomarkError, ModelNotFoundError
+from anatomark.model import read_model_header
 from anatomark.monailabel import LandmarkDatastore, LandmarkMRE, LandmarkTaskConfig, LowestConfidence
+from anatomark.monailabel.autotrain import AutoTrainer
 from anatomark.monailabel.dicomweb import DEFAULT_MODALITIES, LandmarkDICOMwebDatastore, cache_dir, dicomweb_client
-from anatomark.monailabel.guard import harden_server, resolve_infer_image
-from anatomark.monailabel.schedule import Schedule, ScheduleStore, add_schedule_routes
-from anatomark.monailabel.train import GatePolicy, final_labels
+from anatomark.monailabel.patches import harden_server, one_training_at_a_time, server_mode
+from anatomark.monailabel.train import GatePolicy
+from anatomark.monailabel.validation import resolve_infer_image
 from anatomark.paths import CONFIG_DIR, model_dir
 
 logger = logging.getLogger(__name__)
@@ -75,11 +74,10 @@ POINTS_SUFFIX = "_points"
 
 
 def _landmark_set_of(path: Path) -> str | None:
-    import torch
-
+    """The landmark set's name of a model file; ``None`` when it cannot be read (reported when the model is loaded)."""
     try:
-        return str(torch.load(path, map_location="cpu", weights_only=False)["landmark_set"]["name"])
-    except Exception:  # noqa: BLE001 - an unreadable file is reported when the model is loaded
+        return str(read_model_header(path)["landmark_set"]["name"])
+    except (ModelNotFoundError, KeyError, TypeError):
         return None
 
 
@@ -146,17 +144,7 @@ class LandmarkApp(MONAILabelApp):
             )
         self.landmark_set = next(iter(sets.values()), None)
 
-        conf_schedule = Schedule(
-            every_n_labels=max(0, int(conf.get("auto_train_every_n_labels", 0))),
-            interval_hours=max(0.0, float(conf.get("auto_train_interval", 0))) / 3600.0,
-        )
-        self._schedule_changed = threading.Event()
-        self.schedule = ScheduleStore(state / "schedule.json", conf_schedule, on_change=self._on_schedule_change)
-        self.auto_epochs = int(conf.get("auto_train_epochs", conf.get("train_epochs", 10)))
-        self._auto_lock = threading.Lock()
-        self._saves_since_train = 0
-        self._stop = threading.Event()
-        self.auto_train_log: list[dict[str, Any]] = []
+        self.auto_train = AutoTrainer.from_conf(self, state, conf)
         self.upload_dir: Path | None = None  # server mode: the only folder /infer reads besides the studies
 
         super().__init__(
@@ -170,21 +158,6 @@ class LandmarkApp(MONAILabelApp):
         )
         self._auto_update_scoring = bool(strtobool(conf.get("auto_update_scoring", "false")))
 
-    @property
-    def auto_every(self) -> int:
-        """Fine-tune after every N saved final labels (0 = off): the stored schedule, else the app option."""
-        return self.schedule.get().every_n_labels
-
-    @property
-    def auto_interval(self) -> float:
-        """Seconds between scheduled checks (0 = off): the stored schedule, else the app option."""
-        return self.schedule.get().interval_seconds
-
-    def _on_schedule_change(self, schedule: Schedule) -> None:
-        with self._auto_lock:
-            self._saves_since_train = 0
-        self._schedule_changed.set()  # the interval loop restarts its wait with the new interval
-
     # ------------------------------------------------------------------ tasks
     def init_datastore(self) -> Datastore:
         remote = self.studies.startswith(("http://", "https://"))
@@ -196,7 +169,7 @@ class LandmarkApp(MONAILabelApp):
         return LandmarkDatastore(
             self.studies,
             self.landmark_set,
-            on_label_saved=self._on_label_saved,
+            on_label_saved=self.auto_train.on_label_saved,
             label_radius_mm=float(self.conf.get("label_radius_mm", 2.0)),
             extensions=list(dict.fromkeys(exts)),
             auto_reload=settings.MONAI_LABEL_DATASTORE_AUTO_RELOAD,
@@ -215,7 +188,7 @@ class LandmarkApp(MONAILabelApp):
             self.landmark_set,
             cache_path=cache,
             modalities=modalities,
-            on_label_saved=self._on_label_saved,
+            on_label_saved=self.auto_train.on_label_saved,
             label_radius_mm=float(self.conf.get("label_radius_mm", 2.0)),
         )
 
@@ -247,10 +220,7 @@ class LandmarkApp(MONAILabelApp):
         ls = self.landmark_set
         meta["anatomark"] = {
             "landmark_set": self.landmark_set.name if self.landmark_set else None,
-            "auto_train_every_n_labels": self.auto_every,
-            "auto_train_interval": self.auto_interval,
-            "schedule": self.schedule.get().to_dict(),  # also GET/PUT /anatomark/schedule
-            "auto_train_log": self.auto_train_log[-20:],
+            **self.auto_train.info(),  # auto_train_every_n_labels, auto_train_interval, schedule, auto_train_log
             "published": {n: str(h.published_path) for n, h in self.handles.items()},
             # kept published versions (oldest first, the last one served); roll back with `anatomark served`
             "versions": {n: h.versions() for n, h in self.handles.items()},
@@ -323,129 +293,10 @@ class LandmarkApp(MONAILabelApp):
             )
         return None
 
-    # ------------------------------------------------------------------ automatic retraining
-    def _on_label_saved(self, image_id: str, tag: str) -> None:
-        if tag != DefaultLabelTag.FINAL.value or self.auto_every <= 0:
-            return
-        with self._auto_lock:
-            self._saves_since_train += 1
-            if self._saves_since_train < self.auto_every:
-                return
-            self._saves_since_train = 0
-        self.trigger_training(f"{self.auto_every} new final label(s)")
-
-    def trigger_training(self, reason: str, models: list[str] | None = None) -> list[str]:
-        """Queue one fine-tuning per served model, or of ``models`` (skipped for a model that already has one
-        waiting)."""
-        if not self._server_mode:
-            return []
-        started = []
-        for m in self._trainers if models is None else models:
-            queued = [t for t in tasks("train") if t.get("status") == "SUBMITTED" and t["request"].get("model") == m]
-            if queued:
-                logger.info(f"Auto-train of {m} skipped: a training is already queued")
-                continue
-            request = {"model": m, "max_epochs": self.auto_epochs, "trigger": f"auto: {reason}"}
-            task, _ = AsyncTask.run("train", request=request, params={}, enqueue=True)
-            running = bool(processes("train"))
-            self.auto_train_log.append(
-                {
-                    "model": m,
-                    "reason": reason,
-                    "ts": int(time.time()),
-                    "task": task["id"] if task else None,
-                    "queued_behind_running": running,
-                }
-            )
-            logger.info(f"Auto-train {m}: {reason}")
-            started.append(m)
-        return started
-
+    # ------------------------------------------------------------------ server start
     def on_init_complete(self) -> None:
         super().on_init_complete()
         self.upload_dir = harden_server(self)
-        if self._server_mode:
+        if server_mode(self):
             one_training_at_a_time()
-            web = sys.modules.get("monailabel.app")
-            if web is not None and hasattr(web, "app"):
-                add_schedule_routes(web.app, self.schedule)
-            if self._trainers:  # always running: the schedule can be switched on from a viewer
-                threading.Thread(target=self._interval_loop, name="anatomark-auto-train", daemon=True).start()
-
-    def scheduled_training(self) -> list[str]:
-        """One tick of ``auto_train_interval``: queue a fine-tuning of every model whose latest training (automatic
-        or requested; recorded by the train task in ``labels_used.json``) did not read the current final labels.
-        Models with a training queued or running are left alone: the next tick compares against that run."""
-        current = final_labels(self.datastore())
-        if not current:
-            return []
-        busy = {t["request"].get("model") for t in tasks("train") if t.get("status") in ("SUBMITTED", "RUNNING")}
-        due = [m for m, t in self._trainers.items() if m not in busy and t.labels_used() != current]
-        if not due:
-            return []
-        return self.trigger_training(f"schedule every {self.auto_interval:g} s: final labels changed", due)
-
-    def _interval_loop(self) -> None:
-        """Call :meth:`scheduled_training` every ``auto_interval`` seconds while it is > 0; a schedule change
-        (``PUT /anatomark/schedule``) restarts the wait with the new interval."""
-        last = time.monotonic()
-        while not self._stop.is_set():
-            interval = self.auto_interval
-            timeout = max(0.0, last + interval - time.monotonic()) if interval > 0 else 60.0
-            if self._schedule_changed.wait(timeout):
-                self._schedule_changed.clear()
-                last = time.monotonic()
-                continue
-            if self._stop.is_set() or self.auto_interval <= 0:
-                continue
-            last = time.monotonic()
-            try:
-                self.scheduled_training()
-            except Exception:  # noqa: BLE001 - the scheduler must survive
-                logger.exception("auto-train schedule failed")
-
-
-# ---------------------------------------------------------------------------------------------------- /train policy
-def training_in_progress() -> dict[str, Any] | None:
-    """The training task that is queued (``SUBMITTED``) or ``RUNNING`` in this server, if any."""
-    return next((t for t in tasks("train") if t.get("status") in ("SUBMITTED", "RUNNING")), None)
-
-
-def busy_detail(task: dict[str, Any]) -> str:
-    """The 409 message: which training runs, and what to do."""
-    what = "queued" if task.get("status") == "SUBMITTED" else "running"
-    model = task.get("request", {}).get("model", "?")
-    return (
-        f"A training is already {what} (model {model}, task {task.get('id')}, since {task.get('start_ts')}); "
-        "one training runs at a time. Wait until GET /train/ shows it finished, or stop it with DELETE /train/, "
-        "then send POST /train/ again."
-    )
-
-
-def one_training_at_a_time() -> int:
-    """Policy for concurrent training requests: ``POST /train/<model>`` (and the deprecated ``POST /train/``) while a
-    training is queued or running answers **409** with :func:`busy_detail`, whatever ``enqueue`` says; otherwise the
-    training starts (200). MONAI Label's own check only sees a training once its subprocess has started, so
-    requests a few ms apart got 200 (queued) or 429 at random. Its routes run on the event loop one at a time and call
-    these helpers by module attribute, so replacing them is enough. Idempotent; returns how many were wrapped."""
-    import functools
-
-    import monailabel.endpoints.train as endpoint
-
-    n = 0
-    for name in ("run_model", "run"):
-        original = getattr(endpoint, name)
-        if getattr(original, "anatomark_one_training", False):
-            continue
-
-        def guarded(*args: Any, __f=original, **kwargs: Any) -> Any:
-            task = training_in_progress()
-            if task is not None:
-                raise HTTPException(status_code=409, detail=busy_detail(task))
-            return __f(*args, **kwargs)
-
-        functools.update_wrapper(guarded, original)
-        guarded.anatomark_one_training = True  # type: ignore[attr-defined]
-        setattr(endpoint, name, guarded)
-        n += 1
-    return n
+            self.auto_train.serve()

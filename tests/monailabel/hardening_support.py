@@ -32,7 +32,7 @@ import numpy as np
 import requests
 from PIL import Image
 
-from anatomark.monailabel.guard import id_problem
+from anatomark.monailabel.validation import id_problem
 
 REPO = Path(__file__).resolve().parents[2]
 MODEL = "isbi2015_heatmap_unet"

@@ -245,7 +245,7 @@ def test_long_ids_fit_the_file_system(tmp_path):
     from fastapi import HTTPException
 
     from anatomark.monailabel.datastore import LandmarkDatastore
-    from anatomark.monailabel.guard import MAX_ID_BYTES, id_problem
+    from anatomark.monailabel.validation import MAX_ID_BYTES, id_problem
 
     studies = tmp_path / "studies"
     make_studies(studies, ["a"])

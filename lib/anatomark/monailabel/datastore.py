@@ -72,7 +72,6 @@ from anatomark.data.image_io import (
     load_image,
 )
 from anatomark.errors import AnatomarkError
-from anatomark.monailabel.guard import file_name_problem, id_problem, tag_problem
 from anatomark.monailabel.labels import (
     draw_labelmap,
     label_radius_px,
@@ -83,6 +82,7 @@ from anatomark.monailabel.labels import (
     stored_label_info,
     write_labelmap_like,
 )
+from anatomark.monailabel.validation import file_name_problem, id_problem, tag_problem
 
 logger = logging.getLogger(__name__)
 

@@ -6,9 +6,10 @@ both; 0 = off) stores it in ``<state>/schedule.json`` (``<studies>/.anatomark`` 
 same as GET; bad values answer 422. Once stored, the file takes precedence over the app options
 ``auto_train_every_n_labels`` / ``auto_train_interval`` (``source``: ``viewer``; before: ``conf``).
 
-The routes are added to MONAI Label's FastAPI app (``monailabel.app.app``) when the app finishes its init, like the
-request guard (:mod:`anatomark.monailabel.guard`), whose ASGI middleware therefore also applies to them; they use
-MONAI Label's own role checks (``RBAC``): reading needs the user role, changing the admin role (as ``POST /train``).
+The routes are added to MONAI Label's FastAPI app (``monailabel.app.app``) when the app finishes its init
+(:meth:`anatomark.monailabel.autotrain.AutoTrainer.serve`, which also runs the schedule), like the request guard
+(:mod:`anatomark.monailabel.middleware`), whose ASGI middleware therefore also applies to them; they use MONAI Label's
+own role checks (``RBAC``): reading needs the user role, changing the admin role (as ``POST /train``).
 """
 
 from __future__ import annotations

@@ -37,7 +37,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 from monailabel.interfaces.datastore import Datastore, DefaultLabelTag
@@ -46,6 +46,7 @@ from monailabel.interfaces.tasks.train import TrainTask
 from anatomark import distributed
 from anatomark.errors import AnatomarkError
 from anatomark.monailabel.published import DEFAULT_KEEP_VERSIONS, PublishedModel, VersionConflictError, file_version
+from anatomark.monailabel.validation import BoolOption, GpuListOption, NumberOption, OptionSchema
 from anatomark.paths import atomic_write
 
 logger = logging.getLogger(__name__)
@@ -324,6 +325,33 @@ class LandmarkTrainTask(TrainTask):
         lr: default fine-tuning learning rate.
         gate: publication gate and how many versions / rejected candidates to keep.
     """
+
+    #: The request options checked before a training starts (``POST /train/<model>`` answers 422 with the reason,
+    #: see :func:`anatomark.monailabel.validation.app_request_validator`); bounds inclusive, other keys pass.
+    OPTIONS: ClassVar[OptionSchema] = OptionSchema(
+        {
+            "max_epochs": NumberOption(int, 1, 10000),
+            "val_fraction": NumberOption(float, 0.0, 0.9),
+            "lr": NumberOption(float, 1e-8, 1.0),
+            "batch_size": NumberOption(int, 1, 1024),
+            "cpu_processes": NumberOption(int, 1, 64),
+            "multi_gpu": BoolOption(),
+            "gpus": GpuListOption(),
+        },
+        what="Training option",
+    )
+
+    @classmethod
+    def options_problem(cls, options: Mapping[str, Any]) -> str | None:
+        """Why ``options`` (a request's JSON object) is not accepted by :attr:`OPTIONS`, or ``None``.
+
+        Args:
+            options: the request options.
+
+        Returns:
+            ``"Training option '<name>' must be ..., got ..."`` for the first bad option, or ``None``.
+        """
+        return cls.OPTIONS.problem(options)
 
     def __init__(
         self,
