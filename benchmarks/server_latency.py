@@ -16,24 +16,15 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import socket
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
 from _report import provenance, write_report
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _rss_mb(pid: int) -> float:
@@ -61,6 +52,7 @@ def main() -> int:
     from monailabel.client import MONAILabelClient
     from PIL import Image
 
+    from anatomark.launch import MonaiLabelServer, ServerError
     from anatomark.paths import model_dir
 
     if not (model_dir() / f"{args.model}.pt").is_file():
@@ -74,28 +66,18 @@ def main() -> int:
     studies.mkdir()
     shutil.copy(src, studies / src.name)
     image_id = src.name.split(".")[0]
-    port = _free_port()
-    env = {**os.environ, "MONAI_LABEL_SESSION_PATH": str(tmp / "sessions"), "ANATOMARK_CACHE": str(tmp / "cache")}
-    cmd = [
-        sys.executable, "-m", "monailabel.main", "start_server", "--app", str(REPO / "apps" / "landmarks"),
-        "--studies", str(studies), "--conf", "models", args.model, "--host", "127.0.0.1", "--port", str(port),
-    ]  # fmt: skip
-    for k, v in args.conf:
-        cmd += ["--conf", k, v]
-    log = (tmp / "server.log").open("w")
+    server = MonaiLabelServer(
+        studies, tmp, {"models": args.model, **dict(args.conf)}, env={"ANATOMARK_CACHE": str(tmp / "cache")},
+        timeout=180,
+    )  # fmt: skip
     t_start = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=tmp, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
     try:
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/info/", timeout=5):
-                    break
-            except OSError:
-                if proc.poll() is not None or time.perf_counter() - t_start > 180:
-                    print((tmp / "server.log").read_text()[-3000:])
-                    return 1
-                time.sleep(0.3)
+        try:
+            server.start()
+        except ServerError as e:
+            print(str(e)[-3000:])
+            return 1
+        url, proc = server.url, server.proc
         startup = time.perf_counter() - t_start
         rss_idle = _rss_mb(proc.pid)
         client = MONAILabelClient(url, tmpdir=str(tmp / "client"))
@@ -114,12 +96,7 @@ def main() -> int:
         rss = _rss_mb(proc.pid)
         version = res["model_version"]
     finally:
-        proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
+        server.stop()
         shutil.rmtree(tmp, ignore_errors=True)
 
     t = np.asarray(times)

@@ -73,8 +73,8 @@ def output_stems(images: list[str]) -> dict[str, str]:
 def cmd_infer(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from anatomark.data.annotations import _atomic_write_text
     from anatomark.data.image_io import load_image
+    from anatomark.data.points_json import write_points_json
     from anatomark.inference import analyse
     from anatomark.model import load_model
     from anatomark.visualize import save_overlay
@@ -105,7 +105,7 @@ def cmd_infer(args: argparse.Namespace) -> int:
             **body,
             "latency_s": round(time.perf_counter() - t0, 4),
         }
-        _atomic_write_text(out / f"{stem}.json", json.dumps(doc, indent=2))
+        write_points_json(out / f"{stem}.json", doc)
         shown = np.where(res.in_image[:, None], res.prediction.points, np.nan)
         if not args.no_overlay:
             q = body["quality"]

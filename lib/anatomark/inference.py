@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from anatomark.data.image_io import XrayImage
+from anatomark.data.points_json import landmark_entries
 from anatomark.errors import AnatomarkError
 from anatomark.measurements import available_measurements, measure
 from anatomark.measurements.base import unreliable_image_reason, withhold
@@ -105,8 +106,10 @@ class Analysis:
         return self.verdict.to_dict()
 
     def landmarks(self) -> list[dict[str, Any]]:
-        """One JSON-ready dict per landmark (see the module docstring)."""
-        out = self.prediction.to_list()
+        """One JSON-ready dict per landmark (see the module docstring), as :mod:`anatomark.data.points_json` writes."""
+        pred = self.prediction
+        replaced = None if pred.replaced is None else [bool(r) for r in pred.replaced]
+        out = landmark_entries(pred.points, pred.names, pred.spacing, pred.confidence, shape_prior_replaced=replaced)
         rel = self.landmark_reliable
         for k, d in enumerate(out):
             inside = bool(self.in_image[k])

@@ -48,16 +48,23 @@ def cache_dir() -> Path:
 
 
 @contextmanager
-def atomic_write(path: str | Path) -> Iterator[Path]:
+def atomic_write(path: str | Path, fsync: bool = False, suffix: str | None = None) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success it replaces ``path`` in one step, on error it is removed.
 
     Readers never see a half-written file, and a failed write leaves the old file (or none) in place. The file gets
     the permissions of any newly created file (``0o666`` minus the umask, e.g. ``0644``), not ``mkstemp``'s private
     ``0600``: models, reports and DICOM files are meant to be read by others (a PACS upload, a web server).
+
+    Args:
+        path: the file to write.
+        fsync: also flush the written file to disk before the rename and the folder after it, so that a power
+            loss or ``kill -9`` leaves the old or the new file, never a torn or lost one.
+        suffix: the temporary file's suffix (default: ``path``'s last suffix, so writers that choose a format by
+            the extension pick the right one), e.g. ``".part"`` for a name no file watcher matches.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    suffix = "".join(path.suffixes[-1:])
+    suffix = "".join(path.suffixes[-1:]) if suffix is None else suffix
     while True:  # mkstemp's unique name, but created with the default mode so that the umask applies
         tmp = str(path.parent / f".tmp-{secrets.token_hex(6)}{suffix}")
         try:
@@ -68,7 +75,24 @@ def atomic_write(path: str | Path) -> Iterator[Path]:
     os.close(fd)
     try:
         yield Path(tmp)
+        if fsync:
+            _fsync(tmp)
         os.replace(tmp, path)
+        if fsync:
+            _fsync(path.parent)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def _fsync(path: str | Path) -> None:
+    """Flush a file's (or a folder's) data to disk; a folder that cannot be synced on this file system is skipped."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:  # pragma: no cover - directories cannot be fsynced on some file systems
+        if not os.path.isdir(path):
+            raise

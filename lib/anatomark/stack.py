@@ -20,14 +20,11 @@ from __future__ import annotations
 import argparse
 import json
 import mimetypes
-import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterable
@@ -35,6 +32,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+from anatomark.launch import HOST, MonaiLabelServer, ServerError, ServerProcess, free_port
 from anatomark.paths import REPO_ROOT
 
 ORTHANC_CONFIG = REPO_ROOT / "configs" / "orthanc.json"
@@ -48,54 +46,40 @@ class StackError(RuntimeError):
     """A service could not be started (missing program, port in use, crashed at start)."""
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_http(url: str, proc: subprocess.Popen | None = None, timeout: float = 120.0, log: Path | None = None) -> None:
-    """Wait until ``url`` answers 200 (or raise, with the log's tail, when ``proc`` died or time ran out)."""
-    deadline = time.time() + timeout
-    while True:
-        try:
-            with urllib.request.urlopen(url, timeout=5) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            pass
-        dead = proc is not None and proc.poll() is not None
-        if dead or time.time() > deadline:
-            tail = ""
-            if log and log.is_file():
-                tail = "\n".join(log.read_text(errors="replace").splitlines()[-30:])
-            raise StackError(f"{url} did not come up ({'exited' if dead else 'timeout'}):\n{tail}")
-        time.sleep(0.3)
-
-
 class Service:
-    """A started process (or in-process server) with its URL and log."""
+    """A started service: a process (:class:`anatomark.launch.ServerProcess`) or an in-process server, its URL and log.
 
-    def __init__(self, name: str, url: str, proc: subprocess.Popen | None = None, log: Path | None = None):
-        self.name, self.url, self.proc, self.log = name, url, proc, log
+    Args:
+        name: how the stack names it (``orthanc``, ``monailabel``, ``viewer``).
+        url: its ``http://127.0.0.1:<port>``.
+        process: the launched process (``None`` for the in-process viewer).
+    """
+
+    def __init__(self, name: str, url: str, process: ServerProcess | None = None) -> None:
+        self.name, self.url, self.process = name, url, process
         self._server: ThreadingHTTPServer | None = None
 
+    @property
+    def proc(self) -> subprocess.Popen | None:
+        """The service's process (``None`` for the in-process viewer)."""
+        return None if self.process is None else self.process.proc
+
+    @property
+    def log(self) -> Path | None:
+        """The service's log file (``None`` for the in-process viewer)."""
+        return None if self.process is None else self.process.log
+
     def stop(self) -> None:
+        """Stop the service (its process group: ``SIGTERM``, ``SIGKILL`` after 20 s)."""
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        if self.process is not None:
+            self.process.stop()
 
     def log_tail(self, n: int = 40) -> str:
-        if not self.log or not self.log.is_file():
-            return ""
-        return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:])
+        """The last ``n`` lines of the log."""
+        return "" if self.process is None else self.process.log_tail(n)
 
 
 # ---------------------------------------------------------------------------------------------------- Orthanc
@@ -148,7 +132,11 @@ def start_orthanc(workdir: str | Path, http_port: int | None = None) -> Service:
     workdir.mkdir(parents=True, exist_ok=True)
     port = http_port or free_port()
     cfg = write_orthanc_config(workdir, port)
-    return _spawn("orthanc", [orthanc_program(), str(cfg)], workdir, None, port, "/dicom-web/studies", 60)
+    proc = ServerProcess(
+        [orthanc_program() or "Orthanc", str(cfg)], workdir, port=port, probe="/dicom-web/studies", timeout=60,
+        log_name="orthanc.log", name="orthanc",
+    )  # fmt: skip
+    return _start("orthanc", proc)
 
 
 def upload_dicom(orthanc_url: str, files: Iterable[str | Path]) -> list[dict[str, Any]]:
@@ -173,41 +161,41 @@ def start_monailabel(
     conf: dict[str, str] | None = None,
     env: dict[str, str] | None = None,
 ) -> Service:
-    """The anatomark MONAI Label app (``apps/landmarks``) on 127.0.0.1:``port`` with ``--studies studies``."""
+    """The anatomark MONAI Label app (``apps/landmarks``) on 127.0.0.1:``port`` with ``--studies studies``.
+
+    Args:
+        studies: a studies folder or a DICOMweb URL.
+        workdir: working directory (sessions, ``monailabel.log``, the DICOMweb cache).
+        port: the port (default: a free one).
+        models: the ``models`` option.
+        conf: more ``--conf`` options.
+        env: more environment variables (``MONAI_LABEL_INFER_CONCURRENCY`` is 1 unless given).
+
+    Raises:
+        StackError: the server exited while starting or did not answer ``/info/`` within 180 s.
+    """
     workdir = Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    port = port or free_port()
     conf = {"models": models, **(conf or {})}
     if studies.startswith(("http://", "https://")):
         conf.setdefault("dicomweb_cache", str(workdir / "dicomweb-cache"))  # also holds the app's training state
-    cmd = [sys.executable, "-m", "monailabel.main", "start_server", "--app", str(REPO_ROOT / "apps" / "landmarks"),
-           "--studies", studies, "--host", "127.0.0.1", "--port", str(port)]  # fmt: skip
-    for k, v in conf.items():
-        cmd += ["--conf", k, str(v)]
-    full_env = {
-        **os.environ,
-        "MONAI_LABEL_SESSION_PATH": str(workdir / "sessions"),
-        "MONAI_LABEL_INFER_CONCURRENCY": "1",
-        **(env or {}),
-    }
-    return _spawn("monailabel", cmd, workdir, full_env, port, "/info/", 180)
+    server = MonaiLabelServer(
+        studies, workdir, conf, port=port, env={"MONAI_LABEL_INFER_CONCURRENCY": "1", **(env or {})},
+        timeout=180, log_name="monailabel.log",
+    )  # fmt: skip
+    return _start("monailabel", server)
 
 
-def _spawn(
-    name: str, cmd: list[str], workdir: Path, env: dict[str, str] | None, port: int, probe: str, timeout: float
-) -> Service:
-    """Start ``cmd`` in its own session (output to ``workdir/<name>.log``) and wait until ``probe`` answers on
-    127.0.0.1:``port``; stops the process if it does not."""
-    log = workdir / f"{name}.log"
-    with log.open("w") as f:
-        proc = subprocess.Popen(cmd, cwd=workdir, env=env, stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
-    svc = Service(name, f"http://127.0.0.1:{port}", proc, log)
+def _start(name: str, process: ServerProcess) -> Service:
+    """Start ``process`` (own process group, output to its log) and wait until it answers; it is stopped if not.
+
+    Raises:
+        StackError: it exited, or did not answer in time (the message ends with its log's tail).
+    """
     try:
-        wait_http(f"{svc.url}{probe}", proc, timeout=timeout, log=log)
-    except StackError:
-        svc.stop()
-        raise
-    return svc
+        process.start()
+    except ServerError as e:
+        raise StackError(str(e)) from e
+    return Service(name, process.url, process)
 
 
 # ---------------------------------------------------------------------------------------------------- viewer
@@ -358,7 +346,7 @@ def start_viewer(orthanc_url: str, monai_url: str, port: int | None = None, dist
     server = ThreadingHTTPServer(("127.0.0.1", port), handler)
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, name="anatomark-viewer", daemon=True).start()
-    svc = Service("viewer", f"http://127.0.0.1:{port}")
+    svc = Service("viewer", f"http://{HOST}:{port}")
     svc._server = server
     return svc
 

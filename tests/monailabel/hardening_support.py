@@ -12,18 +12,13 @@ import hashlib
 import http.client
 import io
 import json
-import os
-import signal
-import socket
 import struct
-import subprocess
-import sys
 import threading
 import time
 import urllib.parse
 import zlib
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -32,6 +27,7 @@ import numpy as np
 import requests
 from PIL import Image
 
+from anatomark.launch import MonaiLabelServer, free_port  # noqa: F401  (free_port: for test_hardening)
 from anatomark.monailabel.validation import id_problem
 
 REPO = Path(__file__).resolve().parents[2]
@@ -40,93 +36,34 @@ TIMEOUT = 120.0
 
 
 # ---------------------------------------------------------------------------------------------------- server
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+class ServerProcess(MonaiLabelServer):
+    """The anatomark app (:class:`anatomark.launch.MonaiLabelServer`) that can be killed with SIGKILL and restarted
+    on the same studies folder: each start gets a free port and its own log (``server-<n>.log``); ``/info/``
+    answering 401 (a server behind a login) counts as started.
 
+    Args:
+        root: working directory (cache, sessions, logs).
+        studies: the studies folder.
+        conf: ``--conf`` options.
+        env: more environment variables for the server.
+    """
 
-@dataclass
-class ServerProcess:
-    """``python -m monailabel.main start_server`` for the anatomark app in its own process group."""
-
-    root: Path
-    studies: Path
-    conf: dict[str, str] = field(default_factory=dict)
-    env: dict[str, str] = field(default_factory=dict)
-    port: int = 0
-    proc: subprocess.Popen | None = None
-    starts: int = 0
+    def __init__(
+        self, root: Path, studies: Path, conf: dict[str, str] | None = None, env: dict[str, str] | None = None
+    ) -> None:
+        env = {"ANATOMARK_CACHE": str(root / "cache"), "MONAI_LABEL_INFER_CONCURRENCY": "1", **(env or {})}
+        super().__init__(
+            studies, root, conf, env=env, ready_status=(200, 401), timeout=180.0, log_name="server-{start}.log",
+            poll=0.5,
+        )  # fmt: skip
 
     @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def log(self) -> Path:
-        return self.root / f"server-{self.starts}.log"
-
-    def start(self, timeout: float = 180) -> ServerProcess:
-        self.port = free_port()
-        self.starts += 1
-        env = {
-            **os.environ,
-            "ANATOMARK_CACHE": str(self.root / "cache"),
-            "MONAI_LABEL_SESSION_PATH": str(self.root / "sessions"),
-            "MONAI_LABEL_INFER_CONCURRENCY": "1",
-            **self.env,
-        }
-        conf_args = [a for k, v in self.conf.items() for a in ("--conf", k, str(v))]
-        cmd = [
-            sys.executable, "-m", "monailabel.main", "start_server",
-            "--app", str(REPO / "apps" / "landmarks"), "--studies", str(self.studies), *conf_args,
-            "--host", "127.0.0.1", "--port", str(self.port),
-        ]  # fmt: skip
-        with self.log.open("w") as f:
-            self.proc = subprocess.Popen(
-                cmd, cwd=self.root, env=env, stdout=f, stderr=subprocess.STDOUT, start_new_session=True
-            )
-        deadline = time.time() + timeout
-        try:
-            while time.time() < deadline:
-                try:
-                    if requests.get(f"{self.url}/info/", timeout=5).status_code in (200, 401):
-                        return self
-                except requests.RequestException:
-                    pass
-                if not self.alive():
-                    break
-                time.sleep(0.5)
-        except BaseException:  # interrupted while waiting: never leave a server behind
-            self.kill9()
-            raise
-        self.kill9()
-        raise RuntimeError(f"MONAI Label server did not start:\n{self.log_tail()}")
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
+    def root(self) -> Path:
+        return self.workdir
 
     def kill9(self) -> None:
         """SIGKILL the server and everything it started (training subprocesses): a crash, no clean-up."""
-        if self.proc is None:
-            return
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        self.proc.wait(30)
-
-    def stop(self) -> None:
-        if self.proc is None or not self.alive():
-            return
-        try:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            self.proc.wait(20)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            self.kill9()
-
-    def log_tail(self, n: int = 40) -> str:
-        return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:]) if self.log.is_file() else ""
+        self.kill()
 
     def crash_lines(self) -> list[str]:
         """Unhandled-exception markers in this run's log."""

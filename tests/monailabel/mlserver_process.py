@@ -1,39 +1,24 @@
-"""Start and stop a real MONAI Label server running the anatomark app, plus small helpers for training tasks (a plain
-module, imported by bare name by conftest.py and by tests that need a server with their own ``--conf`` options)."""
+"""Start and stop a real MONAI Label server running the anatomark app (:class:`anatomark.launch.MonaiLabelServer`),
+plus small helpers for training tasks (a plain module, imported by bare name by conftest.py and by tests that need a
+server with their own ``--conf`` options)."""
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 from monailabel.client.client import MONAILabelUtils
 
+from anatomark.data.points_json import points_document, write_points_json
+from anatomark.launch import MonaiLabelServer, ServerError
+
 REPO = Path(__file__).resolve().parents[2]
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    def __init__(self, url: str, studies: Path, proc: subprocess.Popen, log: Path):
-        self.url, self.studies, self.proc, self.log = url, studies, proc, log
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def log_tail(self, n: int = 40) -> str:
-        return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:]) if self.log.is_file() else ""
+#: a started server: ``url``, ``studies``, ``proc``, ``log``, ``alive()``, ``log_tail()``
+Server = MonaiLabelServer
 
 
 def isbi_studies(root: Path, isbi: Path, images: list[int] | tuple[int, ...]) -> Path:
@@ -48,44 +33,22 @@ def isbi_studies(root: Path, isbi: Path, images: list[int] | tuple[int, ...]) ->
 def start_server(root: Path, studies: Path, conf: dict[str, str], timeout: float = 120) -> Server:
     """``python -m monailabel.main start_server`` for the app on a free loopback port, with ``--conf`` options;
     returns once ``/info/`` answers. Caches, sessions and the log (``server.log``) go under ``root``."""
-    root.mkdir(parents=True, exist_ok=True)
-    port = _free_port()
-    env = {
-        **os.environ,
-        "ANATOMARK_CACHE": str(root / "cache"),
-        "MONAI_LABEL_SESSION_PATH": str(root / "sessions"),
-        "MONAI_LABEL_INFER_CONCURRENCY": "1",
-    }
-    conf_args = [a for k, v in conf.items() for a in ("--conf", k, str(v))]
-    cmd = [
-        sys.executable, "-m", "monailabel.main", "start_server",
-        "--app", str(REPO / "apps" / "landmarks"), "--studies", str(studies), *conf_args,
-        "--host", "127.0.0.1", "--port", str(port),
-    ]  # fmt: skip
-    log = root / "server.log"
-    with log.open("w") as f:
-        proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
-    srv = Server(f"http://127.0.0.1:{port}", studies, proc, log)
-    deadline = time.time() + timeout
-    while True:
-        try:
-            with urllib.request.urlopen(f"{srv.url}/info/", timeout=5) as r:
-                if r.status == 200:
-                    return srv
-        except OSError:
-            pass
-        if not srv.alive() or time.time() > deadline:
-            proc.kill()
-            pytest.fail(f"MONAI Label server did not start:\n{srv.log_tail()}")
-        time.sleep(0.5)
+    srv = MonaiLabelServer(
+        studies,
+        root,
+        conf,
+        env={"ANATOMARK_CACHE": str(root / "cache"), "MONAI_LABEL_INFER_CONCURRENCY": "1"},
+        timeout=timeout,
+        poll=0.5,
+    )
+    try:
+        return srv.start()
+    except ServerError as e:
+        pytest.fail(f"MONAI Label server did not start:\n{e}")
 
 
 def stop_server(srv: Server) -> None:
-    srv.proc.terminate()
-    try:
-        srv.proc.wait(20)
-    except subprocess.TimeoutExpired:
-        srv.proc.kill()
+    srv.stop()
 
 
 def train_tasks(server) -> list[dict]:
@@ -112,8 +75,6 @@ def wait_done(server, task_id: str, timeout: float = 150) -> dict:
 
 def save_truth(client, tmp_path, image: str, senior, names, shift: float = 0.0) -> None:
     """Save the senior annotation of ISBI ``image`` (x shifted by ``shift`` px) as its ``final`` label (our JSON)."""
-    pts = senior[f"{image}.jpg"]
-    doc = {"landmarks": [{"name": n, "x": float(p[0]) + shift, "y": float(p[1])} for n, p in zip(names, pts)]}
-    path = tmp_path / f"{image}.json"
-    path.write_text(json.dumps(doc))
+    pts = senior[f"{image}.jpg"] + [shift, 0.0]
+    path = write_points_json(tmp_path / f"{image}.json", points_document(pts, names, decimals=None))
     client.save_label(image, str(path), tag="final")

@@ -8,7 +8,6 @@ Inputs: points JSON files in the ``anatomark infer`` format (``{"landmarks": [{n
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -41,30 +40,20 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
 
 def _jobs_from_json(path: Path, args: argparse.Namespace) -> list[dict[str, Any]]:
     from anatomark.config import load_landmark_set
+    from anatomark.data.points_json import load_points_json, read_points_json
     from anatomark.measurements.base import unreliable_image_reason
 
-    try:
-        doc = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise AnnotationError(f"{path} is not a readable points JSON: {e}") from e
-    if not isinstance(doc, dict) or not isinstance(doc.get("landmarks"), list):
+    doc = load_points_json(path)
+    if not isinstance(doc.get("landmarks"), list):
         raise AnnotationError(f"{path}: expected a JSON object with a 'landmarks' list (anatomark infer output)")
     set_name = args.landmark_set or doc.get("landmark_set")
     if not set_name:
         raise AnnotationError(f"{path} names no 'landmark_set'; pass --landmark-set")
     ls = load_landmark_set(set_name)
-    index = {n: i for i, n in enumerate(ls.names)}
-    pts = np.full((len(ls), 2), np.nan)
-    for k, lm in enumerate(doc["landmarks"]):
-        name = lm.get("name") if isinstance(lm, dict) else None
-        if name not in index:
-            raise AnnotationError(f"{path}: landmark #{k + 1} {name!r} is not in the set {ls.name!r}")
-        x, y = lm.get("x"), lm.get("y")
-        if x is not None and y is not None:
-            try:
-                pts[index[name]] = (float(x), float(y))
-            except (TypeError, ValueError) as e:
-                raise AnnotationError(f"{path}: landmark {name!r} has a non-numeric x/y") from e
+    try:
+        pts = read_points_json(doc, ls.names, ls.name)
+    except AnnotationError as e:
+        raise AnnotationError(f"{path}: {e}") from e
     spacing = args.spacing if args.spacing is not None else doc.get("spacing_mm")
     image = doc.get("image")
     if image and not Path(image).is_absolute() and not Path(image).exists() and (path.parent / image).exists():

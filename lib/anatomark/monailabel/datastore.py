@@ -48,7 +48,6 @@ import logging
 import os
 import threading
 import time
-import uuid
 import weakref
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -71,6 +70,7 @@ from anatomark.data.image_io import (
     image_extension,
     load_image,
 )
+from anatomark.data.points_json import points_document
 from anatomark.errors import AnatomarkError
 from anatomark.monailabel.labels import (
     draw_labelmap,
@@ -83,6 +83,7 @@ from anatomark.monailabel.labels import (
     write_labelmap_like,
 )
 from anatomark.monailabel.validation import file_name_problem, id_problem, tag_problem
+from anatomark.paths import atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -122,37 +123,24 @@ def keep_original_for_path(
     return None
 
 
-def atomic_copy(src: str | Path, dst: str | Path, data: bytes | None = None) -> None:
+def atomic_copy(src: str | Path | None, dst: str | Path, data: bytes | None = None) -> None:
     """Write ``data`` (or the bytes of ``src``) to ``dst`` through a hidden ``.part`` file, fsync, rename, fsync dir.
 
-    The ``.part`` suffix matches none of the datastore's file patterns, so the datastore's file watcher ignores it.
+    The ``.part`` suffix matches none of the datastore's file patterns, so the datastore's file watcher ignores it
+    (:func:`anatomark.paths.atomic_write` with ``fsync``; its short temp name leaves room for long image ids).
+
+    Args:
+        src: the file to copy (``None`` when ``data`` is given).
+        dst: where the file goes.
+        data: the bytes to write instead of ``src``'s.
     """
-    dst = Path(dst)
-    # a short temp name: the destination's own name may already use most of the file system's 255 bytes
-    tmp = dst.parent / f".{dst.name[:64]}.{uuid.uuid4().hex[:12]}.part"
-    try:
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
-        with os.fdopen(os.open(tmp, flags, 0o666), "wb") as out:
-            if data is None:
-                with open(src, "rb") as f:
-                    while chunk := f.read(1 << 20):
-                        out.write(chunk)
-            else:
-                out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, dst)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    try:
-        fd = os.open(dst.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except OSError:  # pragma: no cover - directories cannot be fsynced on some file systems
-        pass
+    with atomic_write(dst, fsync=True, suffix=".part") as tmp, open(tmp, "wb") as out:
+        if data is None:
+            with open(src, "rb") as f:  # type: ignore[arg-type]
+                while chunk := f.read(1 << 20):
+                    out.write(chunk)
+        else:
+            out.write(data)
 
 
 _RASTER_MAGIC = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"BM", b"II*\x00", b"MM\x00*")
@@ -304,7 +292,7 @@ class LandmarkDatastore(LocalDatastore):
     def _update_datastore_file(self, lock: bool = True) -> None:
         def write() -> None:
             data = json.dumps(self._datastore.model_dump(exclude={"base_path"}), indent=2, default=str)
-            atomic_copy(None, self._datastore_config_path, data.encode())  # type: ignore[arg-type]
+            atomic_copy(None, self._datastore_config_path, data.encode())
             self._config_key = self._file_key()
             self._config_ts = os.stat(self._datastore_config_path).st_mtime
 
@@ -627,12 +615,7 @@ class LandmarkDatastore(LocalDatastore):
         """
         tag = DefaultLabelTag.ORIGINAL.value
         ls = self.landmark_set
-        doc = {
-            "landmarks": [
-                {"name": n, "x": None if p is None else p[0], "y": None if p is None else p[1]}
-                for n, p in zip(ls.names, points_to_json(points))
-            ]
-        }
+        doc = points_document(points, ls.names, decimals=3)  # index, name, x, y (null when absent)
         try:
             with self._mutex, FileLock(self._lock_file):
                 self._reload_unlocked()
@@ -644,7 +627,7 @@ class LandmarkDatastore(LocalDatastore):
                     return False
                 os.makedirs(label_dir, exist_ok=True)
                 name = self._filename(image_id, ".json")
-                atomic_copy(None, os.path.join(label_dir, name), json.dumps(doc).encode())  # type: ignore[arg-type]
+                atomic_copy(None, os.path.join(label_dir, name), json.dumps(doc).encode())
                 old = obj.labels.get(tag)
                 if old is not None and old.ext != ".json":  # one label file per image and tag
                     stale = os.path.join(label_dir, self._filename(image_id, old.ext))

@@ -25,7 +25,6 @@ internet at start. This datastore instead:
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import tempfile
@@ -41,6 +40,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
 from anatomark.config import LandmarkSet
+from anatomark.data.points_json import points_document, write_points_json
 from anatomark.monailabel.datastore import LandmarkDatastore
 
 logger = logging.getLogger(__name__)
@@ -329,11 +329,11 @@ class LandmarkDICOMwebDatastore(LandmarkDatastore):
             points = sr_landmarks(sr)
             if not points:
                 continue
-            body = {"landmarks": [{"name": n, "x": x, "y": y} for n, (x, y) in points.items()]}
+            body = points_document(np.array(list(points.values()), np.float64), list(points), decimals=None)
             info = {"source": "pacs_sr", "pacs_sr": {"SOPInstanceUID": str(sr.SOPInstanceUID), "imported": True}}
             with tempfile.TemporaryDirectory() as tmp:
                 f = Path(tmp) / "landmarks.json"
-                f.write_text(json.dumps(body))
+                write_points_json(f, body, indent=None)
                 try:
                     LandmarkDatastore.save_label(self, uid, str(f), "final", info)
                 except Exception:  # noqa: BLE001 - one bad SR must not stop the others

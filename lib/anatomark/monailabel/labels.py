@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from anatomark.config import LandmarkSet
-from anatomark.data.annotations import coordinate, read_labelme
+from anatomark.data.annotations import read_labelme
 from anatomark.data.geometry import (  # re-exported: the server's names for the geometry rules
     PNG_SIGNATURE,
     ViewerGeometry,
@@ -57,6 +57,7 @@ from anatomark.data.image_io import (
     image_extension,
     load_image,
 )
+from anatomark.data.points_json import read_points_json
 from anatomark.errors import AnnotationError
 from anatomark.transforms import functional as Fn
 
@@ -309,9 +310,10 @@ def json_points(doc: Mapping[str, Any], landmark_set: LandmarkSet, geometry: Vie
     """Points from a JSON label: Slicer markups, our ``{"landmarks": [...]}`` (e.g. an infer result) -> ``(K, 2)``.
 
     Markups positions are on the grid the viewer shows (``geometry``; the stored grid of a raster file with an EXIF
-    orientation) and are converted to the upright frame; our format is in the upright frame already. In our format a
-    landmark is absent when it is left out or has ``"x": null, "y": null``; ``x`` and ``y`` must otherwise both be
-    finite JSON numbers.
+    orientation) and are converted to the upright frame; our format (read by
+    :func:`anatomark.data.points_json.read_points_json`) is in the upright frame already. In our format a landmark is
+    absent when it is left out or has ``"x": null, "y": null``; ``x`` and ``y`` must otherwise both be finite JSON
+    numbers.
 
     Raises:
         AnnotationError: unknown or repeated names (any copy, also a null one), non-numeric, boolean or non-finite
@@ -325,33 +327,7 @@ def json_points(doc: Mapping[str, Any], landmark_set: LandmarkSet, geometry: Vie
             "JSON label not understood: expected a 3D Slicer markups document ('markups') or "
             "{'landmarks': [{'name', 'x', 'y'}, ...]}"
         )
-    index = {n: i for i, n in enumerate(landmark_set.names)}
-    pts = np.full((len(landmark_set), 2), np.nan)
-    seen: dict[str, int] = {}
-    for i, e in enumerate(items):
-        if not isinstance(e, Mapping) or "name" not in e:
-            raise AnnotationError("each entry of 'landmarks' must be an object with 'name', 'x' and 'y'")
-        name = str(e["name"])
-        if name not in index:
-            raise AnnotationError(
-                f"unknown landmark {name!r}; the set {landmark_set.name!r} has: {', '.join(landmark_set.names)}"
-            )
-        if name in seen:
-            raise AnnotationError(
-                f"landmark {name!r} is given twice (entries {seen[name] + 1} and {i + 1} of 'landmarks'); give each "
-                "landmark once, with null x/y (or left out) when it is missing"
-            )
-        seen[name] = i
-        x, y = e.get("x"), e.get("y")
-        if x is None and y is None:
-            continue
-        if x is None or y is None:
-            given, missing = ("x", "y") if y is None else ("y", "x")
-            raise AnnotationError(
-                f"landmark {name!r} has {given} but no {missing}; give both, or neither (null) when it is missing"
-            )
-        pts[index[name]] = (coordinate(x, f"landmark {name!r}: x"), coordinate(y, f"landmark {name!r}: y"))
-    return pts
+    return read_points_json(doc, landmark_set.names, landmark_set.name)
 
 
 def rois_as_point_list(doc: Mapping[str, Any], names: Sequence[str]) -> Mapping[str, Any]:
