@@ -41,7 +41,7 @@ def main() -> int:
     import torch
     from tqdm import tqdm
 
-    from anatomark.cascade import CascadeModel, LocalRefiner
+    from anatomark.families.cascade import CascadeModel, LocalRefiner
     from anatomark.data.dataset import LandmarkDataset
     from anatomark.data.image_io import load_image
     from anatomark.metrics import radial_errors

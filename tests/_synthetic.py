@@ -43,3 +43,61 @@ def tiny_recipe(epochs=12):
         "augment": {"rotate_deg": 5, "translate_px": 3, "prob": 0.5},
         "train": {"epochs": epochs, "batch_size": 8, "lr": 0.01, "val_fraction": 0.1, "seed": 0},
     }
+
+
+# ---- tiny recipes of the zoo families (tests/families/test_zoo.py, tests/monailabel/test_model_selection.py)
+NETS = {
+    "unet_seg": {"name": "unet_seg", "features": [8, 16, 16, 32, 32], "dropout": 0.0},
+    "fpn_seg": {"name": "fpn_seg", "features": [8, 16, 16, 32], "dropout": 0.0},
+    "appearance_context": {
+        "name": "appearance_context",
+        "features": [8, 16, 16, 32],
+        "context_features": 16,
+        "context_downscale": 4,
+    },
+    "seg_regression": {
+        "name": "seg_regression",
+        "unet_features": [8, 16, 16, 32],
+        "vgg_features": [8, 16, 16, 32],
+        "fc_features": 64,
+        "dropout": 0.0,
+    },
+    "farnet": {
+        "name": "farnet",
+        "init_features": 8,
+        "growth_rate": 8,
+        "block_config": [2, 2, 2, 2],
+        "msfa_channels": [16, 8, 8, 8],
+        "refine_channels": [8, 8],
+    },
+}
+TARGETS = {
+    "unet_seg": {"radius": 3, "shape": "square"},
+    "fpn_seg": {"radius": 3, "shape": "disk"},
+    "appearance_context": {"sigma": 1.5},
+    "seg_regression": {"radius": 3},
+    "farnet": {"sigma": 1.5},
+}
+LOSS = {
+    "unet_seg": {"name": "dice"},
+    "fpn_seg": {"name": "dice"},
+    "appearance_context": {"name": "heatmap_mse"},
+    "seg_regression": {"name": "seg_regression", "alpha": 0.2},
+    "farnet": {"name": "ewc", "alpha": 40.0},
+}
+LR = {"seg_regression": 0.003}
+EPOCHS = {"farnet": 90}  # 60 epochs left one of 64 dots on the wrong side
+
+
+def zoo_recipe(kind: str, epochs: int = 60, val_fraction: float = 0.0) -> dict:
+    return {
+        "name": f"dots_{kind}",
+        "kind": kind,
+        "landmark_set": DOTS.to_dict(),
+        "network": {"spatial_dims": 2, **NETS[kind]},
+        "input": {"size_hw": [64, 64]},
+        "target": dict(TARGETS[kind]),
+        "loss": dict(LOSS[kind]),
+        "decode": {"method": "local_mean", "radius": 2},
+        "train": {"epochs": epochs, "batch_size": 8, "lr": LR.get(kind, 0.01), "val_fraction": val_fraction, "seed": 0},
+    }

@@ -2,8 +2,9 @@ from __future__ import annotations
 
 import pytest
 
-from anatomark.config import available_landmark_sets, load_landmark_set, load_recipe
+from anatomark.config import available_landmark_sets, load_landmark_set
 from anatomark.errors import AnatomarkError
+from anatomark.recipe import load_recipe
 
 
 def test_isbi_set_order_and_labels():

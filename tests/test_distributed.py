@@ -11,10 +11,11 @@ import torch
 
 from _synthetic import DOTS, make_dot_images, tiny_recipe
 from anatomark import distributed as dist
-from anatomark.cascade import CascadeModel
 from anatomark.errors import AnatomarkError
+from anatomark.families.cascade import CascadeModel
 from anatomark.model import load_model
 from anatomark.networks import build_network
+from anatomark.training import train_distributed
 
 
 class RecordEpochs:
@@ -47,7 +48,7 @@ def test_two_cpu_processes_gloo_train_in_sync(tmp_path, monkeypatch):
     assert plan == dist.Plan(2, "gloo", ("cpu", "cpu"))
     cb = RecordEpochs()
     out = tmp_path / "run"
-    res = dist.train_distributed(plan, recipe, items, out, val_items=val, progress=False, on_epoch=cb)
+    res = train_distributed(plan, recipe, items, out, val_items=val, progress=False, on_epoch=cb)
 
     d = res["distributed"]
     assert d["world_size"] == 2 and d["backend"] == "gloo"
@@ -143,7 +144,7 @@ def test_two_cpu_processes_fine_tune_a_cascade(tmp_path, monkeypatch):
     items = make_dot_images(tmp_path / "train", 4, seed=6)
     val = make_dot_images(tmp_path / "val", 1, seed=7)
     out = tmp_path / "ft"
-    res = dist.train_distributed(
+    res = train_distributed(
         dist.Plan(2, "gloo", ("cpu", "cpu")),
         full,
         items,

@@ -16,8 +16,8 @@ from anatomark.paths import git_commit
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from anatomark.config import load_recipe
     from anatomark.data.dataset import LandmarkDataset
+    from anatomark.recipe import load_recipe
     from anatomark.training import train
 
     recipe = load_recipe(args.config)

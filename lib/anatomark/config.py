@@ -1,8 +1,7 @@
-"""YAML configuration: landmark sets and model recipes."""
+"""YAML configuration: landmark sets (model recipes: :mod:`anatomark.recipe`)."""
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -117,27 +116,3 @@ def load_landmark_set(name_or_path: str | Path) -> LandmarkSet:
                 f"Unknown landmark set {name_or_path!r}; available: {', '.join(available_landmark_sets())}"
             )
     return LandmarkSet.from_dict(load_yaml(p), name=p.stem)
-
-
-def load_recipe(name_or_path: str | Path) -> dict[str, Any]:
-    """Load a model recipe by name (``configs/models/<name>.yaml``) or from a YAML path."""
-    p = Path(name_or_path)
-    if not p.suffix:
-        p = CONFIG_DIR / "models" / f"{name_or_path}.yaml"
-    recipe = load_yaml(p)
-    required = {
-        "heatmap": ("landmark_set", "network", "input", "train"),
-        "local": ("landmark_set", "local", "train"),
-        "cascade": ("landmark_set", "global", "local", "train"),
-    }
-    from anatomark.zoo import ZOO_KINDS
-
-    required.update({k: ("landmark_set", "network", "input", "train") for k in ZOO_KINDS})
-    kind = recipe.get("kind", "heatmap")
-    if kind not in required:
-        raise AnatomarkError(f"Model recipe {p}: unknown kind {kind!r}; use {', '.join(required)}")
-    for key in required[kind]:
-        if key not in recipe:
-            raise AnatomarkError(f"Model recipe {p} lacks the required section {key!r}")
-    recipe.setdefault("name", p.stem)
-    return copy.deepcopy(recipe)

@@ -10,7 +10,7 @@ the same for :func:`anatomark.training.train` (every model kind, cascade include
   Without GPUs, ``cpu_processes`` (or the env var ``ANATOMARK_DDP_CPU_PROCESSES``) >= 2 runs the same code in that
   many CPU processes with the ``gloo`` backend: that is how the distributed path is tested here, and it can use
   several CPU sockets, though on one small machine it is not faster than one process.
-- :func:`train_distributed` runs ``train(...)`` on every rank and returns rank 0's result plus a per-rank report
+- :func:`run` calls a function on every rank (:func:`anatomark.training.train_distributed` runs ``train(...)``) and returns rank 0's result plus a per-rank report
   (``result["distributed"]``: which items each rank trained on, a digest of its final weights).
 - Inside a rank, :func:`anatomark.training.fit` asks this module for the device, the network wrapper, a
   ``DistributedSampler`` loader, the mean loss over ranks and rank 0's validation score; outside a rank every
@@ -37,6 +37,7 @@ from torch.utils.data import DataLoader, Dataset
 from torch.utils.data.distributed import DistributedSampler
 
 from anatomark.errors import AnatomarkError
+from anatomark.paths import atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +70,11 @@ _CTX: Context | None = None
 
 def current() -> Context | None:
     return _CTX
+
+
+def backend() -> str | None:
+    """The process group's backend (``nccl``/``gloo``) inside a rank, else ``None``."""
+    return _CTX.backend if _CTX else None
 
 
 def rank() -> int:
@@ -236,9 +242,8 @@ def _worker(
         reports: list[Any] = [None] * p.world_size
         tdist.all_gather_object(reports, report)
         if rank_ == 0:
-            tmp = result_path + ".tmp"
-            torch.save({"value": value, "reports": reports}, tmp)
-            os.replace(tmp, result_path)
+            with atomic_write(result_path) as tmp:
+                torch.save({"value": value, "reports": reports}, tmp)
         tdist.barrier()
     finally:
         _CTX = None
@@ -265,33 +270,3 @@ def run(fn: Callable, p: Plan, *args: Any, **kwargs: Any) -> tuple[Any, list[dic
         )
         out = torch.load(result_path, weights_only=False)
     return out["value"], out["reports"]
-
-
-def _train_returning_callback(*args: Any, **kwargs: Any) -> tuple[dict[str, Any], Any]:
-    from anatomark.training import train
-
-    recipe = args[0]
-    if _CTX is not None and _CTX.backend == "gloo" and recipe.get("train", {}).get("num_threads"):
-        # CPU ranks share the cores: the recipe's thread count (meant for one process) must not oversubscribe them
-        recipe = {**recipe, "train": {**recipe["train"], "num_threads": torch.get_num_threads()}}
-        args = (recipe, *args[1:])
-    return train(*args, **kwargs), kwargs.get("on_epoch")
-
-
-def train_distributed(p: Plan, *args: Any, **kwargs: Any) -> dict[str, Any]:
-    """:func:`anatomark.training.train` (same arguments) in ``p.world_size`` processes; rank 0's result with
-    ``result["distributed"] = {"world_size", "backend", "ranks": [{rank, device, pid, fits: [{weights_sha256,
-    samples_per_epoch (dataset indices), ids_per_epoch (when a sample is an image)}]}]}`` (one ``fits`` entry per
-    trained stage).
-
-    ``on_epoch`` runs in rank 0 only and must be picklable (a module-level function or an object with
-    ``__call__``); the attributes of rank 0's copy are copied back onto the object passed in, so a stateful
-    callback ends up as if it had run here.
-    """
-    value, reports = run(_train_returning_callback, p, *args, **kwargs)
-    res, callback = value
-    mine = kwargs.get("on_epoch")
-    if mine is not None and callback is not None and hasattr(mine, "__dict__"):
-        mine.__dict__.update(callback.__dict__)
-    res["distributed"] = {"world_size": p.world_size, "backend": p.backend, "ranks": reports}
-    return res

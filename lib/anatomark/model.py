@@ -16,22 +16,19 @@ import numpy as np
 import torch
 
 from anatomark.config import LandmarkSet, load_yaml
-from anatomark.data.image_io import XrayImage
-from anatomark.errors import AnatomarkError, ModelNotFoundError
-from anatomark.networks import build_network
+from anatomark.data.image_io import XrayImage, load_image
+from anatomark.data.points_json import landmark_entries
+from anatomark.errors import ModelNotFoundError
+from anatomark.family import get_family
+from anatomark.metrics import radial_errors
 from anatomark.paths import CONFIG_DIR, atomic_write, model_dir
+from anatomark.quality import QualityModel
+from anatomark.recipe import DecodeConfig, InputConfig, kind_of
+from anatomark.shape import ShapePrior
 from anatomark.transforms import functional as Fn
+from anatomark.transforms.functional import scale_intensity
 
 MODEL_FORMAT = "anatomark-model/1"
-
-
-def scale_intensity(array: np.ndarray, lower: float = 0.5, upper: float = 99.5) -> np.ndarray:
-    """Map intensities to [0, 1] between the ``lower`` and ``upper`` percentiles (robust to bit depth)."""
-    a = np.asarray(array, dtype=np.float32)
-    lo, hi = np.percentile(a[:: max(1, a.shape[0] // 256), :: max(1, a.shape[1] // 256)], (lower, upper))
-    if hi <= lo:
-        hi = lo + 1.0
-    return np.clip((a - lo) / (hi - lo), 0.0, 1.0)
 
 
 def to_model_input(scaled: np.ndarray) -> torch.Tensor:
@@ -76,24 +73,10 @@ class Prediction:
         return self.points * np.asarray(self.spacing)
 
     def to_list(self) -> list[dict[str, Any]]:
-        """One JSON-ready dict per landmark (``shape_prior_replaced`` only when the model has a shape prior)."""
-        mm = self.points_mm
-        out = [
-            {
-                "index": k + 1,
-                "name": n,
-                "x": round(float(p[0]), 2),
-                "y": round(float(p[1]), 2),
-                "x_mm": round(float(q[0]), 3),
-                "y_mm": round(float(q[1]), 3),
-                "confidence": round(float(c), 4),
-            }
-            for k, (n, p, q, c) in enumerate(zip(self.names, self.points, mm, self.confidence))
-        ]
-        if self.replaced is not None:
-            for d, r in zip(out, self.replaced):
-                d["shape_prior_replaced"] = bool(r)
-        return out
+        """One JSON-ready dict per landmark (``shape_prior_replaced`` only when the model has a shape prior; the one
+        points-JSON writer, :func:`anatomark.data.points_json.landmark_entries`)."""
+        replaced = None if self.replaced is None else [bool(r) for r in self.replaced]
+        return landmark_entries(self.points, self.names, self.spacing, self.confidence, shape_prior_replaced=replaced)
 
 
 class LandmarkModel:
@@ -113,13 +96,14 @@ class LandmarkModel:
         self.recipe = recipe
         self.landmark_set = landmark_set
         self.info = info or {}
-        self.size_hw = tuple(int(s) for s in recipe.get("input", {}).get("size_hw", (0, 0)))
-        dec = recipe.get("decode", {})
-        self.decode_method = dec.get("method", "local_mean")
-        self.decode_radius = int(dec.get("radius", 3))
+        inp = InputConfig.of(recipe)
+        self.size_hw = tuple(int(s) for s in inp.size_hw)
+        self.decode_cfg = DecodeConfig.of(recipe)
+        self.decode_method = self.decode_cfg.method
+        self.decode_radius = int(self.decode_cfg.radius)
         # pad an image of another aspect ratio to the grid's instead of stretching it (``input.keep_aspect``): only
         # for models trained on images of the grid's aspect (ISBI), for which it changes nothing
-        self.keep_aspect = bool(recipe.get("input", {}).get("keep_aspect", False))
+        self.keep_aspect = bool(inp.keep_aspect)
         self.path: str | None = None
         self.shape_prior: Any = None  # anatomark.shape.ShapePrior, applied by predict() when the model file has one
         self.quality: Any = None  # anatomark.quality.QualityModel, used by anatomark.inference (anatomark calibrate)
@@ -197,8 +181,6 @@ class LandmarkModel:
         return out
 
     def _predict(self, image: XrayImage) -> Prediction:
-        if self.recipe.get("kind") == "local":
-            raise AnatomarkError(f"{self.name} is a local refiner (stage 2) only; predict with a cascade model")
         t0 = time.perf_counter()
         scaled, frame = self.to_grid(scale_intensity(image.array))
         t1 = time.perf_counter()
@@ -244,8 +226,6 @@ class ItemPredictions:
     @property
     def errors(self) -> np.ndarray:
         """``(N, K)`` radial errors in mm (see :func:`anatomark.metrics.radial_errors`)."""
-        from anatomark.metrics import radial_errors
-
         return radial_errors(self.points, self.truth, self.spacing)
 
 
@@ -261,8 +241,6 @@ def predict_items(
         desc: progress-bar label.
     """
     from tqdm.auto import tqdm
-
-    from anatomark.data.image_io import load_image
 
     ids, pts, gts, sps, secs = [], [], [], [], []
     for it in tqdm(items, desc=desc or f"{model.name}", unit="img", disable=not progress):
@@ -376,37 +354,19 @@ def load_model(name_or_path: str | Path | None = None, device: str | torch.devic
     payload = _read_payload(path)
     ls = LandmarkSet.from_dict(payload["landmark_set"])
     recipe = payload["recipe"]
-    kind = recipe.get("kind", "heatmap")
-    from anatomark.zoo import ZOO_KINDS, ZooModel
 
     def unpack(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
 
-    if kind == "local":
-        net = build_network(recipe["local"]["network"], out_channels=len(ls))
-    else:
-        net = build_network(recipe["network"], out_channels=len(ls))
-    net.load_state_dict(unpack(payload["state_dict"]))
-    if kind == "cascade":
-        from anatomark.cascade import CascadeModel
-
-        local = build_network(recipe["local"]["network"], out_channels=len(ls))
-        local.load_state_dict(unpack(payload["extra_state_dicts"]["local"]))
-        model: LandmarkModel = CascadeModel(net.float(), local.float(), recipe, ls, payload.get("info"))
-    elif kind in ZOO_KINDS:
-        model = ZooModel(net.float(), recipe, ls, payload.get("info"))
-    else:
-        model = LandmarkModel(net.float(), recipe, ls, payload.get("info"))
-    extras = payload.get("extra_state_dicts") or {}
+    extras = dict(payload.get("extra_state_dicts") or {})
+    states = {"network": unpack(payload["state_dict"])}
+    states.update({k: unpack(v) for k, v in extras.items() if k not in ("shape_prior", "quality")})
+    model = get_family(kind_of(recipe)).load(recipe, ls, states, payload.get("info") or {})
     if "shape_prior" in extras:
-        from anatomark.shape import ShapePrior
-
         state = extras["shape_prior"]
         model.shape_prior = ShapePrior(len(ls), **recipe.get("shape_prior", {}))
         model.shape_prior.load_state_dict({k: v.double() for k, v in state.items()})
     if "quality" in extras:
-        from anatomark.quality import QualityModel
-
         state = extras["quality"]
         model.quality = QualityModel(len(ls), modes=int(state["components"].shape[0]))
         model.quality.load_state_dict({k: v.double() for k, v in state.items()})

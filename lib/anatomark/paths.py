@@ -1,16 +1,27 @@
-"""Where configuration and shipped models live."""
+"""Where configuration and shipped models live.
+
+Looked up in this order: the environment (``ANATOMARK_CONFIG_DIR``, ``ANATOMARK_MODEL_DIR``), the source checkout
+the library runs from (``configs/``, ``apps/landmarks/model/``), then the copies a wheel installs as data files
+(``<prefix>/share/anatomark/configs``, ``<prefix>/share/anatomark/models``, see ``setup.cfg``).
+"""
 
 from __future__ import annotations
 
 import os
 import secrets
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-#: Repository root (the library is installed in editable mode from ``lib/``).
+#: Repository root when the library runs from a source checkout (an editable install from ``lib/``).
 REPO_ROOT = Path(__file__).resolve().parents[2]
-CONFIG_DIR = Path(os.environ.get("ANATOMARK_CONFIG_DIR", REPO_ROOT / "configs"))
+#: Where a wheel installs the configs and the shipped models (``[options.data_files]`` of ``setup.cfg``).
+SHARE_DIR = Path(sys.prefix) / "share" / "anatomark"
+IN_CHECKOUT = (REPO_ROOT / "configs" / "app.yaml").is_file()
+CONFIG_DIR = Path(
+    os.environ.get("ANATOMARK_CONFIG_DIR") or (REPO_ROOT / "configs" if IN_CHECKOUT else SHARE_DIR / "configs")
+)
 
 
 def model_dir() -> Path:
@@ -18,9 +29,12 @@ def model_dir() -> Path:
     env = os.environ.get("ANATOMARK_MODEL_DIR")
     if env:
         return Path(env)
-    from anatomark.config import load_yaml
+    import yaml
 
-    app = load_yaml(CONFIG_DIR / "app.yaml")
+    if not IN_CHECKOUT:
+        return SHARE_DIR / "models"
+    app_yaml = CONFIG_DIR / "app.yaml"
+    app = (yaml.safe_load(app_yaml.read_text()) or {}) if app_yaml.is_file() else {}
     return REPO_ROOT / app.get("model_dir", "apps/landmarks/model")
 
 

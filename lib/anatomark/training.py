@@ -18,8 +18,9 @@ import os
 import random
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -30,11 +31,13 @@ from anatomark import distributed as dist
 from anatomark.config import LandmarkSet, load_landmark_set
 from anatomark.data.image_io import load_image
 from anatomark.errors import AnatomarkError
+from anatomark.family import TrainRun, get_family
 from anatomark.losses import LOSSES
 from anatomark.metrics import radial_errors, sdr
-from anatomark.model import LandmarkModel, prepare_image, save_model_file, to_model_input
-from anatomark.networks import build_network
-from anatomark.paths import cache_dir
+from anatomark.model import LandmarkModel, load_model, prepare_image, to_model_input
+from anatomark.paths import atomic_write, cache_dir
+from anatomark.recipe import AugmentConfig, TargetConfig, TrainConfig, kind_of, loss_options
+from anatomark.shape import DEFAULTS, ShapePrior, fit_shape_prior
 from anatomark.transforms import functional as Fn
 from anatomark.transforms.array import RandAffineWithPoints
 
@@ -134,15 +137,13 @@ def cache_items(
         ok = set(loaded)
         present = [(i, st) for i, st in present if i in ok]
         cpath = _cache_path(items, present, size_hw, spacing_mm)
-        cpath.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cpath.with_suffix(f".{os.getpid()}.tmp.npz")  # several training processes may cache at once
-        np.savez(
-            tmp,
-            orig_hw=np.asarray(hws),
-            spacing=np.asarray(sps, dtype=np.float64),
-            **{f"img{k}": a for k, a in enumerate(imgs)},
-        )
-        tmp.replace(cpath)
+        with atomic_write(cpath) as tmp:  # several training processes may cache at once: each its own temp file
+            np.savez(
+                tmp,
+                orig_hw=np.asarray(hws),
+                spacing=np.asarray(sps, dtype=np.float64),
+                **{f"img{k}": a for k, a in enumerate(imgs)},
+            )
         cached = ([a.astype(np.float32) for a in imgs], np.asarray(hws), np.asarray(sps, dtype=np.float64))
     out = []
     for k, (i, _) in enumerate(present):
@@ -178,16 +179,17 @@ class HeatmapTrainingSet(Dataset):
     def __init__(self, items: list[dict[str, Any]], recipe: dict[str, Any], augment: bool = True) -> None:
         self.items = items
         self.size_hw = tuple(int(s) for s in recipe["input"]["size_hw"])
-        self.sigma = recipe.get("target", {}).get("sigma", 2.0)
-        aug = recipe.get("augment", {}) if augment else {}
-        self.aug = aug
+        self.target = TargetConfig.of(recipe)
+        self.sigma = float(self.target.sigma)
+        aug = AugmentConfig.of(recipe) if augment else AugmentConfig()
+        self.augment = augment and bool(recipe.get("augment"))
         self.affine = RandAffineWithPoints(
-            prob=float(aug.get("prob", 0.0)),
-            rotate_deg=float(aug.get("rotate_deg", 0.0)),
-            scale=tuple(aug.get("scale", (1.0, 1.0))),
-            translate_px=float(aug.get("translate_px", 0.0)),
+            prob=float(aug.prob),
+            rotate_deg=float(aug.rotate_deg),
+            scale=tuple(aug.scale),
+            translate_px=float(aug.translate_px),
         )
-        self.gamma = tuple(aug.get("intensity_gamma", (1.0, 1.0)))
+        self.gamma = tuple(float(g) for g in aug.intensity_gamma)
 
     def __len__(self) -> int:
         return len(self.items)
@@ -197,7 +199,7 @@ class HeatmapTrainingSet(Dataset):
         landmark was pushed outside the grid (it is then treated as missing)."""
         it = self.items[i]
         img, pts = it["scaled"], it["points"]
-        if self.aug:
+        if self.augment:
             img, pts = self.affine(img, pts)
             if self.gamma != (1.0, 1.0):
                 g = math.exp(self.affine.R.uniform(math.log(self.gamma[0]), math.log(self.gamma[1])))
@@ -239,9 +241,10 @@ def split_train_val(n: int, val_fraction: float, seed: int) -> tuple[list[int], 
 
 
 def recipe_split(n: int, tcfg: dict[str, Any]) -> tuple[list[int], list[int]]:
-    """A recipe's train/validation split of ``range(n)``: ``train.val_fraction`` (default 0.1), drawn with
-    ``train.val_seed`` (default 0, independent of ``train.seed``)."""
-    return split_train_val(n, float(tcfg.get("val_fraction", 0.1)), int(tcfg.get("val_seed", 0)))
+    """A recipe's train/validation split of ``range(n)`` (its ``train`` section): ``train.val_fraction`` drawn with
+    ``train.val_seed``, independent of ``train.seed`` (defaults: :class:`~anatomark.recipe.TrainConfig`)."""
+    tc = TrainConfig.from_dict(tcfg, "train")
+    return split_train_val(n, float(tc.val_fraction), int(tc.val_seed))
 
 
 def cache_and_split(
@@ -275,108 +278,13 @@ def cache_and_split(
     return train_c, val_c, [src[c["source_index"]] for c in val_c]
 
 
-class HeatmapStage:
-    """Training pieces for a whole-image heatmap model (``kind: heatmap``)."""
-
-    def __init__(self, recipe: dict[str, Any], ls: LandmarkSet, items, val_items, progress: bool) -> None:  # noqa: ANN001
-        tcfg = recipe["train"]
-        self.recipe, self.ls = recipe, ls
-        size_hw = tuple(int(s) for s in recipe["input"]["size_hw"])
-        if any(s % 16 for s in size_hw):
-            raise AnatomarkError(f"input.size_hw {size_hw} must be divisible by 16 (four 2x poolings)")
-        self.train_c, self.val_c, _ = cache_and_split(items, val_items, ls, tcfg, progress, size_hw=size_hw)
-        self.dataset = HeatmapTrainingSet(self.train_c, recipe, augment=True)
-
-    def build_network(self) -> torch.nn.Module:
-        return build_network(self.recipe["network"], out_channels=len(self.ls))
-
-    def set_random_state(self, seed: int) -> None:
-        self.dataset.affine.set_random_state(seed)
-
-    def evaluate(self, net: torch.nn.Module) -> np.ndarray:
-        return evaluate_items(LandmarkModel(net, self.recipe, self.ls), self.val_c)[0]
-
-    def save(self, path: Path, net: torch.nn.Module, meta: dict[str, Any]) -> None:
-        save_model_file(path, net, self.recipe, self.ls, meta)
-
-
-def train(
-    recipe: dict[str, Any],
-    items: Sequence[dict[str, Any]],
-    out_dir: str | Path,
-    resume: bool = False,
-    init_weights: str | Path | None = None,
-    epochs: int | None = None,
-    device: str | None = None,
-    progress: bool = True,
-    val_items: Sequence[dict[str, Any]] | None = None,
-    on_epoch: Callable[[dict[str, Any]], None] | None = None,
-    info: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    """Train a landmark model (any ``kind``: ``heatmap``, ``local`` or ``cascade``).
-
-    Args:
-        recipe: model recipe (see ``configs/models/*.yaml``).
-        items: training items ``{"image": path, "landmarks": (K, 2) px, "spacing": (sx, sy) | None}``.
-        out_dir: where ``model.pt``, ``last.pt`` and ``history.json`` go.
-        resume: continue from ``out_dir/last.pt`` if present.
-        init_weights: start from these model weights (fine-tuning), unless resuming.
-        epochs: override ``recipe.train.epochs``.
-        device: ``cpu``/``cuda``; default: CUDA when available.
-        val_items: explicit validation items; default: ``recipe.train.val_fraction`` of ``items`` (seeded).
-        on_epoch: callback with each epoch's record (as in ``history.json``, plus ``total_epochs`` and ``out_dir``,
-            the folder of the stage being trained).
-        info: extra provenance stored in the model file.
-
-    Returns:
-        ``{"best_val_mre_mm", "epochs", "model_path", "history", "train_seconds"}``.
-    """
-    recipe = copy.deepcopy(recipe)
-    kind = recipe.get("kind", "heatmap")
-    if len(items) == 0:
-        raise AnatomarkError("No training images: the split is empty")
-    ls = (
-        load_landmark_set(recipe["landmark_set"]) if isinstance(recipe["landmark_set"], str) else recipe["landmark_set"]
-    )
-    if not isinstance(ls, LandmarkSet):
-        ls = LandmarkSet.from_dict(ls)
-    recipe["landmark_set"] = ls.name
-    tcfg = recipe["train"]
-    set_determinism(int(tcfg.get("seed", 0)))
-    if tcfg.get("num_threads"):
-        torch.set_num_threads(int(tcfg["num_threads"]))
-    from anatomark.zoo import ZOO_KINDS
-
-    if kind == "cascade":
-        from anatomark.cascade import train_cascade
-
-        res = train_cascade(
-            recipe, ls, items, out_dir, resume, epochs, device, progress, val_items, on_epoch, info, init_weights
-        )
-        return _with_shape_prior(res, recipe, items, val_items, init_weights)
-    if kind == "heatmap":
-        stage: Any = HeatmapStage(recipe, ls, items, val_items, progress)
-    elif kind == "local":
-        from anatomark.cascade import LocalStage
-
-        stage = LocalStage(recipe, ls, items, val_items, progress)
-    elif kind in ZOO_KINDS:
-        from anatomark.zoo import ZooStage
-
-        stage = ZooStage(recipe, ls, items, val_items, progress)
-    else:
-        raise AnatomarkError(f"Unknown recipe kind {kind!r}; use heatmap, local, cascade or {', '.join(ZOO_KINDS)}")
-    res = fit(stage, recipe, ls, out_dir, resume, init_weights, epochs, device, progress, on_epoch, info)
-    return _with_shape_prior(res, recipe, items, val_items, init_weights)
-
-
 def training_items(
     recipe: dict[str, Any], items: Sequence[dict[str, Any]], val_items: Sequence[dict[str, Any]] | None = None
 ) -> list[dict[str, Any]]:
     """The items a recipe trains on: all of ``items`` with explicit ``val_items``, else the seeded split's train part."""
     if val_items is not None:
         return list(items)
-    tr, _ = recipe_split(len(items), recipe.get("train", {}))
+    tr, _ = recipe_split(len(items), recipe.get("train") or {})
     return [items[i] for i in tr]
 
 
@@ -394,124 +302,237 @@ def add_shape_prior(
         cfg: the ``shape_prior`` settings (default: the model recipe's, else :data:`anatomark.shape.DEFAULTS`).
         out_path: where to write (default: overwrite ``model_path``, atomically).
     """
-    from anatomark.model import load_model
-    from anatomark.shape import DEFAULTS, fit_shape_prior
-
     model = load_model(model_path)
     cfg = {**DEFAULTS, **(cfg if cfg is not None else model.recipe.get("shape_prior") or {})}
-    return _store_shape_prior(model, fit_shape_prior(items, cfg), out_path or model_path, n_shapes=len(items))
+    set_shape_prior(model, fit_shape_prior(items, cfg), n_shapes=len(items))
+    return model.save(out_path or model_path)
 
 
-def _store_shape_prior(model: Any, prior: Any, path: str | Path, n_shapes: int | None = None) -> Path:
-    """Put ``prior`` into ``model`` (its recipe records the settings) and write the model file to ``path``."""
+def set_shape_prior(model: LandmarkModel, prior: ShapePrior, n_shapes: int | None = None) -> None:
+    """Put ``prior`` into ``model`` (its recipe records the settings, its info how many shapes it was fitted to)."""
     model.shape_prior = prior
     model.recipe["shape_prior"] = prior.config()
     if n_shapes is not None:
         model.info["shape_prior"] = {**prior.config(), "n_shapes": n_shapes}
-    return model.save(path)
 
 
-def _with_shape_prior(
-    res: dict[str, Any],
+def attach_shape_prior(
+    model: LandmarkModel,
     recipe: dict[str, Any],
     items: Sequence[dict[str, Any]],
     val_items: Sequence[dict[str, Any]] | None,
-    init_weights: str | Path | None = None,
-) -> dict[str, Any]:
-    """After training: add the recipe's ``shape_prior`` (fitted to the training part only) to the written model.
+    init: LandmarkModel | None = None,
+) -> None:
+    """After training, in memory: the recipe's ``shape_prior`` fitted to the training part only.
 
-    A fine-tuning (``init_weights``) keeps the shape prior of the model it started from: a handful of new labels
-    is too few shapes to refit it.
+    A fine-tuning (``init``) keeps the shape prior of the model it started from: a handful of new labels is too few
+    shapes to refit it.
     """
-    path = Path(res.get("model_path", ""))
-    if not (recipe.get("shape_prior") and path.is_file() and dist.is_main()):
-        return res
-    if init_weights:
-        from anatomark.model import load_model
-
-        prior = load_model(init_weights).shape_prior
-        if prior is not None:
-            _store_shape_prior(load_model(path), prior, path)
-            return res
+    if not recipe.get("shape_prior") or not dist.is_main():  # only rank 0 writes the model file
+        return
+    if init is not None and init.shape_prior is not None:
+        set_shape_prior(model, init.shape_prior)
+        return
     present = [it for it in training_items(recipe, items, val_items) if Path(it["image"]).is_file()]  # none deleted
-    add_shape_prior(path, present, recipe["shape_prior"])
-    return res
+    cfg = {**DEFAULTS, **recipe["shape_prior"]}
+    set_shape_prior(model, fit_shape_prior(present, cfg), n_shapes=len(present))
+
+
+# ------------------------------------------------------------------------------------------------ the loop
+class Stage(Protocol):
+    """What :func:`fit` needs from a family's training stage.
+
+    Attributes:
+        dataset: ``(input, target)`` samples (target: a tensor or a tuple of tensors).
+        train_c: cached training items; ``val_c``: cached validation items.
+    """
+
+    dataset: Dataset
+    train_c: list[dict[str, Any]]
+    val_c: list[dict[str, Any]]
+
+    def build_network(self) -> torch.nn.Module: ...
+
+    def loss(self) -> torch.nn.Module: ...
+
+    def set_random_state(self, seed: int) -> None: ...
+
+    def evaluate(self, net: torch.nn.Module) -> np.ndarray:
+        """``(N, K)`` validation radial errors in mm (NaN where not annotated)."""
+        ...
+
+
+@dataclass
+class FitResult:
+    """What :func:`fit` returns.
+
+    Attributes:
+        network: the network with the best weights (by validation MRE, else training loss), eval mode.
+        best_val_mre_mm: its validation MRE (``None`` without validation images).
+        epochs: epochs planned.
+        history: one record per epoch (as in ``history.json``).
+        meta: provenance of the best weights (epoch, val_mre_mm, n_train, n_val, train_seconds).
+        train_seconds: seconds of every epoch, earlier sessions of a resumed run included.
+    """
+
+    network: torch.nn.Module
+    best_val_mre_mm: float | None
+    epochs: int
+    history: list[dict[str, Any]]
+    meta: dict[str, Any]
+    train_seconds: float
+
+
+def build_loss(recipe: dict[str, Any]) -> torch.nn.Module:
+    """The recipe's ``loss`` (:data:`anatomark.losses.LOSSES`)."""
+    name, opts = loss_options(recipe)
+    if name not in LOSSES:
+        raise AnatomarkError(f"Unknown loss {name!r}; use {', '.join(sorted(LOSSES))}")
+    return LOSSES[name](**opts)
+
+
+def make_optimizer(net: torch.nn.Module, tc: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW with the recipe's learning rate and weight decay."""
+    return torch.optim.AdamW(net.parameters(), lr=float(tc.lr), weight_decay=float(tc.weight_decay))
+
+
+class LRSchedule:
+    """The recipe's learning-rate schedule, set before every optimiser step (``cosine``, ``constant``) or after every
+    validation (``plateau``).
+
+    ``cosine``: linear warm-up over 5 % of the steps, then cosine decay to 1 % (it stretches when epochs are added).
+    """
+
+    def __init__(self, opt: torch.optim.Optimizer, tc: TrainConfig, total_steps: int) -> None:
+        if tc.scheduler not in ("cosine", "plateau", "constant"):
+            raise AnatomarkError(f"train.scheduler {tc.scheduler!r}: use cosine, plateau or constant")
+        self.opt, self.tc, self.total = opt, tc, max(1, total_steps)
+        self.plateau = (
+            torch.optim.lr_scheduler.ReduceLROnPlateau(
+                opt, factor=float(tc.plateau_factor), patience=int(tc.plateau_patience)
+            )
+            if tc.scheduler == "plateau"
+            else None
+        )
+
+    def lr_at(self, step: int) -> float:
+        base = float(self.tc.lr)
+        if self.tc.scheduler != "cosine":
+            return base
+        warm = max(1, int(0.05 * self.total))
+        if step < warm:
+            return base * (step + 1) / warm
+        t = min(1.0, (step - warm) / max(1, self.total - warm))
+        return base * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * t)))
+
+    def before_step(self, step: int) -> None:
+        if self.plateau is None:
+            for g in self.opt.param_groups:
+                g["lr"] = self.lr_at(step)
+
+    def after_validation(self, score: float) -> None:
+        if self.plateau is not None:
+            self.plateau.step(score if math.isfinite(score) else float("inf"))
+
+    def state_dict(self) -> dict[str, Any] | None:
+        return self.plateau.state_dict() if self.plateau is not None else None
+
+    def load_state_dict(self, state: dict[str, Any] | None) -> None:
+        if self.plateau is not None and state:
+            self.plateau.load_state_dict(state)
+
+
+class Checkpoint:
+    """``last.pt`` of a stage's folder: everything :func:`fit` needs to resume, written atomically every epoch
+    (by rank 0 only), and ``history.json`` beside it."""
+
+    def __init__(self, out_dir: Path) -> None:
+        self.out = out_dir
+        self.path = out_dir / "last.pt"
+
+    def load(self, device: torch.device) -> dict[str, Any] | None:
+        if not self.path.is_file():
+            return None
+        state = torch.load(self.path, map_location=device, weights_only=False)
+        if "best_net" not in state:  # written before the best weights were kept in the checkpoint: take model.pt's
+            old = self.out / "model.pt"
+            if old.is_file():
+                payload = torch.load(old, map_location=device, weights_only=False)
+                state["best_net"] = {
+                    k: v.float() if v.is_floating_point() else v for k, v in payload["state_dict"].items()
+                }
+                state["best_meta"] = payload.get("info") or {}
+        return state
+
+    def save(self, state: dict[str, Any], history: list[dict[str, Any]]) -> None:
+        with atomic_write(self.path) as tmp:
+            torch.save(state, tmp)
+        with atomic_write(self.out / "history.json") as tmp:
+            tmp.write_text(json.dumps(history, indent=1))
+
+
+def validate(stage: Stage, net: torch.nn.Module) -> dict[str, Any]:
+    """``{"val_mre_mm", "val_sdr"}`` of ``net`` on the stage's validation images (rank 0 only)."""
+    with torch.no_grad():
+        err = stage.evaluate(net)
+    finite = err[np.isfinite(err)]
+    return {"val_mre_mm": float(finite.mean()) if finite.size else float("nan"), "val_sdr": sdr(err)}
+
+
+def _cpu_state(net: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu", copy=True) for k, v in net.state_dict().items()}
 
 
 def fit(
-    stage: Any,
+    stage: Stage,
     recipe: dict[str, Any],
-    ls: LandmarkSet,
     out_dir: str | Path,
-    resume: bool = False,
-    init_weights: str | Path | None = None,
-    epochs: int | None = None,
-    device: str | None = None,
-    progress: bool = True,
-    on_epoch: Callable[[dict[str, Any]], None] | None = None,
-    info: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    """The loop shared by every model kind. ``stage`` provides ``dataset``, ``build_network()``,
-    ``evaluate(net) -> (N, K) mm errors``, ``save(path, net, meta)``, ``set_random_state(seed)``, ``train_c``, ``val_c``."""
-    tcfg = recipe["train"]
-    n_epochs = int(epochs if epochs is not None else tcfg.get("epochs", 10))
-    seed = int(tcfg.get("seed", 0))
-    dev = dist.device() or torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    init_state: dict[str, torch.Tensor] | None = None,
+    run: TrainRun | None = None,
+) -> FitResult:
+    """Train one network: the loop shared by every family (optimizer, schedule, checkpoint, validation, DDP).
+
+    Args:
+        stage: the family's training pieces (:class:`Stage`).
+        recipe: the recipe (its ``train`` section, :class:`~anatomark.recipe.TrainConfig`).
+        out_dir: folder of ``last.pt`` (resume) and ``history.json``; no model file is written here.
+        init_state: start from these weights (fine-tuning), unless resuming.
+        run: resume, epochs, device, progress, on_epoch, info (:class:`~anatomark.family.TrainRun`).
+
+    Returns:
+        the best network and its metrics (:class:`FitResult`).
+    """
+    run = run or TrainRun()
+    tc = TrainConfig.of(recipe)
+    n_epochs = int(run.epochs if run.epochs is not None else tc.epochs)
+    dev = dist.device() or torch.device(run.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    train_c, val_c = stage.train_c, stage.val_c
     net = stage.build_network().to(dev)
-    loss_cfg = dict(recipe.get("loss", {}))
-    loss_fn = LOSSES[loss_cfg.pop("name", "spatial_softmax_ce")](**loss_cfg)
-    opt = torch.optim.AdamW(
-        net.parameters(), lr=float(tcfg.get("lr", 1e-3)), weight_decay=float(tcfg.get("weight_decay", 0))
-    )
-    batch_size = int(tcfg.get("batch_size", 8))
-    steps_per_epoch = max(1, math.ceil(dist.shard_size(len(stage.dataset)) / batch_size))
-    base_lr = float(tcfg.get("lr", 1e-3))
-    total_steps = n_epochs * steps_per_epoch
-    use_cosine = tcfg.get("scheduler", "cosine") == "cosine"
-    plateau = (
-        torch.optim.lr_scheduler.ReduceLROnPlateau(
-            opt, factor=float(tcfg.get("plateau_factor", 0.5)), patience=int(tcfg.get("plateau_patience", 10))
-        )
-        if tcfg.get("scheduler") == "plateau"
-        else None
-    )
-
-    def lr_at(step: int) -> float:
-        """Linear warm-up over 5 % of the steps, then cosine decay to 1 % (stretches when epochs are extended)."""
-        if not use_cosine:
-            return base_lr
-        warm = max(1, int(0.05 * total_steps))
-        if step < warm:
-            return base_lr * (step + 1) / warm
-        t = min(1.0, (step - warm) / max(1, total_steps - warm))
-        return base_lr * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * t)))
+    loss_fn = stage.loss()
+    opt = make_optimizer(net, tc)
+    steps_per_epoch = max(1, math.ceil(dist.shard_size(len(stage.dataset)) / int(tc.batch_size)))
+    schedule = LRSchedule(opt, tc, n_epochs * steps_per_epoch)
+    ckpt = Checkpoint(out)
 
     start_epoch, best, history = 0, float("inf"), []
-    last = out / "last.pt"
-    if resume and last.is_file():
-        state = torch.load(last, map_location=dev, weights_only=False)
+    best_state, best_meta = None, {}
+    state = ckpt.load(dev) if run.resume else None
+    if state is not None:
         net.load_state_dict(state["net"])
         opt.load_state_dict(state["opt"])
         start_epoch, best, history = state["epoch"], state["best"], state["history"]
-        if plateau is not None and state.get("plateau"):
-            plateau.load_state_dict(state["plateau"])
+        best_state, best_meta = state.get("best_net"), state.get("best_meta") or {}
+        schedule.load_state_dict(state.get("plateau"))
         torch.set_rng_state(state["torch_rng"])
         np.random.set_state(state["np_rng"])
-    elif init_weights:
-        from anatomark.model import load_model
-
-        init = load_model(init_weights)
-        if init.landmark_set.names != ls.names:
-            raise AnatomarkError(f"{init_weights} was trained for other landmarks; cannot fine-tune on {ls.name!r}")
-        net.load_state_dict(init.network.state_dict())
+    elif init_state is not None:
+        net.load_state_dict(init_state)
 
     train_net = dist.wrap(net)  # DistributedDataParallel in a multi-process run (anatomark.distributed), else net
-    stage.set_random_state(seed + start_epoch + 7919 * dist.rank())
-    gen = torch.Generator().manual_seed(seed + start_epoch)
-    loader = dist.data_loader(stage.dataset, batch_size, gen, seed + start_epoch)
+    stage.set_random_state(tc.seed + start_epoch + 7919 * dist.rank())
+    gen = torch.Generator().manual_seed(tc.seed + start_epoch)
+    loader = dist.data_loader(stage.dataset, int(tc.batch_size), gen, tc.seed + start_epoch)
     t_start = time.time()
     trained_before = sum(h.get("seconds", 0.0) for h in history)
     step = start_epoch * steps_per_epoch
@@ -519,16 +540,14 @@ def fit(
         net.train()
         dist.set_epoch(loader, epoch)
         t0, losses = time.time(), []
-        bar = tqdm(loader, desc=f"Epoch {epoch + 1}/{n_epochs}", disable=not progress, unit="batch", leave=False)
+        bar = tqdm(loader, desc=f"Epoch {epoch + 1}/{n_epochs}", disable=not run.progress, unit="batch", leave=False)
         for x, y in bar:
             x = x.to(dev)
             y = y.to(dev) if isinstance(y, torch.Tensor) else [t.to(dev) for t in y]  # zoo targets may be tuples
             opt.zero_grad(set_to_none=True)
             loss = loss_fn(train_net(x), y)
             loss.backward()
-            if plateau is None:
-                for g in opt.param_groups:
-                    g["lr"] = lr_at(step)
+            schedule.before_step(step)
             opt.step()
             step += 1
             losses.append(float(loss.detach()))
@@ -539,62 +558,165 @@ def fit(
             "loss": dist.mean(float(np.mean(losses))),
             "lr": opt.param_groups[0]["lr"],
         }
-        if val_c and dist.is_main():  # only rank 0 validates and writes files
-            with torch.no_grad():
-                err = stage.evaluate(net)
-            finite = err[np.isfinite(err)]
-            rec["val_mre_mm"] = float(finite.mean()) if finite.size else float("nan")
-            rec["val_sdr"] = sdr(err)
+        if stage.val_c and dist.is_main():  # only rank 0 validates and writes files
+            rec.update(validate(stage, net))
         rec["seconds"] = time.time() - t0
         history.append(rec)
         score = dist.from_main(rec.get("val_mre_mm", rec["loss"]))
-        if plateau is not None:
-            plateau.step(score if math.isfinite(score) else float("inf"))
+        schedule.after_validation(score)
         improved = score < best
         if improved:
-            best = score
-            meta = {
-                **(info or {}),
+            best, best_state = score, _cpu_state(net)
+            best_meta = {
+                **(run.info or {}),
                 "epoch": epoch + 1,
                 "val_mre_mm": rec.get("val_mre_mm"),
-                "n_train": len(train_c),
-                "n_val": len(val_c),
+                "n_train": len(stage.train_c),
+                "n_val": len(stage.val_c),
                 "train_seconds": trained_before + time.time() - t_start,
             }
-            if dist.is_main():
-                stage.save(out / "model.pt", net, meta)
         if not dist.is_main():
             continue
-        tmp = out / "last.pt.tmp"
-        torch.save(
+        ckpt.save(
             {
                 "net": net.state_dict(),
                 "opt": opt.state_dict(),
                 "epoch": epoch + 1,
                 "best": best,
+                "best_net": best_state,
+                "best_meta": best_meta,
                 "history": history,
                 "torch_rng": torch.get_rng_state(),
                 "np_rng": np.random.get_state(),
                 "recipe": recipe,
-                "plateau": plateau.state_dict() if plateau is not None else None,
+                "plateau": schedule.state_dict(),
             },
-            tmp,
+            history,
         )
-        tmp.replace(last)
-        (out / "history.json").write_text(json.dumps(history, indent=1))
         msg = f"epoch {epoch + 1}/{n_epochs} loss {rec['loss']:.4f}"
         if "val_mre_mm" in rec:
             msg += f" val MRE {rec['val_mre_mm']:.3f} mm SDR2 {rec['val_sdr']['2.0']:.1f}%"
         msg += f" ({rec['seconds']:.0f} s){' *' if improved else ''}"
-        if progress:
+        if run.progress:
             tqdm.write(msg)
-        if on_epoch:  # the record plus where it is in the run (server progress: anatomark.monailabel.train)
-            on_epoch({**rec, "total_epochs": n_epochs, "out_dir": str(out)})
+        if run.on_epoch:  # the record plus where it is in the run (server progress: anatomark.monailabel.train)
+            run.on_epoch({**rec, "total_epochs": n_epochs, "out_dir": str(out)})
     dist.finish(net, stage.dataset)
+    if best_state is not None:
+        net.load_state_dict(best_state)
+    return FitResult(
+        network=net.eval(),
+        best_val_mre_mm=best if stage.val_c and math.isfinite(best) else None,
+        epochs=n_epochs,
+        history=history,
+        meta=best_meta,
+        train_seconds=sum(h.get("seconds", 0.0) for h in history),
+    )
+
+
+def write_model(model: LandmarkModel, out_dir: str | Path, fitted: FitResult, t0: float) -> dict[str, Any]:
+    """Write ``out_dir/model.pt`` (rank 0 only) -> the result dictionary of :func:`train`."""
+    path = Path(out_dir) / "model.pt"
+    if dist.is_main():
+        model.save(path)
     return {
-        "best_val_mre_mm": best if val_c else None,
-        "epochs": n_epochs,
-        "model_path": str(out / "model.pt"),
-        "history": history,
-        "train_seconds": sum(h.get("seconds", 0.0) for h in history),
+        "best_val_mre_mm": fitted.best_val_mre_mm,
+        "epochs": fitted.epochs,
+        "model_path": str(path),
+        "history": fitted.history,
+        "train_seconds": time.time() - t0 if fitted.train_seconds == 0 else fitted.train_seconds,
     }
+
+
+def resolve_landmark_set(recipe: dict[str, Any]) -> LandmarkSet:
+    """The recipe's ``landmark_set``: a name, a path, a dictionary or a :class:`LandmarkSet`."""
+    ls = recipe["landmark_set"]
+    if isinstance(ls, str):
+        return load_landmark_set(ls)
+    return ls if isinstance(ls, LandmarkSet) else LandmarkSet.from_dict(ls)
+
+
+def train(
+    recipe: dict[str, Any],
+    items: Sequence[dict[str, Any]],
+    out_dir: str | Path,
+    resume: bool = False,
+    init_weights: str | Path | None = None,
+    epochs: int | None = None,
+    device: str | None = None,
+    progress: bool = True,
+    val_items: Sequence[dict[str, Any]] | None = None,
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
+    info: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Train a landmark model of any family (the recipe's ``kind``, :mod:`anatomark.family`).
+
+    Args:
+        recipe: model recipe (see ``configs/models/*.yaml``).
+        items: training items ``{"image": path, "landmarks": (K, 2) px, "spacing": (sx, sy) | None}``.
+        out_dir: where ``model.pt`` (written once, at the end), ``last.pt`` and ``history.json`` go.
+        resume: continue from ``out_dir/last.pt`` if present.
+        init_weights: start from these model weights (fine-tuning), unless resuming.
+        epochs: override ``recipe.train.epochs``.
+        device: ``cpu``/``cuda``; default: CUDA when available.
+        val_items: explicit validation items; default: ``recipe.train.val_fraction`` of ``items`` (seeded).
+        on_epoch: callback with each epoch's record (as in ``history.json``, plus ``total_epochs`` and ``out_dir``,
+            the folder of the stage being trained).
+        info: extra provenance stored in the model file.
+
+    Returns:
+        ``{"best_val_mre_mm", "epochs", "model_path", "history", "train_seconds"}``.
+    """
+    recipe = copy.deepcopy(recipe)
+    if len(items) == 0:
+        raise AnatomarkError("No training images: the split is empty")
+    family = get_family(kind_of(recipe))
+    ls = resolve_landmark_set(recipe)
+    recipe["landmark_set"] = ls.name
+    tc = TrainConfig.of(recipe)
+    set_determinism(int(tc.seed))
+    if tc.num_threads:
+        torch.set_num_threads(int(tc.num_threads))
+    run = TrainRun(resume, init_weights, epochs, device, progress, val_items, on_epoch, info)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    return family.train(recipe, ls, items, out, run)
+
+
+def load_init(init_weights: str | Path | None, ls: LandmarkSet) -> LandmarkModel | None:
+    """The model a fine-tuning starts from (``None`` without one); refuses one trained for other landmarks."""
+    if not init_weights:
+        return None
+    init = load_model(init_weights)
+    if init.landmark_set.names != ls.names:
+        raise AnatomarkError(f"{init_weights} was trained for other landmarks; cannot fine-tune on {ls.name!r}")
+    return init
+
+
+# ------------------------------------------------------------------------------------------------ several processes
+def _train_returning_callback(*args: Any, **kwargs: Any) -> tuple[dict[str, Any], Any]:
+    recipe = args[0]
+    if dist.backend() == "gloo" and recipe.get("train", {}).get("num_threads"):
+        # CPU ranks share the cores: the recipe's thread count (meant for one process) must not oversubscribe them
+        recipe = {**recipe, "train": {**recipe["train"], "num_threads": torch.get_num_threads()}}
+        args = (recipe, *args[1:])
+    return train(*args, **kwargs), kwargs.get("on_epoch")
+
+
+def train_distributed(p: dist.Plan, *args: Any, **kwargs: Any) -> dict[str, Any]:
+    """:func:`train` (same arguments) in ``p.world_size`` processes (:mod:`anatomark.distributed`); rank 0's result
+    with ``result["distributed"] = {"world_size", "backend", "ranks": [{rank, device, pid, fits: [{weights_sha256,
+    samples_per_epoch (dataset indices), ids_per_epoch (when a sample is an image)}]}]}`` (one ``fits`` entry per
+    trained stage).
+
+    ``on_epoch`` runs in rank 0 only and must be picklable (a module-level function or an object with
+    ``__call__``); the attributes of rank 0's copy are copied back onto the object passed in, so a stateful
+    callback ends up as if it had run here.
+    """
+    value, reports = dist.run(_train_returning_callback, p, *args, **kwargs)
+    res, callback = value
+    mine = kwargs.get("on_epoch")
+    if mine is not None and callback is not None and hasattr(mine, "__dict__"):
+        mine.__dict__.update(callback.__dict__)
+    res["distributed"] = {"world_size": p.world_size, "backend": p.backend, "ranks": reports}
+    return res

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from anatomark.data.image_io import XrayImage, save_png
-from anatomark.model import scale_intensity
+from anatomark.transforms.functional import scale_intensity
 
 
 def draw_overlay(

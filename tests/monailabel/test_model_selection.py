@@ -71,10 +71,9 @@ def test_all_means_the_default_models_landmark_set_and_the_spine_model_is_served
 def test_every_model_zoo_family_is_served_and_returns_k_points(tmp_path, monkeypatch):
     from monailabel.client import MONAILabelClient
 
-    from _synthetic import make_dot_images
+    from _synthetic import make_dot_images, zoo_recipe
+    from anatomark.families.zoo import ZOO_KINDS
     from anatomark.training import train
-    from anatomark.zoo import ZOO_KINDS
-    from test_zoo import zoo_recipe
 
     items = make_dot_images(tmp_path / "dots", 16, seed=11)
     models = tmp_path / "models"

@@ -165,7 +165,7 @@ def draw_measurements(
     del colors  # landmarks are white: colour means "measurement" in a report
     pts = np.asarray(points, dtype=np.float64)
     if image is not None:
-        from anatomark.model import scale_intensity
+        from anatomark.transforms.functional import scale_intensity
 
         w, h = image.size_wh
         pic = Image.fromarray((scale_intensity(image.array) * 255).astype(np.uint8)).convert("RGB")

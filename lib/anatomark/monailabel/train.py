@@ -449,7 +449,7 @@ class LandmarkTrainTask(TrainTask):
             raise
 
     def _run(self, request: dict[str, Any], datastore: Datastore, progress: TrainProgress) -> dict[str, Any]:
-        from anatomark.training import train
+        from anatomark.training import train, train_distributed
 
         t0 = progress.t0
         model, version = self.handle.get()
@@ -498,7 +498,7 @@ class LandmarkTrainTask(TrainTask):
         }
         progress.base.update(n_train=len(train_items), n_val=len(val_items))
         progress.write(progress.record())
-        res = distributed.train_distributed(plan, *args, **kwargs) if plan else train(*args, **kwargs)
+        res = train_distributed(plan, *args, **kwargs) if plan else train(*args, **kwargs)
         candidate = Path(res["model_path"])
         if not candidate.is_file():
             raise AnatomarkError(f"The fine-tuning of {self.handle.name} wrote no model (no finite loss or score)")

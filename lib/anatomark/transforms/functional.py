@@ -30,6 +30,15 @@ __all__ = [
 ]
 
 
+def scale_intensity(array: np.ndarray, lower: float = 0.5, upper: float = 99.5) -> np.ndarray:
+    """Map intensities to [0, 1] between the ``lower`` and ``upper`` percentiles (robust to bit depth)."""
+    a = np.asarray(array, dtype=np.float32)
+    lo, hi = np.percentile(a[:: max(1, a.shape[0] // 256), :: max(1, a.shape[1] // 256)], (lower, upper))
+    if hi <= lo:
+        hi = lo + 1.0
+    return np.clip((a - lo) / (hi - lo), 0.0, 1.0)
+
+
 def resize_points(points: np.ndarray, src_hw: Sequence[int], dst_hw: Sequence[int]) -> np.ndarray:
     """Map ``(K, 2)`` points from a ``src_hw`` grid to a ``dst_hw`` grid (pixel-area convention).
 

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from _synthetic import DOTS, make_dot_images
-from anatomark.cascade import CascadeModel, LocalInput, LocalRefiner
 from anatomark.data.image_io import load_image
 from anatomark.errors import AnatomarkError
+from anatomark.families.cascade import CascadeModel, LocalInput, LocalRefiner
 from anatomark.metrics import radial_errors
 from anatomark.model import load_model
 from anatomark.training import train

@@ -14,8 +14,8 @@ kind                 network                             target / loss          
 ``farnet``           :class:`~.networks.FARNet`          Gaussian heatmaps, EWC       argmax + local mean (fine map)
 ==================== =================================== ============================ ==============================
 
-:class:`ZooStage` plugs a family into :func:`anatomark.training.fit`; :class:`ZooModel` predicts with it (loaded by
-:func:`anatomark.model.load_model`). The appearance-context family can pre-align every image to a template with a
+:class:`ZooFamily` registers each kind (:mod:`anatomark.family`); :class:`ZooStage` plugs it into
+:func:`anatomark.training.fit`; :class:`ZooModel` predicts with it (loaded by :func:`anatomark.model.load_model`). The appearance-context family can pre-align every image to a template with a
 mutual-information affine registration (:func:`register_affine`, SimpleITK) and maps its predictions back.
 """
 
@@ -34,10 +34,21 @@ import torch
 from anatomark.config import LandmarkSet
 from anatomark.data.image_io import XrayImage
 from anatomark.errors import AnatomarkError
+from anatomark.family import TrainRun, register_family
 from anatomark.metrics import radial_errors
-from anatomark.model import LandmarkModel, Prediction, prepare_image, save_model_file, to_model_input
+from anatomark.model import LandmarkModel, Prediction, prepare_image, to_model_input
 from anatomark.networks import build_network
-from anatomark.training import HeatmapTrainingSet
+from anatomark.recipe import TargetConfig
+from anatomark.training import (
+    HeatmapTrainingSet,
+    attach_shape_prior,
+    build_loss,
+    cache_and_split,
+    fit,
+    load_init,
+    train,
+    write_model,
+)
 from anatomark.transforms import functional as Fn
 
 ZOO_KINDS = ("unet_seg", "fpn_seg", "appearance_context", "seg_regression", "farnet")
@@ -140,21 +151,34 @@ class ZooModel(LandmarkModel):
     """
 
     def __init__(
-        self, network: torch.nn.Module, recipe: dict[str, Any], landmark_set: LandmarkSet, info: dict | None = None
+        self,
+        network: torch.nn.Module,
+        recipe: dict[str, Any],
+        landmark_set: LandmarkSet,
+        info: dict | None = None,
+        template: np.ndarray | None = None,
     ) -> None:
         super().__init__(network, recipe, landmark_set, info)
         self.kind = recipe["kind"]
         if self.kind not in ZOO_KINDS:
             raise AnatomarkError(f"ZooModel cannot predict kind {self.kind!r}")
-        dec = recipe.get("decode", {})
-        self.threshold = float(dec.get("threshold", 0.5))
-        self.missed_policy = dec.get("missed", "argmax")
-        self.region = dec.get("region", "largest")
-        self.weighted = bool(dec.get("weighted", False))
+        self.threshold = float(self.decode_cfg.threshold)
+        self.missed_policy = self.decode_cfg.missed
+        self.region = self.decode_cfg.region
+        self.weighted = bool(self.decode_cfg.weighted)
+        if self.decode_cfg.source not in ("mask", "softmax"):
+            raise AnatomarkError(f"decode.source {self.decode_cfg.source!r}: use mask or softmax")
         pa = recipe.get("prealign") or {}
-        tpl = pa.get("template") if pa.get("enabled") else None
-        self.prealign = pa
-        self.template = None if tpl is None else np.asarray(tpl, np.float32)
+        if template is None and pa.get("enabled") and pa.get("template") is not None:  # files written before 2026-12
+            template = np.asarray(pa["template"], np.float32)
+        self.prealign = {k: v for k, v in pa.items() if k != "template"}
+        self.template = None if template is None or not pa.get("enabled") else np.asarray(template, np.float32)
+
+    def extra_networks(self) -> dict[str, torch.nn.Module]:
+        out = super().extra_networks()
+        if self.template is not None:  # the pre-alignment template is model state, stored beside the weights
+            out["prealign"] = TemplateState(self.template)
+        return out
 
     @torch.no_grad()
     def decode(self, scaled: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None]:
@@ -180,6 +204,11 @@ class ZooModel(LandmarkModel):
         if self.kind == "seg_regression":
             c = out[1][0].float().cpu().numpy().astype(np.float64)
             return c * np.array([w - 1, h - 1]), conf, n_regions, missed
+        if self.decode_cfg.source == "softmax":
+            k = logits.shape[0]
+            sm = torch.softmax(logits.float().reshape(k, -1), -1).reshape(logits.shape)
+            pts, _, mass = Fn.heatmaps_to_points(sm, self.decode_method, self.decode_radius)
+            return pts, np.clip(mass, 0.0, 1.0), n_regions, missed
         pts = seg_pts
         if self.missed_policy == "argmax" and missed.any():
             arg, _, _ = Fn.heatmaps_to_points(prob[missed], "argmax")
@@ -226,6 +255,14 @@ class ZooModel(LandmarkModel):
         )
 
 
+class TemplateState(torch.nn.Module):
+    """The pre-alignment template ``(H, W)`` as a module buffer, so that it is saved with the weights."""
+
+    def __init__(self, template: np.ndarray) -> None:
+        super().__init__()
+        self.register_buffer("template", torch.as_tensor(np.asarray(template, np.float32)))
+
+
 # ------------------------------------------------------------------------------------------------ training
 def encode_target(kind: str, points: np.ndarray, size_hw: Sequence[int], tcfg: dict[str, Any]) -> Any:
     """Training target of a family for ``(K, 2)`` model-grid points (NaN = missing).
@@ -236,9 +273,10 @@ def encode_target(kind: str, points: np.ndarray, size_hw: Sequence[int], tcfg: d
         (``seg_regression``).
     """
     h, w = int(size_hw[0]), int(size_hw[1])
+    t = TargetConfig.from_dict(tcfg, "target")
     if kind in HEATMAP_KINDS:
-        return torch.from_numpy(Fn.points_to_heatmaps(points, (h, w), float(tcfg.get("sigma", 2.0))))
-    masks = Fn.points_to_masks(points, (h, w), float(tcfg.get("radius", 3.0)), tcfg.get("shape", "disk"))
+        return torch.from_numpy(Fn.points_to_heatmaps(points, (h, w), float(t.sigma)))
+    masks = Fn.points_to_masks(points, (h, w), float(t.radius), t.shape)
     masks_t = torch.from_numpy(masks.astype(np.float32))
     if kind in MASK_KINDS:
         return masks_t
@@ -255,40 +293,38 @@ class ZooTrainingSet(HeatmapTrainingSet):
     def __init__(self, items: list[dict[str, Any]], recipe: dict[str, Any], augment: bool = True) -> None:
         super().__init__(items, recipe, augment)
         self.kind = recipe["kind"]
-        self.tcfg = recipe.get("target", {})
+        self.tcfg = recipe.get("target") or {}
 
     def encode(self, points: np.ndarray) -> Any:
         return encode_target(self.kind, points, self.size_hw, self.tcfg)
 
 
 class ZooStage:
-    """Training pieces of a zoo family for :func:`anatomark.training.fit` (see :class:`anatomark.training.HeatmapStage`).
+    """Training pieces of a zoo family for :func:`anatomark.training.fit` (see
+    :class:`anatomark.families.heatmap.HeatmapStage`).
 
-    With ``prealign.enabled`` the template is the mean training image in the model grid; every training and
-    validation image is registered to it once (training images and points are warped; validation predictions are
-    mapped back, as at inference).
+    With ``prealign.enabled`` the template (:attr:`template`) is the mean training image in the model grid; every
+    training and validation image is registered to it once (training images and points are warped; validation
+    predictions are mapped back, as at inference).
     """
 
     def __init__(self, recipe: dict[str, Any], ls: LandmarkSet, items, val_items, progress: bool) -> None:  # noqa: ANN001
-        from anatomark.training import cache_and_split
-
         self.recipe, self.ls = recipe, ls
         kind = recipe["kind"]
-        tcfg = recipe["train"]
         size_hw = tuple(int(s) for s in recipe["input"]["size_hw"])
         div = _DIVISOR.get(kind, 16)
         if any(s % div for s in size_hw):
             raise AnatomarkError(f"input.size_hw {size_hw} must be divisible by {div} for kind {kind!r}")
-        self.train_c, self.val_c, _ = cache_and_split(items, val_items, ls, tcfg, progress, size_hw=size_hw)
+        self.train_c, self.val_c, _ = cache_and_split(items, val_items, ls, recipe["train"], progress, size_hw=size_hw)
         self.val_align: list[np.ndarray | None] = [None] * len(self.val_c)
+        self.template: np.ndarray | None = None
         train_items = self.train_c
         pa = recipe.get("prealign") or {}
         if pa.get("enabled"):
             if kind != "appearance_context":
                 raise AnatomarkError("prealign is implemented for the appearance_context family only")
             template = np.mean([c["scaled"] for c in self.train_c], axis=0).astype(np.float32)
-            # a nested list keeps the recipe JSON-serialisable (the MONAI Label train task copies it through JSON)
-            recipe["prealign"] = {**pa, "template": np.round(template, 4).tolist()}
+            self.template = np.round(template, 4).astype(np.float32)
             train_items = []
             for c in self.train_c:
                 m = _align_matrix(c["scaled"], template, pa)
@@ -305,11 +341,14 @@ class ZooStage:
     def build_network(self) -> torch.nn.Module:
         return build_network(self.recipe["network"], out_channels=len(self.ls))
 
+    def loss(self) -> torch.nn.Module:
+        return build_loss(self.recipe)
+
     def set_random_state(self, seed: int) -> None:
         self.dataset.affine.set_random_state(seed)
 
     def evaluate(self, net: torch.nn.Module) -> np.ndarray:
-        model = ZooModel(net, self.recipe, self.ls)
+        model = ZooModel(net, self.recipe, self.ls, template=self.template)
         preds = []
         for c, m in zip(self.val_c, self.val_align):
             pts, _, _, _ = model.predict_details(c["scaled"], m)
@@ -318,8 +357,44 @@ class ZooStage:
         sp = np.stack([c["spacing"] for c in self.val_c])
         return radial_errors(np.stack(preds), gt, sp)
 
-    def save(self, path: Path, net: torch.nn.Module, meta: dict[str, Any]) -> None:
-        save_model_file(path, net, self.recipe, self.ls, meta)
+
+class ZooFamily:
+    """One zoo ``kind`` (:data:`ZOO_KINDS`): the family's network, target, loss and decoding on the shared loop."""
+
+    required_sections = ("landmark_set", "network", "input", "train")
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+
+    def load(
+        self, recipe: dict[str, Any], landmark_set: LandmarkSet, states: dict[str, Any], info: dict[str, Any]
+    ) -> LandmarkModel:
+        net = build_network(recipe["network"], out_channels=len(landmark_set))
+        net.load_state_dict(states["network"])
+        tpl = states.get("prealign", {}).get("template")
+        template = None if tpl is None else tpl.float().numpy()
+        return ZooModel(net.float(), recipe, landmark_set, info, template=template)
+
+    def train(
+        self,
+        recipe: dict[str, Any],
+        landmark_set: LandmarkSet,
+        items: Sequence[dict[str, Any]],
+        out_dir: Path,
+        run: TrainRun,
+    ) -> dict[str, Any]:
+        t0 = time.time()
+        init = load_init(run.init_weights, landmark_set)
+        stage = ZooStage(recipe, landmark_set, items, run.val_items, run.progress)
+        fitted = fit(stage, recipe, out_dir, init.network.state_dict() if init else None, run)
+        template = stage.template if stage.template is not None else getattr(init, "template", None)
+        model = ZooModel(fitted.network, recipe, landmark_set, fitted.meta, template=template)
+        attach_shape_prior(model, recipe, items, run.val_items, init)
+        return write_model(model, out_dir, fitted, t0)
+
+
+for _kind in ZOO_KINDS:
+    register_family(ZooFamily(_kind))
 
 
 def grid_search_alpha(
@@ -341,8 +416,6 @@ def grid_search_alpha(
     Returns:
         ``{"best_alpha", "model_path", "val_mre_mm": {alpha: best validation MRE}}``.
     """
-    from anatomark.training import train
-
     if recipe.get("kind") != "seg_regression":
         raise AnatomarkError("grid_search_alpha needs a seg_regression recipe")
     scores: dict[float, float] = {}

@@ -5,15 +5,17 @@ Stage 2 (``kind: local``): one local U-Net shared by all landmarks looks at a fi
 each stage-1 estimate and predicts the heatmaps of the landmarks in it; landmark k is read from output
 channel k of the patch centred on landmark k. Refinement can be iterated (re-centre, look again).
 
-Both stages train with the one loop in :mod:`anatomark.training`; a ``kind: cascade`` recipe trains (or reuses)
-stage 1, trains stage 2 and writes one self-contained model file holding both.
+Both stages train with the one loop (:func:`anatomark.training.fit`); a ``kind: cascade`` recipe trains (or reuses)
+stage 1, trains stage 2 on its predictions, in memory, and writes one self-contained model file holding both.
 """
 
 from __future__ import annotations
 
 import copy
+import logging
 import math
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,14 +23,20 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from anatomark import distributed
-from anatomark.config import LandmarkSet, load_recipe
-from anatomark.data.image_io import XrayImage
+from anatomark.config import LandmarkSet
+from anatomark.data.image_io import XrayImage, load_image
 from anatomark.errors import AnatomarkError
+from anatomark.families.heatmap import HeatmapStage
+from anatomark.family import TrainRun, register_family
 from anatomark.metrics import radial_errors
-from anatomark.model import LandmarkModel, Prediction, save_model_file, scale_intensity
+from anatomark.model import LandmarkModel, Prediction, load_model
 from anatomark.networks import build_network, check_precision, inference_dtype
+from anatomark.recipe import AugmentConfig, DecodeConfig, LocalConfig, TrainConfig, load_recipe
+from anatomark.training import attach_shape_prior, build_loss, cache_and_split, fit, load_init, write_model
 from anatomark.transforms import functional as Fn
+from anatomark.transforms.functional import scale_intensity
+
+logger = logging.getLogger(__name__)
 
 
 def _patch_input(patches: np.ndarray) -> torch.Tensor:
@@ -51,11 +59,12 @@ class LocalInput:
     """
 
     def __init__(self, cfg: dict[str, Any]) -> None:
-        self.size = int(cfg["patch_size"])
-        self.factors = [float(f) for f in cfg.get("context", []) or []]
+        lc = LocalConfig.from_dict(cfg, "local")
+        self.size = int(lc.patch_size)
+        self.factors = [float(f) for f in lc.context or ()]
         if any(f <= 1.0 for f in self.factors):
             raise AnatomarkError(f"local.context factors must be > 1 (zoom-out), got {self.factors}")
-        want = int(cfg.get("network", {}).get("in_channels", 1 + len(self.factors)))
+        want = int(lc.network.get("in_channels", 1 + len(self.factors)))
         if want != 1 + len(self.factors):
             raise AnatomarkError(
                 f"local.network.in_channels is {want} but local.context {self.factors} needs {1 + len(self.factors)}"
@@ -109,14 +118,15 @@ class LocalRefiner:
     def __init__(self, network: torch.nn.Module, cfg: dict[str, Any]) -> None:
         self.network = network.eval()
         self.cfg = cfg
-        self.precision = check_precision(str(cfg.get("precision", "float32")))
+        lc = LocalConfig.from_dict(cfg, "local")
+        self.precision = check_precision(str(lc.precision))
         self._runner: tuple[torch.device, torch.dtype, torch.nn.Module] | None = None
-        self.spacing_mm = float(cfg["spacing_mm"])
-        self.iterations = int(cfg.get("iterations", 1))
+        self.spacing_mm = float(lc.spacing_mm)
+        self.iterations = int(lc.iterations)
         self.input = LocalInput(cfg)
-        dec = cfg.get("decode", {})
-        self.decode_method = dec.get("method", "local_mean")
-        self.decode_radius = int(dec.get("radius", 3))
+        dec = DecodeConfig.from_dict(lc.decode, "local.decode")
+        self.decode_method = dec.method
+        self.decode_radius = int(dec.radius)
 
     @torch.no_grad()
     def refine(
@@ -232,16 +242,15 @@ class CascadeModel(LandmarkModel):
         prediction."""
         return LandmarkModel._predict(self, image)
 
-    def save(self, path: str | Path, half: bool = True) -> Path:
-        return save_model_file(
-            path,
-            self.network,
-            self.recipe,
-            self.landmark_set,
-            self.info,
-            half=half,
-            extra={"local": self.refiner.network, **self.extra_networks()},
-        )
+    def extra_networks(self) -> dict[str, torch.nn.Module]:
+        return {"local": self.refiner.network, **super().extra_networks()}
+
+
+class LocalModel(LandmarkModel):
+    """A local refiner on its own (``kind: local``, stage 2 of a cascade): it refines, it does not predict."""
+
+    def _predict(self, image: XrayImage) -> Prediction:
+        raise AnatomarkError(f"{self.name} is a local refiner (stage 2) only; predict with a cascade model")
 
 
 # ------------------------------------------------------------------------------------------------ training
@@ -255,19 +264,19 @@ class LocalPatchSet(Dataset):
 
     def __init__(self, items: list[dict[str, Any]], recipe: dict[str, Any], augment: bool = True) -> None:
         self.items = items
-        lc = recipe["local"]
-        self.size = int(lc["patch_size"])
-        self.sigma = float(lc.get("sigma", 2.0))
-        sp = float(lc["spacing_mm"])
-        self.offset_sigma = float(lc.get("offset_sigma_mm", 2.0)) / sp
-        self.max_offset = float(lc.get("max_offset_mm", 6.0)) / sp
-        self.per_image = int(recipe["train"].get("patches_per_image", 8))
-        aug = recipe.get("augment", {}) if augment else {}
-        self.rotate = float(aug.get("rotate_deg", 0.0))
-        self.scale = tuple(aug.get("scale", (1.0, 1.0)))
-        self.gamma = tuple(aug.get("intensity_gamma", (1.0, 1.0)))
+        lc = LocalConfig.of(recipe)
+        self.size = int(lc.patch_size)
+        self.sigma = float(lc.sigma)
+        sp = float(lc.spacing_mm)
+        self.offset_sigma = float(lc.offset_sigma_mm) / sp
+        self.max_offset = float(lc.max_offset_mm) / sp
+        self.per_image = int(TrainConfig.of(recipe).patches_per_image)
+        aug = AugmentConfig.of(recipe) if augment else AugmentConfig()
+        self.rotate = float(aug.rotate_deg)
+        self.scale = tuple(float(v) for v in aug.scale)
+        self.gamma = tuple(float(v) for v in aug.intensity_gamma)
         self.R = np.random.RandomState(0)
-        self.input = LocalInput(lc)
+        self.input = LocalInput(recipe["local"])
         self.pyramids = [self.input.pyramid(it["scaled"]) for it in items]
 
     def set_random_state(self, seed: int) -> None:
@@ -302,50 +311,55 @@ class LocalPatchSet(Dataset):
 class LocalStage:
     """Training pieces for the local refiner (``kind: local``) for :func:`anatomark.training.fit`.
 
-    Validation starts each landmark from a fixed, seeded offset around the truth (or from a stage-1 model's
-    predictions when ``local.val_from_model`` names one) and refines it.
+    Validation starts each landmark from the predictions of a stage-1 model (``stage1``, or the model file
+    ``local.val_from_model`` names), else from a fixed, seeded offset around the truth, and refines it.
     """
 
-    def __init__(self, recipe: dict[str, Any], ls: LandmarkSet, items, val_items, progress: bool) -> None:  # noqa: ANN001
-        from anatomark.training import cache_and_split
-
+    def __init__(
+        self,
+        recipe: dict[str, Any],
+        ls: LandmarkSet,
+        items,  # noqa: ANN001
+        val_items,  # noqa: ANN001
+        progress: bool,
+        stage1: LandmarkModel | None = None,
+    ) -> None:
         self.recipe, self.ls = recipe, ls
-        lc = recipe["local"]
-        tcfg = recipe["train"]
-        sp = float(lc["spacing_mm"])
-        if int(lc["patch_size"]) % 16:
-            raise AnatomarkError(f"local.patch_size {lc['patch_size']} must be divisible by 16")
-        self.train_c, self.val_c, val_src = cache_and_split(items, val_items, ls, tcfg, progress, spacing_mm=sp)
-        seed = int(tcfg.get("seed", 0))
+        lc = LocalConfig.of(recipe)
+        tc = TrainConfig.of(recipe)
+        sp = float(lc.spacing_mm)
+        if int(lc.patch_size) % 16:
+            raise AnatomarkError(f"local.patch_size {lc.patch_size} must be divisible by 16")
+        self.train_c, self.val_c, val_src = cache_and_split(
+            items, val_items, ls, recipe["train"], progress, spacing_mm=sp
+        )
         self.dataset = LocalPatchSet(self.train_c, recipe, augment=True)
         # fixed starting points for validation
         self.val_starts = []
-        stage1 = lc.get("val_from_model")
-        if stage1:
-            import logging
-
-            from anatomark.data.image_io import load_image
-            from anatomark.model import load_model
-
-            m1 = load_model(stage1)
+        if stage1 is None and lc.val_from_model:
+            stage1 = load_model(lc.val_from_model)
+        if stage1 is not None:
             kept = []
             for src, c in zip(val_src, self.val_c):
                 try:
                     img = load_image(src["image"], spacing=src.get("spacing"), default_spacing=ls.default_spacing_mm)
                 except AnatomarkError as e:  # deleted since it was cached: validate on the others
-                    logging.getLogger(__name__).warning(f"Skipping validation image {c['id']}: {e}")
+                    logger.warning(f"Skipping validation image {c['id']}: {e}")
                     continue
-                self.val_starts.append(Fn.resize_points(m1.predict(img).points, c["orig_hw"], c["scaled"].shape))
+                self.val_starts.append(Fn.resize_points(stage1.predict(img).points, c["orig_hw"], c["scaled"].shape))
                 kept.append(c)
             self.val_c = kept
         else:
-            r = np.random.RandomState(seed + 12345)
-            sig = float(lc.get("offset_sigma_mm", 2.0)) / sp
+            r = np.random.RandomState(int(tc.seed) + 12345)
+            sig = float(lc.offset_sigma_mm) / sp
             for c in self.val_c:
                 self.val_starts.append(c["points"] + r.normal(0, sig, c["points"].shape))
 
     def build_network(self) -> torch.nn.Module:
         return build_network(self.recipe["local"]["network"], out_channels=len(self.ls))
+
+    def loss(self) -> torch.nn.Module:
+        return build_loss(self.recipe)
 
     def set_random_state(self, seed: int) -> None:
         self.dataset.set_random_state(seed)
@@ -361,93 +375,138 @@ class LocalStage:
         net.train(False)
         return radial_errors(np.stack(preds), np.stack(gts), np.asarray(sps))
 
-    def save(self, path: Path, net: torch.nn.Module, meta: dict[str, Any]) -> None:
-        save_model_file(path, net, self.recipe, self.ls, meta)
+
+def _as_saved(net: torch.nn.Module) -> torch.nn.Module:
+    """``net`` with its float32 weights rounded to float16 and back, as the model file will hold them: stage 2 is
+    validated from the stage-1 predictions that will be served."""
+    with torch.no_grad():
+        for t in list(net.parameters()) + list(net.buffers()):
+            if t.dtype == torch.float32:
+                t.copy_(t.half().float())
+    return net
 
 
-def train_cascade(
-    recipe: dict[str, Any],
-    ls: LandmarkSet,
-    items,  # noqa: ANN001
-    out_dir: str | Path,
-    resume: bool,
-    epochs: int | None,
-    device: str | None,
-    progress: bool,
-    val_items,  # noqa: ANN001
-    on_epoch,  # noqa: ANN001
-    info: dict[str, Any] | None,
-    init_weights: str | Path | None = None,
-) -> dict[str, Any]:
-    """Train (or reuse) stage 1, train stage 2, write ``out_dir/model.pt`` with both.
+class LocalFamily:
+    """``kind: local``: the refiner trained on its own (validated from ``local.val_from_model`` when given)."""
 
-    With ``init_weights`` (a cascade model file, e.g. the one a server is serving) both stages are fine-tuned from
+    kind = "local"
+    required_sections = ("landmark_set", "local", "train")
+
+    def load(
+        self, recipe: dict[str, Any], landmark_set: LandmarkSet, states: dict[str, Any], info: dict[str, Any]
+    ) -> LandmarkModel:
+        net = build_network(recipe["local"]["network"], out_channels=len(landmark_set))
+        net.load_state_dict(states["network"])
+        return LocalModel(net.float(), recipe, landmark_set, info)
+
+    def train(
+        self,
+        recipe: dict[str, Any],
+        landmark_set: LandmarkSet,
+        items: Sequence[dict[str, Any]],
+        out_dir: Path,
+        run: TrainRun,
+    ) -> dict[str, Any]:
+        t0 = time.time()
+        init = load_init(run.init_weights, landmark_set)
+        stage = LocalStage(recipe, landmark_set, items, run.val_items, run.progress)
+        fitted = fit(stage, recipe, out_dir, init.network.state_dict() if init else None, run)
+        return write_model(LocalModel(fitted.network, recipe, landmark_set, fitted.meta), out_dir, fitted, t0)
+
+
+class CascadeFamily:
+    """``kind: cascade``: stage 1 (a heatmap model, trained here or reused from ``global.weights``) and the local
+    refiner, composed in memory; the model file holding both is written once.
+
+    A fine-tuning (``init_weights``: a cascade model file, e.g. the one a server serves) fine-tunes both stages from
     its weights for ``epochs``; ``recipe`` may then be the recipe stored in that file (no ``global`` section).
     """
-    from anatomark.model import load_model
-    from anatomark.training import train
 
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    g = recipe.get("global", {})
-    local_cfg = recipe.get("local")
-    t0 = time.time()
-    init1 = init2 = None
-    if init_weights is not None:
-        init = load_model(init_weights)
-        if not isinstance(init, CascadeModel):
-            raise AnatomarkError(f"{init_weights} is not a cascade model; cannot fine-tune a cascade from it")
-        if init.landmark_set.names != ls.names:
-            raise AnatomarkError(f"{init_weights} was trained for other landmarks; cannot fine-tune on {ls.name!r}")
-        r1 = {k: v for k, v in init.recipe.items() if k not in ("local", "global")}
-        r1.update({"kind": "heatmap", "name": f"{recipe['name']}_global", "train": recipe["train"]})
-        init1 = save_model_file(out / "init_global.pt", init.network, r1, ls, init.info.get("stage1", {}))
-        local_cfg = copy.deepcopy(init.recipe["local"])
-        r_init2 = {"name": f"{recipe['name']}_local", "kind": "local", "landmark_set": ls.name, "local": local_cfg}
-        init2 = save_model_file(out / "init_local.pt", init.refiner.network, r_init2, ls, init.info.get("stage2", {}))
-        g = {"recipe": r1}
-    if g.get("weights"):
-        stage1_path = str(g["weights"])
-    else:
-        r1 = load_recipe(g["recipe"]) if isinstance(g.get("recipe"), str) else copy.deepcopy(g["recipe"])
-        r1["landmark_set"] = ls.to_dict()
-        e1 = epochs if init1 is not None else None
-        res1 = train(r1, items, out / "global", resume, init1, e1, device, progress, val_items, on_epoch, info)
-        stage1_path = res1["model_path"]
-    stage1 = load_model(stage1_path)
-    if stage1.landmark_set.names != ls.names:
-        raise AnatomarkError(f"Stage-1 model {stage1_path} has other landmarks than {ls.name!r}")
-    r2 = {
-        "name": f"{recipe['name']}_local",
-        "kind": "local",
-        "landmark_set": ls.to_dict(),
-        "local": {**local_cfg, "val_from_model": stage1_path},
-        "augment": recipe.get("augment", {}),
-        "loss": recipe.get("loss", {}),
-        "train": recipe["train"],
-    }
-    r_local = train(r2, items, out / "local", resume, init2, epochs, device, progress, val_items, on_epoch, info)
-    local = load_model(r_local["model_path"])
-    full = copy.deepcopy(stage1.recipe)
-    full.update({"name": recipe["name"], "kind": "cascade", "local": r2["local"]})
-    full["local"].pop("val_from_model", None)
-    meta = {
-        **(info or {}),
-        "stage1": {"path": stage1_path, **stage1.info},
-        "stage2": local.info,
-        "val_mre_mm": local.info.get("val_mre_mm"),
-        "n_train": local.info.get("n_train"),
-        "n_val": local.info.get("n_val"),
-        "epoch": local.info.get("epoch"),
-        "train_seconds": float(stage1.info.get("train_seconds", 0.0)) + float(local.info.get("train_seconds", 0.0)),
-    }
-    model = CascadeModel(stage1.network, local.network, full, ls, meta)
-    # in a multi-process run (anatomark.distributed) only rank 0 writes the model file
-    path = model.save(out / "model.pt") if distributed.is_main() else out / "model.pt"
-    return {
-        "best_val_mre_mm": r_local["best_val_mre_mm"],
-        "epochs": r_local["epochs"],
-        "model_path": str(path),
-        "history": r_local["history"],
-        "train_seconds": time.time() - t0,
-    }
+    kind = "cascade"
+    required_sections = ("landmark_set", "global", "local", "train")
+
+    def load(
+        self, recipe: dict[str, Any], landmark_set: LandmarkSet, states: dict[str, Any], info: dict[str, Any]
+    ) -> LandmarkModel:
+        net = build_network(recipe["network"], out_channels=len(landmark_set))
+        net.load_state_dict(states["network"])
+        local = build_network(recipe["local"]["network"], out_channels=len(landmark_set))
+        local.load_state_dict(states["local"])
+        return CascadeModel(net.float(), local.float(), recipe, landmark_set, info)
+
+    def train(
+        self, recipe: dict[str, Any], ls: LandmarkSet, items: Sequence[dict[str, Any]], out_dir: Path, run: TrainRun
+    ) -> dict[str, Any]:
+        t0 = time.time()
+        g = recipe.get("global", {})
+        local_cfg = recipe.get("local")
+        init = load_init(run.init_weights, ls)
+        if init is not None and not isinstance(init, CascadeModel):
+            raise AnatomarkError(f"{run.init_weights} is not a cascade model; cannot fine-tune a cascade from it")
+        stage1_info: dict[str, Any]
+        if init is not None:  # fine-tune both stages from the served model, in memory
+            r1 = {k: v for k, v in init.recipe.items() if k not in ("local", "global", "shape_prior")}
+            r1.update({"kind": "heatmap", "name": f"{recipe['name']}_global", "train": recipe["train"]})
+            local_cfg = copy.deepcopy(init.recipe["local"])
+            stage1_fit = fit(
+                HeatmapStage(r1, ls, items, run.val_items, run.progress),
+                r1,
+                out_dir / "global",
+                init.network.state_dict(),
+                run,
+            )
+            stage1 = LandmarkModel(_as_saved(stage1_fit.network), r1, ls, stage1_fit.meta)
+            stage1_info = {**init.info.get("stage1", {}), **stage1_fit.meta}
+            init2 = init.refiner.network.state_dict()
+        elif g.get("weights"):
+            stage1 = load_model(g["weights"])
+            stage1_info = {"path": str(g["weights"]), **stage1.info}
+            init2 = None
+        else:
+            r1 = load_recipe(g["recipe"]) if isinstance(g.get("recipe"), str) else copy.deepcopy(g["recipe"])
+            r1["landmark_set"] = ls.name
+            stage1_run = TrainRun(**{**run.__dict__, "epochs": None, "init_weights": None})
+            stage1_fit = fit(
+                HeatmapStage(r1, ls, items, run.val_items, run.progress), r1, out_dir / "global", None, stage1_run
+            )
+            stage1 = LandmarkModel(_as_saved(stage1_fit.network), r1, ls, stage1_fit.meta)
+            stage1_info = dict(stage1_fit.meta)
+            init2 = None
+        if stage1.landmark_set.names != ls.names:
+            raise AnatomarkError(f"Stage-1 model {g.get('weights')} has other landmarks than {ls.name!r}")
+        r2 = {
+            "name": f"{recipe['name']}_local",
+            "kind": "local",
+            "landmark_set": ls.name,
+            "local": {k: v for k, v in local_cfg.items() if k != "val_from_model"},
+            "augment": recipe.get("augment", {}),
+            "loss": recipe.get("loss", {}),
+            "train": recipe["train"],
+        }
+        stage2 = LocalStage(r2, ls, items, run.val_items, run.progress, stage1=stage1)
+        local_fit = fit(stage2, r2, out_dir / "local", init2, run)
+        full = copy.deepcopy(stage1.recipe)
+        full.pop("shape_prior", None)
+        full.update({"name": recipe["name"], "kind": "cascade", "local": r2["local"]})
+        if recipe.get("shape_prior"):
+            full["shape_prior"] = recipe["shape_prior"]
+        meta = {
+            **(run.info or {}),
+            "stage1": stage1_info,
+            "stage2": local_fit.meta,
+            "val_mre_mm": local_fit.meta.get("val_mre_mm"),
+            "n_train": local_fit.meta.get("n_train"),
+            "n_val": local_fit.meta.get("n_val"),
+            "epoch": local_fit.meta.get("epoch"),
+            "train_seconds": float(stage1_info.get("train_seconds", 0.0))
+            + float(local_fit.meta.get("train_seconds", 0.0)),
+        }
+        model = CascadeModel(stage1.network, local_fit.network, full, ls, meta)
+        attach_shape_prior(model, recipe, items, run.val_items, init)
+        res = write_model(model, out_dir, local_fit, t0)
+        res["train_seconds"] = time.time() - t0
+        return res
+
+
+register_family(LocalFamily())
+register_family(CascadeFamily())

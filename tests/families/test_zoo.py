@@ -15,72 +15,17 @@ import pytest
 import torch
 import yaml
 
-from _synthetic import DOTS, make_dot_images
+from _synthetic import DOTS, EPOCHS, make_dot_images, zoo_recipe
 from anatomark.data.image_io import load_image
+from anatomark.errors import AnatomarkError
+from anatomark.families.zoo import ZOO_KINDS, ZooModel, ZooPrediction, encode_target, grid_search_alpha, register_affine
 from anatomark.losses import LOSSES, coarse_target
 from anatomark.metrics import radial_errors
 from anatomark.model import load_model, save_model_file
 from anatomark.training import train
 from anatomark.transforms import functional as Fn
-from anatomark.zoo import ZOO_KINDS, ZooModel, ZooPrediction, encode_target, grid_search_alpha, register_affine
 
-REPO = Path(__file__).resolve().parents[1]
-
-NETS = {
-    "unet_seg": {"name": "unet_seg", "features": [8, 16, 16, 32, 32], "dropout": 0.0},
-    "fpn_seg": {"name": "fpn_seg", "features": [8, 16, 16, 32], "dropout": 0.0},
-    "appearance_context": {
-        "name": "appearance_context",
-        "features": [8, 16, 16, 32],
-        "context_features": 16,
-        "context_downscale": 4,
-    },
-    "seg_regression": {
-        "name": "seg_regression",
-        "unet_features": [8, 16, 16, 32],
-        "vgg_features": [8, 16, 16, 32],
-        "fc_features": 64,
-        "dropout": 0.0,
-    },
-    "farnet": {
-        "name": "farnet",
-        "init_features": 8,
-        "growth_rate": 8,
-        "block_config": [2, 2, 2, 2],
-        "msfa_channels": [16, 8, 8, 8],
-        "refine_channels": [8, 8],
-    },
-}
-TARGETS = {
-    "unet_seg": {"radius": 3, "shape": "square"},
-    "fpn_seg": {"radius": 3, "shape": "disk"},
-    "appearance_context": {"sigma": 1.5},
-    "seg_regression": {"radius": 3},
-    "farnet": {"sigma": 1.5},
-}
-LOSS = {
-    "unet_seg": {"name": "dice"},
-    "fpn_seg": {"name": "dice"},
-    "appearance_context": {"name": "heatmap_mse"},
-    "seg_regression": {"name": "seg_regression", "alpha": 0.2},
-    "farnet": {"name": "ewc", "alpha": 40.0},
-}
-LR = {"seg_regression": 0.003}
-EPOCHS = {"farnet": 90}  # 60 epochs left one of 64 dots on the wrong side
-
-
-def zoo_recipe(kind: str, epochs: int = 60, val_fraction: float = 0.0) -> dict:
-    return {
-        "name": f"dots_{kind}",
-        "kind": kind,
-        "landmark_set": DOTS.to_dict(),
-        "network": {"spatial_dims": 2, **NETS[kind]},
-        "input": {"size_hw": [64, 64]},
-        "target": dict(TARGETS[kind]),
-        "loss": dict(LOSS[kind]),
-        "decode": {"method": "local_mean", "radius": 2},
-        "train": {"epochs": epochs, "batch_size": 8, "lr": LR.get(kind, 0.01), "val_fraction": val_fraction, "seed": 0},
-    }
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -226,6 +171,8 @@ def test_appearance_context_with_prealignment_trains_and_maps_back(dots, tmp_pat
     res = train(recipe, dots[:12], tmp_path / "run", progress=False)
     model = load_model(res["model_path"])
     assert model.template is not None and model.template.shape == (64, 64)
+    assert "template" not in model.recipe["prealign"]  # model state, stored beside the weights, not in the recipe
+    assert "prealign" in model.extra_networks()
     img = load_image(dots[0]["image"], spacing=1.0)
     pred = model.predict(img)
     assert "align" in pred.timings and pred.points.shape == (2, 2) and np.isfinite(pred.points).all()
@@ -320,3 +267,18 @@ def test_benchmark_time_budget_plans_the_schedule_from_a_timed_first_epoch(dots,
     assert len(history) == planned
     row = json.loads(out.with_suffix(".json").read_text())[0]
     assert row["epochs"] == planned
+
+
+def test_unet_seg_with_spatial_softmax_loss_and_decoding_overfits_dots(dots, tmp_path):
+    torch.set_num_threads(1)
+    recipe = zoo_recipe("unet_seg", epochs=40)
+    recipe["loss"] = {"name": "dice_spatial_ce", "ce_weight": 1.0}
+    recipe["decode"] = {"source": "softmax", "method": "local_mean", "radius": 2}
+    model = load_model(train(recipe, dots, tmp_path / "run", progress=False)["model_path"])
+    errs = [
+        radial_errors(model.predict(load_image(it["image"], spacing=1.0)).points, it["landmarks"], (1.0, 1.0))
+        for it in dots
+    ]
+    assert np.max(errs) < 2.0, f"max error {np.max(errs):.2f} px"
+    with pytest.raises(AnatomarkError, match="decode.source"):
+        ZooModel(model.network, {**model.recipe, "decode": {"source": "blobs"}}, model.landmark_set)
