@@ -22,7 +22,7 @@ def test_a_misspelt_key_is_an_error_naming_it():
 
 
 def test_a_required_key_is_named():
-    with pytest.raises(AnatomarkError, match="'local' lacks spacing_mm, patch_size"):
+    with pytest.raises(AnatomarkError, match="'local' lacks patch_size"):
         LocalConfig.from_dict({"network": {}}, "local")
 
 

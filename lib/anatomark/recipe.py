@@ -175,8 +175,8 @@ class LocalConfig(Section):
     """``local``: the fine-resolution refiner of a cascade (:mod:`anatomark.families.cascade`).
 
     Attributes:
-        spacing_mm: isotropic spacing of the fine image.
         patch_size: patch side (px, divisible by 16).
+        spacing_mm: isotropic spacing of the fine image (required by the refiner and its training).
         network: network of the refiner (:func:`anatomark.networks.build_network` arguments).
         sigma: Gaussian sigma of the patch targets (px).
         offset_sigma_mm: training patches are centred this far (normal sigma) from the truth.
@@ -189,8 +189,8 @@ class LocalConfig(Section):
     """
 
     KEY = "local"
-    spacing_mm: float
     patch_size: int
+    spacing_mm: float = 0.0
     network: dict[str, Any] = field(default_factory=dict)
     sigma: float = 2.0
     offset_sigma_mm: float = 2.0

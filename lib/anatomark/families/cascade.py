@@ -122,6 +122,8 @@ class LocalRefiner:
         self.precision = check_precision(str(lc.precision))
         self._runner: tuple[torch.device, torch.dtype, torch.nn.Module] | None = None
         self.spacing_mm = float(lc.spacing_mm)
+        if self.spacing_mm <= 0:
+            raise AnatomarkError(f"local.spacing_mm must be > 0 (the fine image's mm/px), got {lc.spacing_mm}")
         self.iterations = int(lc.iterations)
         self.input = LocalInput(cfg)
         dec = DecodeConfig.from_dict(lc.decode, "local.decode")
