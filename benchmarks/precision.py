@@ -41,9 +41,9 @@ def main() -> int:
     import torch
     from tqdm import tqdm
 
-    from anatomark.families.cascade import CascadeModel, LocalRefiner
     from anatomark.data.dataset import LandmarkDataset
     from anatomark.data.image_io import load_image
+    from anatomark.families.cascade import CascadeModel, LocalRefiner
     from anatomark.metrics import radial_errors
     from anatomark.model import load_model
     from anatomark.networks import inference_dtype
