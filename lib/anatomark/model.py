@@ -315,7 +315,12 @@ def resolve_model_path(name_or_path: str | Path | None) -> Path:
     return models[name]
 
 
-def _read_payload(path: Path) -> dict[str, Any]:
+def float_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A state dict as stored (fp16 weights) -> float32 floating-point tensors, others unchanged."""
+    return {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+
+
+def read_model_payload(path: str | Path) -> dict[str, Any]:
     """The dictionary stored in an anatomark model file (weights included); clear errors for anything else."""
     try:
         payload = torch.load(path, map_location="cpu", weights_only=False)
@@ -339,7 +344,7 @@ def read_model_header(name_or_path: str | Path) -> dict[str, Any]:
         ModelNotFoundError: unknown name, missing or unreadable file, or not an anatomark model file.
     """
     path = resolve_model_path(name_or_path)
-    payload = _read_payload(path)
+    payload = read_model_payload(path)
     return {
         "path": str(path),
         "recipe": payload["recipe"],
@@ -351,16 +356,12 @@ def read_model_header(name_or_path: str | Path) -> dict[str, Any]:
 def load_model(name_or_path: str | Path | None = None, device: str | torch.device = "cpu") -> LandmarkModel:
     """Load a model by name (``default``, a shipped name) or from a ``.pt`` file."""
     path = resolve_model_path(name_or_path)
-    payload = _read_payload(path)
+    payload = read_model_payload(path)
     ls = LandmarkSet.from_dict(payload["landmark_set"])
     recipe = payload["recipe"]
-
-    def unpack(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        return {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
-
     extras = dict(payload.get("extra_state_dicts") or {})
-    states = {"network": unpack(payload["state_dict"])}
-    states.update({k: unpack(v) for k, v in extras.items() if k not in ("shape_prior", "quality")})
+    states = {"network": float_state(payload["state_dict"])}
+    states.update({k: float_state(v) for k, v in extras.items() if k not in ("shape_prior", "quality")})
     model = get_family(kind_of(recipe)).load(recipe, ls, states, payload.get("info") or {})
     if "shape_prior" in extras:
         state = extras["shape_prior"]

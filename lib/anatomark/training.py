@@ -34,7 +34,7 @@ from anatomark.errors import AnatomarkError
 from anatomark.family import TrainRun, get_family
 from anatomark.losses import LOSSES
 from anatomark.metrics import radial_errors, sdr
-from anatomark.model import LandmarkModel, load_model, prepare_image, to_model_input
+from anatomark.model import LandmarkModel, float_state, load_model, prepare_image, read_model_payload, to_model_input
 from anatomark.paths import atomic_write, cache_dir
 from anatomark.recipe import AugmentConfig, TargetConfig, TrainConfig, kind_of, loss_options
 from anatomark.shape import DEFAULTS, ShapePrior, fit_shape_prior
@@ -457,10 +457,8 @@ class Checkpoint:
         if "best_net" not in state:  # written before the best weights were kept in the checkpoint: take model.pt's
             old = self.out / "model.pt"
             if old.is_file():
-                payload = torch.load(old, map_location=device, weights_only=False)
-                state["best_net"] = {
-                    k: v.float() if v.is_floating_point() else v for k, v in payload["state_dict"].items()
-                }
+                payload = read_model_payload(old)
+                state["best_net"] = float_state(payload["state_dict"])
                 state["best_meta"] = payload.get("info") or {}
         return state
 
@@ -626,6 +624,32 @@ def write_model(model: LandmarkModel, out_dir: str | Path, fitted: FitResult, t0
         "history": fitted.history,
         "train_seconds": time.time() - t0 if fitted.train_seconds == 0 else fitted.train_seconds,
     }
+
+
+def train_single_stage(
+    make_stage: Callable[..., Stage],
+    make_model: Callable[[FitResult, Any, LandmarkModel | None], LandmarkModel],
+    recipe: dict[str, Any],
+    landmark_set: LandmarkSet,
+    items: Sequence[dict[str, Any]],
+    out_dir: Path,
+    run: TrainRun,
+) -> dict[str, Any]:
+    """The whole training of a one-network family (its ``Family.train``): the fine-tuning start, the stage, one
+    :func:`fit`, the model, the recipe's shape prior, the model file written once.
+
+    Args:
+        make_stage: ``(recipe, landmark_set, items, val_items, progress) -> Stage``.
+        make_model: ``(fitted, stage, init) -> LandmarkModel`` (``init``: the model fine-tuned from, or ``None``).
+        recipe, landmark_set, items, out_dir, run: as in :meth:`anatomark.family.Family.train`.
+    """
+    t0 = time.time()
+    init = load_init(run.init_weights, landmark_set)
+    stage = make_stage(recipe, landmark_set, items, run.val_items, run.progress)
+    fitted = fit(stage, recipe, out_dir, init.network.state_dict() if init else None, run)
+    model = make_model(fitted, stage, init)
+    attach_shape_prior(model, recipe, items, run.val_items, init)
+    return write_model(model, out_dir, fitted, t0)
 
 
 def resolve_landmark_set(recipe: dict[str, Any]) -> LandmarkSet:

@@ -30,9 +30,17 @@ from anatomark.families.heatmap import HeatmapStage
 from anatomark.family import TrainRun, register_family
 from anatomark.metrics import radial_errors
 from anatomark.model import LandmarkModel, Prediction, load_model
-from anatomark.networks import build_network, check_precision, inference_dtype
+from anatomark.networks import build_network, check_precision, inference_dtype, load_network
 from anatomark.recipe import AugmentConfig, DecodeConfig, LocalConfig, TrainConfig, load_recipe
-from anatomark.training import attach_shape_prior, build_loss, cache_and_split, fit, load_init, write_model
+from anatomark.training import (
+    attach_shape_prior,
+    build_loss,
+    cache_and_split,
+    fit,
+    load_init,
+    train_single_stage,
+    write_model,
+)
 from anatomark.transforms import functional as Fn
 from anatomark.transforms.functional import scale_intensity
 
@@ -397,9 +405,9 @@ class LocalFamily:
     def load(
         self, recipe: dict[str, Any], landmark_set: LandmarkSet, states: dict[str, Any], info: dict[str, Any]
     ) -> LandmarkModel:
-        net = build_network(recipe["local"]["network"], out_channels=len(landmark_set))
-        net.load_state_dict(states["network"])
-        return LocalModel(net.float(), recipe, landmark_set, info)
+        return LocalModel(
+            load_network(recipe["local"]["network"], len(landmark_set), states["network"]), recipe, landmark_set, info
+        )
 
     def train(
         self,
@@ -409,11 +417,15 @@ class LocalFamily:
         out_dir: Path,
         run: TrainRun,
     ) -> dict[str, Any]:
-        t0 = time.time()
-        init = load_init(run.init_weights, landmark_set)
-        stage = LocalStage(recipe, landmark_set, items, run.val_items, run.progress)
-        fitted = fit(stage, recipe, out_dir, init.network.state_dict() if init else None, run)
-        return write_model(LocalModel(fitted.network, recipe, landmark_set, fitted.meta), out_dir, fitted, t0)
+        return train_single_stage(
+            LocalStage,
+            lambda fitted, stage, init: LocalModel(fitted.network, recipe, landmark_set, fitted.meta),
+            recipe,
+            landmark_set,
+            items,
+            out_dir,
+            run,
+        )
 
 
 class CascadeFamily:
@@ -430,11 +442,10 @@ class CascadeFamily:
     def load(
         self, recipe: dict[str, Any], landmark_set: LandmarkSet, states: dict[str, Any], info: dict[str, Any]
     ) -> LandmarkModel:
-        net = build_network(recipe["network"], out_channels=len(landmark_set))
-        net.load_state_dict(states["network"])
-        local = build_network(recipe["local"]["network"], out_channels=len(landmark_set))
-        local.load_state_dict(states["local"])
-        return CascadeModel(net.float(), local.float(), recipe, landmark_set, info)
+        k = len(landmark_set)
+        net = load_network(recipe["network"], k, states["network"])
+        local = load_network(recipe["local"]["network"], k, states["local"])
+        return CascadeModel(net, local, recipe, landmark_set, info)
 
     def train(
         self, recipe: dict[str, Any], ls: LandmarkSet, items: Sequence[dict[str, Any]], out_dir: Path, run: TrainRun

@@ -4,7 +4,6 @@ Gaussian targets, decoded by argmax + local mean (:class:`anatomark.model.Landma
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -16,16 +15,13 @@ from anatomark.config import LandmarkSet
 from anatomark.errors import AnatomarkError
 from anatomark.family import TrainRun, register_family
 from anatomark.model import LandmarkModel
-from anatomark.networks import build_network
+from anatomark.networks import build_network, load_network
 from anatomark.training import (
     HeatmapTrainingSet,
-    attach_shape_prior,
     build_loss,
     cache_and_split,
     evaluate_items,
-    fit,
-    load_init,
-    write_model,
+    train_single_stage,
 )
 
 
@@ -62,9 +58,9 @@ class HeatmapFamily:
     def load(
         self, recipe: dict[str, Any], landmark_set: LandmarkSet, states: dict[str, Any], info: dict[str, Any]
     ) -> LandmarkModel:
-        net = build_network(recipe["network"], out_channels=len(landmark_set))
-        net.load_state_dict(states["network"])
-        return LandmarkModel(net.float(), recipe, landmark_set, info)
+        return LandmarkModel(
+            load_network(recipe["network"], len(landmark_set), states["network"]), recipe, landmark_set, info
+        )
 
     def train(
         self,
@@ -74,13 +70,15 @@ class HeatmapFamily:
         out_dir: Path,
         run: TrainRun,
     ) -> dict[str, Any]:
-        t0 = time.time()
-        init = load_init(run.init_weights, landmark_set)
-        stage = HeatmapStage(recipe, landmark_set, items, run.val_items, run.progress)
-        fitted = fit(stage, recipe, out_dir, init.network.state_dict() if init else None, run)
-        model = LandmarkModel(fitted.network, recipe, landmark_set, fitted.meta)
-        attach_shape_prior(model, recipe, items, run.val_items, init)
-        return write_model(model, out_dir, fitted, t0)
+        return train_single_stage(
+            HeatmapStage,
+            lambda fitted, stage, init: LandmarkModel(fitted.network, recipe, landmark_set, fitted.meta),
+            recipe,
+            landmark_set,
+            items,
+            out_dir,
+            run,
+        )
 
 
 register_family(HeatmapFamily())

@@ -37,17 +37,15 @@ from anatomark.errors import AnatomarkError
 from anatomark.family import TrainRun, register_family
 from anatomark.metrics import radial_errors
 from anatomark.model import LandmarkModel, Prediction, prepare_image, to_model_input
-from anatomark.networks import build_network
+from anatomark.networks import build_network, load_network
 from anatomark.recipe import TargetConfig
 from anatomark.training import (
+    FitResult,
     HeatmapTrainingSet,
-    attach_shape_prior,
     build_loss,
     cache_and_split,
-    fit,
-    load_init,
     train,
-    write_model,
+    train_single_stage,
 )
 from anatomark.transforms import functional as Fn
 
@@ -369,11 +367,10 @@ class ZooFamily:
     def load(
         self, recipe: dict[str, Any], landmark_set: LandmarkSet, states: dict[str, Any], info: dict[str, Any]
     ) -> LandmarkModel:
-        net = build_network(recipe["network"], out_channels=len(landmark_set))
-        net.load_state_dict(states["network"])
+        net = load_network(recipe["network"], len(landmark_set), states["network"])
         tpl = states.get("prealign", {}).get("template")
         template = None if tpl is None else tpl.float().numpy()
-        return ZooModel(net.float(), recipe, landmark_set, info, template=template)
+        return ZooModel(net, recipe, landmark_set, info, template=template)
 
     def train(
         self,
@@ -383,14 +380,11 @@ class ZooFamily:
         out_dir: Path,
         run: TrainRun,
     ) -> dict[str, Any]:
-        t0 = time.time()
-        init = load_init(run.init_weights, landmark_set)
-        stage = ZooStage(recipe, landmark_set, items, run.val_items, run.progress)
-        fitted = fit(stage, recipe, out_dir, init.network.state_dict() if init else None, run)
-        template = stage.template if stage.template is not None else getattr(init, "template", None)
-        model = ZooModel(fitted.network, recipe, landmark_set, fitted.meta, template=template)
-        attach_shape_prior(model, recipe, items, run.val_items, init)
-        return write_model(model, out_dir, fitted, t0)
+        def make_model(fitted: FitResult, stage: ZooStage, init: LandmarkModel | None) -> ZooModel:
+            template = stage.template if stage.template is not None else getattr(init, "template", None)
+            return ZooModel(fitted.network, recipe, landmark_set, fitted.meta, template=template)
+
+        return train_single_stage(ZooStage, make_model, recipe, landmark_set, items, out_dir, run)
 
 
 for _kind in ZOO_KINDS:

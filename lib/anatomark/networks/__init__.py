@@ -34,6 +34,13 @@ def build_network(cfg: dict[str, Any], out_channels: int) -> nn.Module:
     return NETWORKS[name](out_channels=out_channels, **cfg)
 
 
+def load_network(cfg: dict[str, Any], out_channels: int, state: dict[str, torch.Tensor]) -> nn.Module:
+    """:func:`build_network` with the weights of ``state`` (a float32 state dict), in float32."""
+    net = build_network(cfg, out_channels)
+    net.load_state_dict(state)
+    return net.float()
+
+
 PRECISIONS = ("float32", "bfloat16", "auto")
 
 
