@@ -222,6 +222,8 @@ class LandmarkApp(MONAILabelApp):
             "landmark_set": self.landmark_set.name if self.landmark_set else None,
             **self.auto_train.info(),  # auto_train_every_n_labels, auto_train_interval, schedule, auto_train_log
             "published": {n: str(h.published_path) for n, h in self.handles.items()},
+            # the version served now (content hash of the weights file), known before the first /infer
+            "served": {n: h.current_version() for n, h in self.handles.items()},
             # kept published versions (oldest first, the last one served); roll back with `anatomark served`
             "versions": {n: h.versions() for n, h in self.handles.items()},
             # for viewers (the OHIF extension): short label and colour of every landmark, in label-value order

@@ -227,6 +227,7 @@ def test_panel_shows_model_version_landmarks_and_quality(run):
     assert before["model"] == run["auto"]["model"]
     assert before["version"].startswith("version ")
     assert after["version"] == f"version {server['model_version']}" and server["model_version"]
+    assert before["version"] == after["version"]  # the served version is shown before the first Auto-landmark
     assert before["toolbar"] == ['"Auto-landmark"', '"Save"', '"Label map"']
     assert before["source"].startswith("No saved correction")
     assert after["source_kind"] == "model" and after["source"].startswith("Model output")

@@ -335,6 +335,8 @@ export async function loadInfo() {
 /** Served version of `model`: from the last Auto-landmark with it, else the last published one, else "shipped". */
 export function modelVersion(model) {
   if (state.result && state.model === model && state.result.model_version) return state.result.model_version;
+  const served = state.info?.anatomark?.served?.[model];
+  if (served) return served;
   const kept = state.info?.anatomark?.versions?.[model] || [];
   const last = kept[kept.length - 1];
   if (last) return typeof last === 'string' ? last : last.version;

@@ -44,6 +44,12 @@ def file_version(path: str | Path) -> str:
     return h.hexdigest()[:12]
 
 
+def _stat_key(path: Path) -> tuple[str, int, int, int]:
+    """What says a weights file changed: path, inode (a publish replaces the file), mtime and size."""
+    st = path.stat()
+    return (str(path), st.st_ino, st.st_mtime_ns, st.st_size)
+
+
 class PublishedModel:
     """A model whose weights may be replaced while the server runs.
 
@@ -70,9 +76,10 @@ class PublishedModel:
         self.published_path = Path(published_path)
         self.device = device or default_device()
         self._lock = threading.Lock()
-        self._key: tuple[str, int, int] | None = None
+        self._key: tuple[str, int, int, int] | None = None
         self._model: LandmarkModel | None = None
         self._version = ""
+        self._version_of: tuple[tuple[str, int, int, int] | None, str] = (None, "")
 
     def path(self) -> Path | None:
         if self.published_path.is_file():
@@ -90,8 +97,7 @@ class PublishedModel:
             path = self.path()
             if path is None:
                 raise ModelNotFoundError(f"Model {self.name!r} has no weights file ({self.shipped_path})")
-            st = path.stat()
-            key = (str(path), st.st_mtime_ns, st.st_size)
+            key = _stat_key(path)
             if key != self._key:
                 try:
                     model = load_model(path, device=self.device)
@@ -175,9 +181,18 @@ class PublishedModel:
         return self._read_index()["versions"]
 
     def current_version(self) -> str | None:
-        """Version of the file that is served now (the published one, else the shipped one); ``None`` if none."""
+        """Version of the file that is served now (the published one, else the shipped one); ``None`` if none.
+
+        The content hash is computed again only when the file changed (:func:`_stat_key`; ``/info/`` asks for it on
+        every call).
+        """
         path = self.path()
-        return file_version(path) if path is not None else None
+        if path is None:
+            return None
+        key = _stat_key(path)
+        if self._version_of[0] != key:
+            self._version_of = (key, file_version(path))
+        return self._version_of[1]
 
     def rollback(self, to: str | None = None) -> dict[str, Any]:
         """Serve an earlier version again; the versions after it are dropped (their files deleted).
