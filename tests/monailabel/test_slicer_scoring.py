@@ -109,6 +109,11 @@ def test_lowest_confidence_does_not_propose_the_same_image_twice(sclient):
     assert third["id"] == first["id"]  # all proposed recently: the one proposed longest ago
     lowest = sclient.next_sample("lowest_confidence", {"model": MODEL, "skip_recent_minutes": 0})
     assert lowest["id"] == min((first, second), key=lambda r: r["confidence"])["id"]
+    # the viewer's Skip: the skipped image is not given, and comes back only after the other one
+    other = sclient.next_sample("lowest_confidence", {"model": MODEL, "skip": [lowest["id"]]})
+    assert other["id"] != lowest["id"] and other["id"] in {"152", "153"}
+    again = sclient.next_sample("lowest_confidence", {"model": MODEL})
+    assert again["id"] == other["id"] and again["skipped_recent"] == 2  # both recent: the one given longest ago
 
 
 def test_permuted_label_info_is_stored_in_the_stored_maps_order(sserver, sclient, tmp_path, senior, landmark_set):

@@ -776,13 +776,20 @@ export async function saveSchedule(everyN, intervalHours) {
 }
 
 /** Next sample: the server's active-learning strategy picks an image; its study is opened in this mode. */
-export async function nextSample() {
+/** Skip the active image (not labelled now): the next sample, which is not this image. */
+export async function skipSample() {
+  const { seriesUID } = activeImage();
+  return nextSample({ skip: seriesUID ? [seriesUID] : [] });
+}
+
+export async function nextSample({ skip = [] } = {}) {
   const strategies = Object.keys(state.info?.strategies || {});
   const strategy = strategies[0] || 'random';
   const r = await fetch(`${monaiUrl()}/activelearning/${encodeURIComponent(strategy)}`, {
     method: 'POST',
     headers: { 'Content-Type': 'application/json' },
-    body: '{}',
+    // lowest_confidence does not give the skipped images now, and gives them back after the others
+    body: JSON.stringify(skip.length ? { skip } : {}),
   });
   if (!r.ok) throw new Error(`Next sample failed (${r.status}): ${await answerText(r)}`);
   const { id } = await r.json();

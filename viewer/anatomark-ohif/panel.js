@@ -20,6 +20,7 @@ import {
   autoLandmark,
   save,
   nextSample,
+  skipSample,
   focusLandmark,
   setLandmarkVisible,
   trainNow,
@@ -97,7 +98,7 @@ function modelHtml() {
   );
 }
 
-/** Auto-landmark / Save / Next sample. */
+/** Auto-landmark / Save / Next sample / Skip. */
 function actionsHtml() {
   const busy = ['running', 'saving'].includes(state.status);
   const b = (action, text, cy) =>
@@ -107,6 +108,7 @@ function actionsHtml() {
     b('auto', 'Auto-landmark', 'anatomark-panel-auto') +
     b('save', 'Save', 'anatomark-panel-save') +
     b('next', 'Next sample', 'anatomark-panel-next') +
+    b('skip', 'Skip', 'anatomark-panel-skip') +
     `<div class="am-muted" data-cy="anatomark-status">${esc(state.status)}</div>${status}`
   );
 }
@@ -274,6 +276,7 @@ async function act(action, target, root) {
     if (action === 'auto') await autoLandmark();
     else if (action === 'save') await save();
     else if (action === 'next') await nextSample();
+    else if (action === 'skip') await skipSample();
     else if (action === 'focus') focusLandmark(target.dataset.name);
     else if (action === 'train') await trainNow();
     else if (action === 'stop') await stopTraining();

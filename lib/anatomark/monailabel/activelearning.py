@@ -35,7 +35,9 @@ class LowestConfidence(Strategy):
     is given again (the strategy rotates). Each proposal is recorded in the image info (``anatomark_proposed``:
     ``{ts, model}``); ``skip_recent_minutes`` 0 gives the lowest-confidence image every time.
 
-    Request options: ``model`` (default: the first served model), ``max_candidates``, ``skip_recent_minutes``.
+    Request options: ``model`` (default: the first served model), ``max_candidates``, ``skip_recent_minutes``,
+    ``skip`` (image ids the user skips: never given by this request, and recorded as proposed now, so that they
+    come back only after the others, e.g. the viewer's Skip button).
     """
 
     def __init__(self, handles: dict[str, PublishedModel], max_candidates: int = 64, skip_recent_minutes: float = 10):
@@ -48,7 +50,20 @@ class LowestConfidence(Strategy):
         name = request.get("model") or next(iter(self.handles), None)
         if name not in self.handles:
             raise AnatomarkError(f"Unknown model {name!r} for the strategy; served: {', '.join(self.handles)}")
-        ids = sorted(datastore.get_unlabeled_images())
+        skip = request.get("skip") or []
+        if not isinstance(skip, list) or not all(isinstance(i, str) for i in skip):
+            raise AnatomarkError(f"skip must be a list of image ids, got {skip!r}")
+        unlabeled = set(datastore.get_unlabeled_images())
+        try:
+            return self._propose(name, sorted(unlabeled - set(skip)), request, datastore)
+        finally:  # after the proposal: a skipped image comes back after the one given now
+            for image_id in sorted(unlabeled & set(skip)):
+                datastore.update_image_info(
+                    image_id, {PROPOSED_KEY: {"ts": round(time.time(), 3) + 0.001, "model": name}}
+                )
+
+    def _propose(self, name: str, ids: list[str], request: dict[str, Any], datastore: Datastore) -> dict[str, Any]:
+        """The lowest-confidence image of ``ids`` not proposed recently (see the class docstring)."""
         if not ids:
             return {}
         model, version = self.handles[name].get()
