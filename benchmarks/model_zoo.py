@@ -15,6 +15,9 @@ With ``--minutes-per-model`` the first epoch is timed and the training resumes w
 (the learning-rate schedule is planned for that number, so it completes); ``--epochs`` overrides every recipe's epochs
 instead.
 Runs go to ``--runs-dir`` (default ``runs/model_zoo/<recipe>``); ``--resume`` continues them.
+
+``--shipped`` trains nothing: it evaluates the shipped ``apps/landmarks/model/<recipe>.pt`` files (the budget each
+needed to converge; epochs and training time from the model file), and lists a family without a shipped file as such.
 """
 
 from __future__ import annotations
@@ -80,6 +83,22 @@ def train_one(recipe: dict[str, Any], items: list[dict[str, Any]], out: Path, ar
     }
 
 
+def shipped_one(name: str) -> dict[str, Any] | None:
+    """The shipped model file of a recipe name -> ``{"model_path", "train_seconds", "epochs"}``, ``None`` if absent.
+
+    ``epochs`` is ``best/run`` (best epoch by validation MRE / epochs trained); a refined model reports its base's.
+    """
+    from anatomark.model import read_model_header
+
+    path = REPO / "apps" / "landmarks" / "model" / f"{name}.pt"
+    if not path.is_file():
+        return None
+    info = read_model_header(path)["info"]
+    src = info.get("base", info) if "base" in info else info
+    best, run = src.get("epoch"), src.get("stopped_at_epoch") or src.get("epoch")
+    return {"model_path": str(path), "train_seconds": float(src.get("train_seconds") or 0.0), "epochs": f"{best}/{run}"}
+
+
 def evaluate_one(model_path: str, items: list[dict[str, Any]]) -> dict[str, Any]:
     """Predict every test image; errors in mm, mask diagnostics, latency."""
     from anatomark.data.image_io import load_image
@@ -127,6 +146,7 @@ def main() -> int:
     budget = ap.add_mutually_exclusive_group(required=True)
     budget.add_argument("--minutes-per-model", type=float, help="training time budget per model")
     budget.add_argument("--epochs", type=int, help="epochs per model (overrides the recipes)")
+    budget.add_argument("--shipped", action="store_true", help="evaluate the shipped models, train nothing")
     ap.add_argument("--recipes", nargs="+", default=[f"isbi2015_{f}" for f in FAMILIES], help="names or YAML paths")
     ap.add_argument("--runs-dir", default=str(REPO / "runs" / "model_zoo"))
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "model_zoo.md"))
@@ -144,7 +164,8 @@ def main() -> int:
     from anatomark.data.dataset import LandmarkDataset
 
     torch.set_num_threads(args.threads)
-    rows = []
+    rows: list[dict[str, Any]] = []
+    missing: list[str] = []
     for name in args.recipes:
         recipe = _load_recipe(name)
         recipe.setdefault("train", {})["num_threads"] = args.threads
@@ -153,12 +174,23 @@ def main() -> int:
         train_ds = LandmarkDataset(args.dataset, args.train_split, args.annotator, ls)
         test_ds = LandmarkDataset(args.dataset, args.test_split, args.annotator, ls)
         print(f"== {recipe['name']} ({recipe.get('kind', 'heatmap')}): {len(train_ds)} training images")
-        res = train_one(recipe, train_ds.items, Path(args.runs_dir) / recipe["name"], args)
+        if args.shipped:
+            res = shipped_one(recipe["name"])
+            if res is None:
+                missing.append(recipe["name"])
+                continue
+        else:
+            res = train_one(recipe, train_ds.items, Path(args.runs_dir) / recipe["name"], args)
         ev = evaluate_one(res["model_path"], test_ds.items)
         rows.append({"recipe": recipe["name"], "kind": recipe.get("kind", "heatmap"), **res, **ev})
         print(f"   MRE {ev['mre_mm']:.3f} mm, SDR2 {ev['sdr']['2.0']:.1f} %, {res['train_seconds'] / 60:.1f} min")
 
-    budget_txt = f"{args.minutes_per_model:g} min per model" if args.minutes_per_model else f"{args.epochs} epochs"
+    if args.shipped:
+        budget_txt = "each shipped model's own (the budget it needed to converge; epochs = best epoch / epochs run)"
+    elif args.minutes_per_model:
+        budget_txt = f"{args.minutes_per_model:g} min per model"
+    else:
+        budget_txt = f"{args.epochs} epochs"
     lines = [
         "# Model zoo: five landmark-detection families, same data, same budget",
         "",
@@ -181,6 +213,8 @@ def main() -> int:
             f"| {r['mre_mm']:.3f} | {r['sd_mm']:.3f} | {s['2.0']:.2f} | {s['2.5']:.2f} | {s['3.0']:.2f} | {s['4.0']:.2f} "
             f"| {r.get('missed', '-')} | {r.get('extra', '-')} | {r['ms_per_image']:.0f} |"
         )
+    if missing:
+        lines += ["", f"Not shipped (no model file in `apps/landmarks/model/`): {', '.join(missing)}."]
     n_lm = rows[0]["n_landmarks"] if rows else 0
     lines += ["", f"Landmarks evaluated per model: {n_lm} ({rows[0]['n_images'] if rows else 0} images).", ""]
     write_report(args.out, lines, rows)

@@ -44,6 +44,7 @@ BUILTIN: dict[str, str] = {
     "appearance_context": "anatomark.families.zoo",
     "seg_regression": "anatomark.families.zoo",
     "farnet": "anatomark.families.zoo",
+    "refined": "anatomark.families.refined",
 }
 ENTRY_POINT_GROUP = "anatomark.families"
 

@@ -14,12 +14,24 @@ class SpatialSoftmaxCELoss(nn.Module):
     For each landmark channel the logits are turned into a probability map over all pixels; the target
     heatmap is normalised to sum to one; the loss is ``-sum(target * log_softmax(logits))`` averaged over
     the landmarks that are present (a target channel of zeros marks a missing landmark and is ignored).
+    A network with several outputs (coarse-to-fine supervision, FARNet) gives a tuple: the terms are summed with
+    ``weights`` and a coarse output is compared with the target down-sampled to its size (:func:`coarse_target`).
+
+    Args:
+        weights: weight of each output when the network returns a tuple (fine first).
 
     Shapes:
-        logits ``(B, K, H, W)``, target ``(B, K, H, W)`` (non-negative) -> scalar.
+        logits ``(B, K, H, W)`` or a tuple of ``(B, K, H_i, W_i)``, target ``(B, K, H, W)`` (non-negative) -> scalar.
     """
 
-    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    def __init__(self, weights: tuple[float, ...] = (1.0, 1.0)) -> None:
+        super().__init__()
+        self.weights = tuple(float(w) for w in weights)
+
+    @staticmethod
+    def _one(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if tuple(target.shape[2:]) != tuple(logits.shape[2:]):
+            target = coarse_target(target, logits.shape[2:])
         b, k = logits.shape[:2]
         logp = torch.log_softmax(logits.reshape(b, k, -1).float(), dim=-1)
         t = target.reshape(b, k, -1).float()
@@ -28,6 +40,11 @@ class SpatialSoftmaxCELoss(nn.Module):
         t = t / total.clamp_min(1e-12)
         ce = -(t * logp).sum(-1)  # (B, K)
         return (ce * present).sum() / present.sum().clamp_min(1.0)
+
+    def forward(self, logits: torch.Tensor | tuple[torch.Tensor, ...], target: torch.Tensor) -> torch.Tensor:
+        if not isinstance(logits, (tuple, list)):
+            return self._one(logits, target)
+        return sum(w * self._one(p, target) for w, p in zip(self.weights, logits))
 
 
 def _present(target: torch.Tensor) -> torch.Tensor:
@@ -153,16 +170,22 @@ class SegRegressionLoss(nn.Module):
 
     Args:
         alpha: weight of the segmentation term (0.2 in the paper).
+        seg: the segmentation term: ``dice_bce`` (the paper's) or ``dice_spatial_ce`` (Dice plus the spatial-softmax
+            cross-entropy, :class:`DiceSpatialCELoss`, which localises the masks on a CPU budget).
 
     Shapes:
         prediction ``(mask logits (B, K, H, W), coords (B, K, 2))``, target ``(masks (B, K, H, W),
         coords (B, K, 2))`` with coordinates normalised to [0, 1] -> scalar.
     """
 
-    def __init__(self, alpha: float = 0.2) -> None:
+    def __init__(self, alpha: float = 0.2, seg: str = "dice_bce") -> None:
         super().__init__()
+        if seg not in ("dice_bce", "dice_spatial_ce"):
+            raise ValueError(f"seg_regression loss: seg {seg!r}; use dice_bce or dice_spatial_ce")
         self.alpha = float(alpha)
+        self.seg = seg
         self.dice = DiceLoss(sigmoid=True, reduction="none")
+        self.dice_ce = DiceSpatialCELoss()
 
     def forward(
         self, pred: tuple[torch.Tensor, torch.Tensor], target: tuple[torch.Tensor, torch.Tensor]
@@ -170,10 +193,13 @@ class SegRegressionLoss(nn.Module):
         logits, coords = pred
         masks, tcoords = target
         masks = masks.float()
-        present = _present(masks)
-        dice = self.dice(logits.float(), masks).reshape(masks.shape[:2])
-        bce = F.binary_cross_entropy_with_logits(logits.float(), masks, reduction="none").flatten(2).mean(-1)
-        seg = _masked_mean(dice + bce, present)
+        if self.seg == "dice_spatial_ce":
+            seg = self.dice_ce(logits, masks)
+        else:
+            present = _present(masks)
+            dice = self.dice(logits.float(), masks).reshape(masks.shape[:2])
+            bce = F.binary_cross_entropy_with_logits(logits.float(), masks, reduction="none").flatten(2).mean(-1)
+            seg = _masked_mean(dice + bce, present)
         ok = torch.isfinite(tcoords).all(-1).float()
         diff = torch.nan_to_num(coords.float() - tcoords.float(), nan=0.0)
         mse = _masked_mean((diff**2).sum(-1), ok)

@@ -103,6 +103,8 @@ class DecodeConfig(Section):
         source: masks: where the points come from: ``mask`` (a region of the sigmoid masks, above) or ``softmax``
             (the probability-weighted centroid, ``method``/``radius``, of each channel's spatial softmax: the logits
             as one distribution over the image, so a second blob never moves the point); regions are still counted.
+            Heatmap zoo families: ``softmax`` decodes the spatial softmax of the output (logits trained with
+            ``spatial_softmax_ce``), anything else the output itself as a heatmap (trained with MSE / EWC).
     """
 
     KEY = "decode"

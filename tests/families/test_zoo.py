@@ -98,6 +98,46 @@ def test_ewc_weights_the_centre_by_alpha_and_supervises_coarse_output():
     assert ewc((hm, torch.zeros_like(small)), hm).item() > 0
 
 
+def test_spatial_softmax_ce_supervises_fine_and_coarse_outputs():
+    ce = LOSSES["spatial_softmax_ce"](weights=[1.0, 0.5])
+    hm = torch.from_numpy(Fn.points_to_heatmaps(np.array([[17.0, 9.0], [np.nan, np.nan]]), (32, 32), 3.0))[None]
+    fine = torch.log(hm.clamp_min(1e-8))  # softmax(log hm) = the normalised target: the minimum of the fine term
+    coarse = torch.zeros(1, 2, 8, 8)
+    single = ce(fine, hm).item()
+    assert single == pytest.approx(LOSSES["spatial_softmax_ce"]()(fine, hm).item())  # one output: unchanged
+    flat = ce((fine, coarse), hm).item()
+    assert flat == pytest.approx(single + 0.5 * np.log(64), rel=1e-4)  # a flat coarse map costs log(8 x 8) / 2
+    peaked = torch.zeros(1, 2, 8, 8)
+    peaked[0, 0, 2, 4] = 3.0  # the coarse peak where the down-sampled target peaks; channel 1 (missing) ignored
+    assert ce((fine, peaked), hm).item() < flat
+
+
+class _FixedLogits(torch.nn.Module):
+    def __init__(self, logits: torch.Tensor) -> None:
+        super().__init__()
+        self.logits = torch.nn.Parameter(logits, requires_grad=False)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.logits[None], self.logits[None, :, ::4, ::4]
+
+
+def test_heatmap_zoo_family_decodes_the_spatial_softmax_of_its_logits():
+    logits = torch.full((2, 32, 32), -5.0)
+    logits[0, 9, 17] = 6.0  # (x, y) = (17, 9)
+    logits[1, 20:23, 4:7] = 3.0  # a plateau centred on (5, 21)
+    recipe = zoo_recipe("farnet")
+    recipe["input"] = {"size_hw": [32, 32]}
+    recipe["decode"] = {"source": "softmax", "method": "local_mean", "radius": 3}
+    model = ZooModel(_FixedLogits(logits), recipe, DOTS)
+    pts, conf, n_regions, missed = model.decode(np.zeros((32, 32), np.float32))
+    np.testing.assert_allclose(pts, [[17.0, 9.0], [5.0, 21.0]], atol=0.01)
+    assert n_regions is None and missed is None and (conf > 0.5).all() and (conf <= 1.0).all()
+    recipe["decode"] = {"method": "argmax"}  # raw heatmap decoding (MSE / EWC training) is unchanged
+    pts, conf, _, _ = ZooModel(_FixedLogits(logits), recipe, DOTS).decode(np.zeros((32, 32), np.float32))
+    np.testing.assert_allclose(pts[0], [17.0, 9.0])
+    assert conf[0] == pytest.approx(1.0)
+
+
 def test_seg_regression_loss_and_target_encoding():
     pts = np.array([[10.0, 20.0], [np.nan, np.nan]])
     masks, coords = encode_target("seg_regression", pts, (32, 48), {"radius": 4})
@@ -112,6 +152,13 @@ def test_seg_regression_loss_and_target_encoding():
     shifted[0, 0] += 0.1
     worse = loss((logits, torch.nan_to_num(shifted)[None]), (masks[None], coords[None]))
     assert worse.item() == pytest.approx(perfect.item() + 0.01, abs=1e-4)
+    # the spatial-softmax segmentation term: alpha * (Dice ~0 + log(mask area)) + the same coordinate term
+    sce = LOSSES["seg_regression"](alpha=0.2, seg="dice_spatial_ce")
+    area = float(masks[0].sum())
+    both = sce((logits, torch.nan_to_num(shifted)[None]), (masks[None], coords[None]))
+    assert both.item() == pytest.approx(0.2 * np.log(area) + 0.01, abs=1e-3)
+    with pytest.raises(ValueError, match="dice_bce or dice_spatial_ce"):
+        LOSSES["seg_regression"](seg="mse")
 
 
 class _Constant(torch.nn.Module):

@@ -27,6 +27,14 @@ SMALL = {
         "vgg_features": [4, 8, 8],
         "fc_features": 16,
     },
+    "seg_regression_coordconv": {
+        "name": "seg_regression",
+        "spatial_dims": 2,
+        "unet_features": [4, 8, 8, 16],
+        "vgg_features": [4, 8, 8],
+        "fc_features": 16,
+        "coord_channels": True,
+    },
     "farnet": {
         "name": "farnet",
         "spatial_dims": 2,
@@ -40,7 +48,7 @@ SMALL = {
 
 
 def test_every_family_is_registered():
-    assert set(SMALL) <= set(NETWORKS)
+    assert {c["name"] for c in SMALL.values()} <= set(NETWORKS)
 
 
 @pytest.mark.parametrize("hw", [(64, 64), (96, 128)])
@@ -52,7 +60,7 @@ def test_forward_backward_shapes(name, hw):
     out = net(x)
     outs = out if isinstance(out, tuple) else (out,)
     h, w = hw
-    if name == "seg_regression":
+    if name.startswith("seg_regression"):
         assert outs[0].shape == (2, K, h, w)
         assert outs[1].shape == (2, K, 2)
     elif name == "farnet":
@@ -102,3 +110,9 @@ def test_unet_seg_uses_batchnorm_dropout_and_he_init():
     conv = net.down[1][0].conv
     fan_in = conv.weight[0].numel()
     assert abs(conv.weight.std().item() - (2.0 / fan_in) ** 0.5) < 0.3 * (2.0 / fan_in) ** 0.5
+
+
+def test_coord_channels_show_the_regressor_where_each_mask_lies():
+    net = build_network(SMALL["seg_regression_coordconv"], out_channels=K)
+    n_in = next(p for p in net.vgg.parameters() if p.ndim == 4).shape[1]
+    assert n_in == 1 + 3 * K + 2  # image, K masks, x and y maps, K masks times x, K masks times y

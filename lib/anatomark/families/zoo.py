@@ -191,8 +191,13 @@ class ZooModel(LandmarkModel):
             out = self.network(x)
         h, w = x.shape[-2:]
         if self.kind in HEATMAP_KINDS:
-            hm = (out[0] if isinstance(out, (tuple, list)) else out)[0].float().clamp_min(0)
-            pts, peak, _ = Fn.heatmaps_to_points(hm, self.decode_method, self.decode_radius)
+            hm = (out[0] if isinstance(out, (tuple, list)) else out)[0].float()
+            if self.decode_cfg.source == "softmax":  # logits trained with spatial_softmax_ce
+                k = hm.shape[0]
+                sm = torch.softmax(hm.reshape(k, -1), -1).reshape(hm.shape)
+                pts, _, mass = Fn.heatmaps_to_points(sm, self.decode_method, self.decode_radius)
+                return pts, np.clip(mass, 0.0, 1.0), None, None
+            pts, peak, _ = Fn.heatmaps_to_points(hm.clamp_min(0), self.decode_method, self.decode_radius)
             return pts, np.clip(peak, 0.0, 1.0), None, None
         logits = out[0][0] if self.kind == "seg_regression" else out[0]
         prob = torch.sigmoid(logits.float()).cpu().numpy()

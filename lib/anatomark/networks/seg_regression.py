@@ -29,6 +29,9 @@ class SegRegressionNet(nn.Module):
             independent of the input size; the paper flattens a fixed-size map).
         fc_features: width of the hidden fully connected layer.
         dropout: dropout probability in the U-Net and before the last FC layer.
+        coord_channels: add two coordinate maps (x and y in [0, 1], CoordConv, Liu et al. 2018) to the VGG input and
+            each mask times each of them, so the regressor can read where a mask lies instead of inferring it from
+            pooled features (``3 K + 2`` extra channels instead of ``K``).
 
     Shapes:
         input ``(B, in_channels, H, W)``, H and W divisible by ``2 ** (len(unet_features) - 1)`` -> tuple of
@@ -46,14 +49,16 @@ class SegRegressionNet(nn.Module):
         pool_size: Sequence[int] = (4, 4),
         fc_features: int = 256,
         dropout: float = 0.1,
+        coord_channels: bool = False,
     ) -> None:
         super().__init__()
         if spatial_dims != 2:
             raise ValueError("SegRegressionNet regresses (x, y): spatial_dims must be 2")
         self.k = out_channels
+        self.coord_channels = bool(coord_channels)
         self.unet = UNetSeg(spatial_dims, in_channels, out_channels, unet_features, dropout)
         stages: list[nn.Module] = []
-        prev = in_channels + out_channels
+        prev = in_channels + (3 * out_channels + 2 if self.coord_channels else out_channels)
         for c in vgg_features:
             stages += [ConvBlock(spatial_dims, prev, int(c)), Pool[Pool.MAX, spatial_dims](kernel_size=2)]
             prev = int(c)
@@ -72,6 +77,17 @@ class SegRegressionNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         masks = self.unet(x)
-        feats = self.vgg(torch.cat([x, torch.sigmoid(masks)], dim=1))
+        prob = torch.sigmoid(masks)
+        parts = [x, prob]
+        if self.coord_channels:
+            h, w = x.shape[-2:]
+            gy, gx = torch.meshgrid(
+                torch.linspace(0, 1, h, device=x.device, dtype=x.dtype),
+                torch.linspace(0, 1, w, device=x.device, dtype=x.dtype),
+                indexing="ij",
+            )
+            grid = torch.stack([gx, gy])[None].expand(x.shape[0], -1, -1, -1)  # (B, 2, H, W): x then y
+            parts += [grid, prob * gx, prob * gy]
+        feats = self.vgg(torch.cat(parts, dim=1))
         coords = self.head(self.squeeze(feats)).reshape(x.shape[0], self.k, 2)
         return masks, coords

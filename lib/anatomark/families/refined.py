@@ -1,0 +1,247 @@
+"""Any landmark model with the shared full-resolution refiner in front of its answer (``kind: refined``).
+
+The cascade's stage 2 (:class:`~anatomark.families.cascade.LocalRefiner`) looks at a fine patch around a point and
+says where the landmark is in it; it was trained on points offset from the truth, not on one stage-1 model's
+errors, so it can refine the points of any model of the same landmarks. A ``kind: refined`` recipe names a base model
+and a cascade whose refiner to use::
+
+    name: isbi2015_unet_seg_refined
+    kind: refined
+    landmark_set: isbi2015_cephalometric
+    base:
+      weights: isbi2015_unet_seg     # a model name or a .pt file (any family; its shape prior is kept)
+    local:
+      weights: isbi2015_cascade      # a cascade model name or file: its refiner and its ``local`` settings
+
+``anatomark train`` composes the two (nothing is trained) and writes one self-contained model file: the base model's
+recipe, networks and shape prior under ``base``, the refiner under ``local``. :class:`RefinedModel` predicts with the
+base model (in original pixels, its shape prior applied), then refines every point inside the image once.
+Fine-tuning a refined model file (``init_weights``, the server's Train) fine-tunes its base model with the base's own
+family and keeps the refiner.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from anatomark.config import LandmarkSet
+from anatomark.data.image_io import XrayImage, load_image
+from anatomark.errors import AnatomarkError
+from anatomark.families.cascade import LocalRefiner
+from anatomark.family import TrainRun, get_family, register_family
+from anatomark.metrics import radial_errors
+from anatomark.model import LandmarkModel, Prediction, load_model
+from anatomark.networks import load_network
+from anatomark.recipe import kind_of
+from anatomark.shape import ShapePrior
+from anatomark.training import recipe_split
+from anatomark.transforms import functional as Fn
+from anatomark.transforms.functional import scale_intensity
+
+#: prefix of the base model's extra states (shape prior, pre-alignment template ...) in the model file
+BASE = "base."
+
+
+class RefinedModel(LandmarkModel):
+    """A base :class:`~anatomark.model.LandmarkModel` followed by a :class:`~anatomark.families.cascade.LocalRefiner`.
+
+    Args:
+        base: the model that finds the landmarks (any family).
+        local_network: the refiner's network (``(N, C, P, P)`` patches -> ``(N, K, P, P)`` logits).
+        recipe: ``{"name", "kind": "refined", "landmark_set", "base": <base recipe>, "local": <refiner settings>}``
+            plus the base's ``input``/``network`` (read by :class:`~anatomark.model.LandmarkModel`).
+        landmark_set: the landmarks of both.
+        info: provenance (``base``: the base model's info).
+    """
+
+    def __init__(
+        self,
+        base: LandmarkModel,
+        local_network: torch.nn.Module,
+        recipe: dict[str, Any],
+        landmark_set: LandmarkSet,
+        info: dict | None = None,
+    ) -> None:
+        super().__init__(base.network, recipe, landmark_set, info)
+        self.base = base
+        self.refiner = LocalRefiner(local_network, recipe["local"])
+
+    def to(self, device: str | torch.device) -> RefinedModel:
+        self.base.to(device)
+        self.refiner.network.to(device)
+        return self
+
+    def _predict(self, image: XrayImage) -> Prediction:
+        t0 = time.perf_counter()
+        first = self.base.predict(image)  # original px, the base's shape prior applied
+        t1 = time.perf_counter()
+        s = self.refiner.spacing_mm
+        fine_hw = (
+            max(16, round(image.shape[0] * image.spacing[1] / s)),
+            max(16, round(image.shape[1] * image.spacing[0] / s)),
+        )
+        fine = Fn.resize_image(scale_intensity(image.array), fine_hw)
+        inside = Fn.points_inside(first.points, image.shape)
+        start = Fn.resize_points(first.points, image.shape, fine_hw)
+        start[~inside] = np.nan  # nothing to look at outside the image: keep the base's answer there
+        with self._lock:
+            pts_fine, conf, spread = self.refiner.refine_spread(fine, start)
+        t2 = time.perf_counter()
+        zoom = 0.5 * (image.shape[0] / fine_hw[0] + image.shape[1] / fine_hw[1])
+        points = Fn.resize_points(pts_fine, fine_hw, image.shape)
+        points[~inside] = first.points[~inside]
+        base_spread = first.spread_px if first.spread_px is not None else np.full(len(points), np.nan)
+        return Prediction(
+            points=points,
+            confidence=np.where(inside, conf, first.confidence),
+            spacing=image.spacing,
+            names=list(self.landmark_set.names),
+            timings={"base": t1 - t0, "refine": t2 - t1},
+            coarse_points=first.points,
+            spread_px=np.where(inside, spread * zoom, base_spread),
+        )
+
+    def predict_coarse(self, image: XrayImage) -> Prediction:
+        """The base model's own prediction (no refinement)."""
+        return self.base.predict(image)
+
+    def extra_networks(self) -> dict[str, torch.nn.Module]:
+        base = {BASE + k: m for k, m in self.base.extra_networks().items() if k != "quality"}
+        return {"local": self.refiner.network, **base, **super().extra_networks()}
+
+
+def _load_base(recipe: dict[str, Any], landmark_set: LandmarkSet, states: dict[str, Any], info: dict) -> LandmarkModel:
+    """The base model from the ``base.*`` states of a refined model file."""
+    own = {k[len(BASE) :]: v for k, v in states.items() if k.startswith(BASE)}
+    prior = own.pop("shape_prior", None)
+    base = get_family(kind_of(recipe)).load(recipe, landmark_set, {"network": states["network"], **own}, info)
+    if prior is not None:
+        base.shape_prior = ShapePrior(len(landmark_set), **recipe.get("shape_prior", {}))
+        base.shape_prior.load_state_dict({k: v.double() for k, v in prior.items()})
+    return base
+
+
+class RefinedFamily:
+    """``kind: refined``: a base model of any family and a cascade's refiner, composed (no training)."""
+
+    kind = "refined"
+    required_sections = ("landmark_set", "base", "local")
+
+    def load(
+        self, recipe: dict[str, Any], landmark_set: LandmarkSet, states: dict[str, Any], info: dict[str, Any]
+    ) -> LandmarkModel:
+        base = _load_base(recipe["base"], landmark_set, states, info.get("base") or {})
+        local = load_network(recipe["local"]["network"], len(landmark_set), states["local"])
+        return RefinedModel(base, local, recipe, landmark_set, info)
+
+    def train(
+        self, recipe: dict[str, Any], ls: LandmarkSet, items: Sequence[dict[str, Any]], out_dir: Path, run: TrainRun
+    ) -> dict[str, Any]:
+        """Compose ``base.weights`` and ``local.weights``; or, fine-tuning a refined model file (``init_weights``,
+        what the server's Train does), fine-tune its base model with its own family and keep the refiner."""
+        t0 = time.time()
+        if run.resume:
+            raise AnatomarkError(f"{recipe['name']}: a refined model is composed, not trained; nothing to resume")
+        if run.init_weights:
+            model, history, epochs = self._fine_tune_base(recipe, ls, items, Path(out_dir), run)
+        else:
+            base_w, local_w = (recipe.get(k, {}).get("weights") for k in ("base", "local"))
+            model, history, epochs = compose(base_w, local_w, ls, recipe), [], 0
+        val = run.val_items
+        if val is None:  # the base model's own validation images (same items, same recipe split)
+            _, va = recipe_split(len(items), model.base.recipe.get("train") or {})
+            val = [items[i] for i in va]
+        if val:
+            err = _errors(model, val)
+            model.info.update(val_mre_mm=float(np.nanmean(err)), n_val=len(val))
+        path = Path(out_dir) / "model.pt"
+        model.save(path)
+        return {
+            "best_val_mre_mm": model.info.get("val_mre_mm"),
+            "epochs": epochs,
+            "model_path": str(path),
+            "history": history,
+            "train_seconds": time.time() - t0,
+        }
+
+    @staticmethod
+    def _fine_tune_base(
+        recipe: dict[str, Any], ls: LandmarkSet, items: Sequence[dict[str, Any]], out_dir: Path, run: TrainRun
+    ) -> tuple[RefinedModel, list, int]:
+        init = load_model(run.init_weights)
+        if not isinstance(init, RefinedModel):
+            raise AnatomarkError(f"{run.init_weights} is not a refined model; cannot fine-tune a refined model from it")
+        base_dir = out_dir / "base"
+        base_dir.mkdir(parents=True, exist_ok=True)
+        base_file = init.base.save(base_dir / "init.pt")
+        base_recipe = {**copy.deepcopy(init.recipe["base"]), "landmark_set": recipe["landmark_set"]}
+        if recipe.get("train"):  # the request's settings (learning rate, epochs ...) apply to the base
+            base_recipe["train"] = {**base_recipe.get("train", {}), **recipe["train"]}
+        sub = TrainRun(**{**run.__dict__, "init_weights": base_file})
+        res = get_family(kind_of(base_recipe)).train(base_recipe, ls, items, base_dir, sub)
+        base = load_model(res["model_path"])
+        info = {**init.info, "base": {**base.info, "fine_tuned_from": str(run.init_weights)}}
+        model = RefinedModel(base, init.refiner.network, {**init.recipe, "base": copy.deepcopy(base.recipe)}, ls, info)
+        return model, res.get("history", []), int(res.get("epochs", 0))
+
+
+def _errors(model: LandmarkModel, items: Sequence[dict[str, Any]]) -> np.ndarray:
+    """``(N, K)`` radial errors (mm) of ``model`` on labelled items (images read from their paths)."""
+    out = []
+    for it in items:
+        img = load_image(it["image"], spacing=it.get("spacing"))
+        out.append(radial_errors(model.predict(img).points, it["landmarks"], img.spacing))
+    return np.stack(out)
+
+
+def compose(
+    base_weights: str | Path | None,
+    cascade_weights: str | Path | None,
+    landmark_set: LandmarkSet,
+    recipe: dict[str, Any] | None = None,
+) -> RefinedModel:
+    """A :class:`RefinedModel` from a base model file and a cascade model file (names or paths).
+
+    Raises:
+        AnatomarkError: a missing ``weights``, a cascade without a refiner, or models of other landmarks.
+    """
+    if not base_weights or not cascade_weights:
+        raise AnatomarkError("A refined recipe needs base.weights (any model) and local.weights (a cascade model)")
+    base = load_model(base_weights)
+    cascade = load_model(cascade_weights)
+    refiner = getattr(cascade, "refiner", None)
+    if refiner is None:
+        raise AnatomarkError(f"{cascade_weights} has no local refiner (use a cascade model for local.weights)")
+    for m, w in ((base, base_weights), (cascade, cascade_weights)):
+        if m.landmark_set.names != landmark_set.names:
+            raise AnatomarkError(f"{w} was trained for other landmarks than {landmark_set.name!r}")
+    if isinstance(base, RefinedModel):
+        raise AnatomarkError(f"{base_weights} is refined already")
+    base.quality = None  # the composed model gets its own calibration (anatomark calibrate)
+    name = (recipe or {}).get("name") or f"{base.name}_refined"
+    full = {
+        "name": name,
+        "kind": "refined",
+        "landmark_set": landmark_set.name,
+        "input": copy.deepcopy(base.recipe.get("input", {})),
+        "network": copy.deepcopy(base.recipe.get("network", {})),
+        "base": copy.deepcopy(base.recipe),
+        "local": copy.deepcopy(cascade.recipe["local"]),
+        "train": copy.deepcopy(base.recipe.get("train", {})),  # what a fine-tuning of the base starts from
+    }
+    info = {
+        "base": {"path": str(base_weights), **base.info},
+        "local": {"path": str(cascade_weights), **(cascade.info.get("stage2") or {})},
+        "val_mre_mm": None,
+    }
+    return RefinedModel(base, refiner.network, full, landmark_set, info)
+
+
+register_family(RefinedFamily())

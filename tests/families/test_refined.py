@@ -1,0 +1,102 @@
+"""``kind: refined``: any model composed with a cascade's refiner predicts like that cascade, keeps its base's shape
+prior and pre-alignment through the model file, and refuses what it cannot compose."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from _synthetic import DOTS, make_dot_images
+from anatomark.data.image_io import load_image
+from anatomark.errors import AnatomarkError
+from anatomark.families.refined import RefinedModel, compose
+from anatomark.model import load_model
+from anatomark.training import add_shape_prior, train
+
+
+@pytest.fixture(scope="module")
+def cascade(dots_model, tmp_path_factory):
+    _, stage1 = dots_model
+    root = tmp_path_factory.mktemp("refined")
+    items = make_dot_images(root / "train", 24, seed=5)
+    recipe = {
+        "name": "dots_cascade",
+        "kind": "cascade",
+        "landmark_set": DOTS.to_dict(),
+        "global": {"weights": stage1["model_path"]},
+        "local": {
+            "network": {"name": "heatmap_unet", "spatial_dims": 2, "in_channels": 1, "features": [8, 8, 16, 16, 32, 8]},
+            "spacing_mm": 0.5,
+            "patch_size": 32,
+            "iterations": 1,
+            "decode": {"method": "local_mean", "radius": 3},
+        },
+        "train": {"epochs": 2, "batch_size": 16, "patches_per_image": 4, "lr": 0.01, "val_fraction": 0.0, "seed": 0},
+    }
+    torch.set_num_threads(1)
+    res = train(recipe, items, root / "run", progress=False)
+    return stage1["model_path"], res["model_path"], root
+
+
+def test_refined_heatmap_model_predicts_like_the_cascade(cascade, tmp_path):
+    stage1_path, cascade_path, _ = cascade
+    test = make_dot_images(tmp_path / "test", 4, seed=77)
+    recipe = {
+        "name": "dots_refined",
+        "kind": "refined",
+        "landmark_set": DOTS.to_dict(),
+        "base": {"weights": stage1_path},
+        "local": {"weights": cascade_path},
+    }
+    res = train(recipe, test, tmp_path / "run", progress=False, val_items=test[:2])
+    model = load_model(res["model_path"])
+    assert isinstance(model, RefinedModel) and model.recipe["kind"] == "refined" and res["epochs"] == 0
+    assert model.info["n_val"] == 2 and np.isfinite(model.info["val_mre_mm"])
+    casc = load_model(cascade_path)
+    for it in test:
+        img = load_image(it["image"], spacing=1.0)
+        pred = model.predict(img)
+        np.testing.assert_allclose(pred.points, casc.predict(img).points, atol=1e-4)  # same stage 1 + refiner
+        np.testing.assert_allclose(pred.coarse_points, load_model(stage1_path).predict(img).points, atol=1e-4)
+        assert set(pred.timings) == {"base", "refine"} and pred.points.shape == (2, 2)
+    with pytest.raises(AnatomarkError, match="nothing to resume"):
+        train(recipe, test, tmp_path / "run", progress=False, resume=True)
+
+    # fine-tuning the refined file (what the server's Train does): the base is fine-tuned, the refiner kept
+    ft_recipe = {**model.recipe, "landmark_set": DOTS.to_dict()}
+    ft_recipe["train"] = {**ft_recipe["train"], "lr": 0.001, "val_fraction": 0.0}
+    ft = train(ft_recipe, test, tmp_path / "ft", init_weights=res["model_path"], epochs=1, progress=False)
+    tuned = load_model(ft["model_path"])
+    assert isinstance(tuned, RefinedModel) and ft["epochs"] == 1
+    assert tuned.base.info["fine_tuned_from"] == res["model_path"]
+    for a, b in zip(tuned.refiner.network.state_dict().values(), model.refiner.network.state_dict().values()):
+        assert torch.equal(a, b)
+    changed = [not torch.equal(a, b) for a, b in zip(tuned.network.parameters(), model.network.parameters())]
+    assert any(changed)
+    with pytest.raises(AnatomarkError, match="not a refined model"):
+        train(ft_recipe, test, tmp_path / "ft2", init_weights=stage1_path, epochs=1, progress=False)
+
+
+def test_refined_keeps_the_base_shape_prior_through_the_file(cascade, tmp_path):
+    stage1_path, cascade_path, root = cascade
+    items = make_dot_images(root / "train", 24, seed=5)
+    with_prior = add_shape_prior(stage1_path, items, {"modes": 2, "replace_beyond": 0.0}, tmp_path / "prior.pt")
+    model = compose(with_prior, cascade_path, DOTS)
+    path = model.save(tmp_path / "refined.pt")
+    again = load_model(path)
+    assert again.base.shape_prior is not None and again.shape_prior is None
+    img = load_image(items[0]["image"], spacing=1.0)
+    np.testing.assert_allclose(again.predict(img).points, model.predict(img).points, atol=1e-4)
+    np.testing.assert_allclose(again.predict_coarse(img).points, load_model(with_prior).predict(img).points, atol=1e-4)
+
+
+def test_compose_refuses_what_it_cannot_refine(cascade, tmp_path):
+    stage1_path, cascade_path, _ = cascade
+    with pytest.raises(AnatomarkError, match="no local refiner"):
+        compose(stage1_path, stage1_path, DOTS)
+    with pytest.raises(AnatomarkError, match="needs base.weights"):
+        compose(None, cascade_path, DOTS)
+    refined = compose(stage1_path, cascade_path, DOTS).save(tmp_path / "r.pt")
+    with pytest.raises(AnatomarkError, match="refined already"):
+        compose(refined, cascade_path, DOTS)
