@@ -105,6 +105,25 @@ def kept_section(out: Path, title: str = "## Models measured") -> list[str]:
     return text[start:end]
 
 
+def training_line(info: dict) -> str:
+    """The report's "Training:" line from a model file's info (a refined model: its base and its refiner)."""
+
+    def one(i: dict) -> str:
+        return (
+            f"{i.get('n_train', '?')} training images + {i.get('n_val', '?')} held-out validation images from "
+            f"`{i.get('split', '?')}` ({i.get('annotator', '?')}); best epoch {i.get('epoch', '?')} by validation MRE "
+            f"({i.get('val_mre_mm') or float('nan'):.3f} mm); training time {(i.get('train_seconds') or 0) / 60:.1f} min"
+        )
+
+    if "base" in info and "local" in info:  # kind: refined (anatomark.families.refined): composed, not trained
+        return (
+            f"- Training: none, composed (`kind: refined`): base `{info['base'].get('path')}` ({one(info['base'])}) + "
+            f"the refiner of `{info['local'].get('path')}`; validation MRE of the composition "
+            f"{info.get('val_mre_mm') or float('nan'):.3f} mm on {info.get('n_val', '?')} images"
+        )
+    return f"- Training: {one(info)} on this CPU"
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="default")
@@ -183,9 +202,7 @@ def main() -> int:
         f"- Evaluated on: {where}, ground truth = **{args.annotator}** annotation, {_spacing_text(res.spacing)}",
         f"- Model file: `{Path(model.path).relative_to(REPO) if model.path and Path(model.path).is_relative_to(REPO) else model.path}`"
         f" ({Path(model.path).stat().st_size / 1e6:.1f} MB)",
-        f"- Training: {info.get('n_train', '?')} training images + {info.get('n_val', '?')} held-out validation images from "
-        f"`{info.get('split', '?')}` ({info.get('annotator', '?')}); best epoch {info.get('epoch', '?')} by validation MRE "
-        f"({info.get('val_mre_mm', float('nan')):.3f} mm); training time {info.get('train_seconds', 0) / 60:.1f} min on this CPU",
+        training_line(info),
         f"- Latency (load JPEG + predict, in-process): median {np.median(lat) * 1000:.0f} ms, p95 {np.percentile(lat, 95) * 1000:.0f} ms",
         "",
         *kept_section(out),

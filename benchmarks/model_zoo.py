@@ -99,6 +99,35 @@ def shipped_one(name: str) -> dict[str, Any] | None:
     return {"model_path": str(path), "train_seconds": float(src.get("train_seconds") or 0.0), "epochs": f"{best}/{run}"}
 
 
+BUDGETS_MIN = (10, 20, 30, 45)
+
+
+def equal_budget_table(histories: dict[str, str]) -> list[str]:
+    """Markdown: per training history, the best validation MRE among the epochs finished within each budget."""
+    lines = [
+        "",
+        "## Equal wall-clock budget (validation split)",
+        "",
+        "Best validation MRE (mm, the recipe's 15 held-out training images, the ground truth the run was trained on) "
+        "among the epochs finished within each budget of epoch time (validation included), read from each "
+        "training's `history.json`. A run's learning-rate schedule is planned for its own total epochs, so an early "
+        "budget reads a run part-way through its schedule; other jobs shared the CPU during parts of some runs.",
+        "",
+        "| model | " + " | ".join(f"{b} min" for b in BUDGETS_MIN) + " | epochs | total min |",
+        "|---|" + "---|" * (len(BUDGETS_MIN) + 2),
+    ]
+    for name, path in histories.items():
+        hist = json.loads(Path(path).read_text())
+        t = np.cumsum([h.get("seconds", 0.0) for h in hist]) / 60.0
+        mre = np.array([h.get("val_mre_mm", np.nan) for h in hist], float)
+        cells = []
+        for b in BUDGETS_MIN:
+            done = mre[t <= b]
+            cells.append(f"{np.nanmin(done):.3f}" if done.size and np.isfinite(done).any() else "-")
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {len(hist)} | {t[-1] if len(t) else 0:.1f} |")
+    return lines
+
+
 def evaluate_one(model_path: str, items: list[dict[str, Any]]) -> dict[str, Any]:
     """Predict every test image; errors in mm, mask diagnostics, latency."""
     from anatomark.data.image_io import load_image
@@ -150,6 +179,14 @@ def main() -> int:
     ap.add_argument("--recipes", nargs="+", default=[f"isbi2015_{f}" for f in FAMILIES], help="names or YAML paths")
     ap.add_argument("--runs-dir", default=str(REPO / "runs" / "model_zoo"))
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "model_zoo.md"))
+    ap.add_argument(
+        "--history",
+        action="append",
+        default=[],
+        metavar="RECIPE=PATH",
+        help="with --shipped: a training's history.json, for the equal wall-clock table (validation MRE reached "
+        "within 10/20/30/45 min of epochs); repeatable",
+    )
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--resume", action="store_true")
     ap.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -215,6 +252,8 @@ def main() -> int:
         )
     if missing:
         lines += ["", f"Not shipped (no model file in `apps/landmarks/model/`): {', '.join(missing)}."]
+    if args.history:
+        lines += equal_budget_table(dict(h.split("=", 1) for h in args.history))
     n_lm = rows[0]["n_landmarks"] if rows else 0
     lines += ["", f"Landmarks evaluated per model: {n_lm} ({rows[0]['n_images'] if rows else 0} images).", ""]
     write_report(args.out, lines, rows)
