@@ -101,3 +101,28 @@ def zoo_recipe(kind: str, epochs: int = 60, val_fraction: float = 0.0) -> dict:
         "decode": {"method": "local_mean", "radius": 2},
         "train": {"epochs": epochs, "batch_size": 8, "lr": LR.get(kind, 0.01), "val_fraction": val_fraction, "seed": 0},
     }
+
+
+def tiny_cascade_recipe(stage1_path: str, epochs: int = 2) -> dict:
+    """A cascade of a trained dots heatmap model (``global.weights``) and a tiny refiner at 0.5 px spacing."""
+    return {
+        "name": "dots_cascade",
+        "kind": "cascade",
+        "landmark_set": DOTS.to_dict(),
+        "global": {"weights": stage1_path},
+        "local": {
+            "network": {"name": "heatmap_unet", "spatial_dims": 2, "in_channels": 1, "features": [8, 8, 16, 16, 32, 8]},
+            "spacing_mm": 0.5,
+            "patch_size": 32,
+            "iterations": 1,
+            "decode": {"method": "local_mean", "radius": 3},
+        },
+        "train": {
+            "epochs": epochs,
+            "batch_size": 16,
+            "patches_per_image": 4,
+            "lr": 0.01,
+            "val_fraction": 0.0,
+            "seed": 0,
+        },
+    }

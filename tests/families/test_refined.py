@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from _synthetic import DOTS, make_dot_images
+from _synthetic import DOTS, make_dot_images, tiny_cascade_recipe
 from anatomark.data.image_io import load_image
 from anatomark.errors import AnatomarkError
 from anatomark.families.refined import RefinedModel, compose
@@ -20,20 +20,7 @@ def cascade(dots_model, tmp_path_factory):
     _, stage1 = dots_model
     root = tmp_path_factory.mktemp("refined")
     items = make_dot_images(root / "train", 24, seed=5)
-    recipe = {
-        "name": "dots_cascade",
-        "kind": "cascade",
-        "landmark_set": DOTS.to_dict(),
-        "global": {"weights": stage1["model_path"]},
-        "local": {
-            "network": {"name": "heatmap_unet", "spatial_dims": 2, "in_channels": 1, "features": [8, 8, 16, 16, 32, 8]},
-            "spacing_mm": 0.5,
-            "patch_size": 32,
-            "iterations": 1,
-            "decode": {"method": "local_mean", "radius": 3},
-        },
-        "train": {"epochs": 2, "batch_size": 16, "patches_per_image": 4, "lr": 0.01, "val_fraction": 0.0, "seed": 0},
-    }
+    recipe = tiny_cascade_recipe(stage1["model_path"])
     torch.set_num_threads(1)
     res = train(recipe, items, root / "run", progress=False)
     return stage1["model_path"], res["model_path"], root

@@ -68,10 +68,12 @@ def test_all_means_the_default_models_landmark_set_and_the_spine_model_is_served
         stop_server(srv)
 
 
-def test_every_model_zoo_family_is_served_and_returns_k_points(tmp_path, monkeypatch):
+def test_every_model_zoo_family_is_served_and_returns_k_points(tmp_path, monkeypatch, dots_model):
+    """Each zoo family, and one composed with a cascade's refiner (``kind: refined``), through a real server."""
     from monailabel.client import MONAILabelClient
 
-    from _synthetic import make_dot_images, zoo_recipe
+    from _synthetic import DOTS, make_dot_images, tiny_cascade_recipe, zoo_recipe
+    from anatomark.families.refined import compose
     from anatomark.families.zoo import ZOO_KINDS
     from anatomark.training import train
 
@@ -81,6 +83,11 @@ def test_every_model_zoo_family_is_served_and_returns_k_points(tmp_path, monkeyp
     for kind in ZOO_KINDS:
         res = train(zoo_recipe(kind, epochs=1), items, tmp_path / "runs" / kind, progress=False)
         shutil.copy(res["model_path"], models / f"dots_{kind}.pt")
+    cascade = train(
+        tiny_cascade_recipe(dots_model[1]["model_path"]), items, tmp_path / "runs" / "cascade", progress=False
+    )
+    compose(models / "dots_unet_seg.pt", cascade["model_path"], DOTS).save(models / "dots_refined.pt")
+    kinds = [*ZOO_KINDS, "refined"]
     studies = tmp_path / "studies"
     studies.mkdir()
     shutil.copy(items[0]["image"], studies / "dots0.png")
@@ -88,9 +95,9 @@ def test_every_model_zoo_family_is_served_and_returns_k_points(tmp_path, monkeyp
     srv = start_server(tmp_path / "srv", studies, {"models": "all"})
     try:
         info = _info(srv.url)
-        assert sorted(segmentation_models(info)) == sorted(f"dots_{k}" for k in ZOO_KINDS)
+        assert sorted(segmentation_models(info)) == sorted(f"dots_{k}" for k in kinds)
         client = MONAILabelClient(srv.url, tmpdir=str(tmp_path / "client"))
-        for kind in ZOO_KINDS:
+        for kind in kinds:
             assert info["models"][f"dots_{kind}"]["labels"] == {"left_dot": 1, "right_dot": 2}
             _, res = client.infer(f"dots_{kind}", "dots0", {})
             pts = np.array([[p["x"], p["y"]] for p in res["landmarks"]])
