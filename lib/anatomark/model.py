@@ -353,6 +353,13 @@ def read_model_header(name_or_path: str | Path) -> dict[str, Any]:
     }
 
 
+def restore_shape_prior(state: dict[str, torch.Tensor], n_landmarks: int, recipe: dict[str, Any]) -> ShapePrior:
+    """The :class:`~anatomark.shape.ShapePrior` stored as ``state`` in a model file (settings: ``recipe.shape_prior``)."""
+    prior = ShapePrior(n_landmarks, **recipe.get("shape_prior", {}))
+    prior.load_state_dict({k: v.double() for k, v in state.items()})
+    return prior
+
+
 def load_model(name_or_path: str | Path | None = None, device: str | torch.device = "cpu") -> LandmarkModel:
     """Load a model by name (``default``, a shipped name) or from a ``.pt`` file."""
     path = resolve_model_path(name_or_path)
@@ -364,9 +371,7 @@ def load_model(name_or_path: str | Path | None = None, device: str | torch.devic
     states.update({k: float_state(v) for k, v in extras.items() if k not in ("shape_prior", "quality")})
     model = get_family(kind_of(recipe)).load(recipe, ls, states, payload.get("info") or {})
     if "shape_prior" in extras:
-        state = extras["shape_prior"]
-        model.shape_prior = ShapePrior(len(ls), **recipe.get("shape_prior", {}))
-        model.shape_prior.load_state_dict({k: v.double() for k, v in state.items()})
+        model.shape_prior = restore_shape_prior(extras["shape_prior"], len(ls), recipe)
     if "quality" in extras:
         state = extras["quality"]
         model.quality = QualityModel(len(ls), modes=int(state["components"].shape[0]))

@@ -184,6 +184,34 @@ class LocalRefiner:
             spread[idx] = Fn.heatmap_spread(prob, found)  # patch px = fine px (the fine patch is not resampled)
         return pts, conf, spread
 
+    def fine_image(self, scaled: np.ndarray, shape_hw: Sequence[int], spacing: Sequence[float]) -> np.ndarray:
+        """A ``(H, W)`` [0, 1] image of ``shape_hw`` px at ``spacing`` (sx, sy) mm/px, resampled to ``spacing_mm``."""
+        s = self.spacing_mm
+        fine_hw = (max(16, round(shape_hw[0] * spacing[1] / s)), max(16, round(shape_hw[1] * spacing[0] / s)))
+        return Fn.resize_image(scaled, fine_hw)
+
+    @torch.no_grad()
+    def refine_in_image(
+        self, fine: np.ndarray, shape_hw: Sequence[int], points: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Refine ``(K, 2)`` (x, y) points of the original image (``shape_hw``) on its :meth:`fine_image`.
+
+        A point outside the image is not refined (there is nothing to see) and comes back as given.
+
+        Returns:
+            points ``(K, 2)`` in original px, confidence ``(K,)`` and spread ``(K,)`` in original px (both only
+            meaningful where refined) and the ``(K,)`` mask of the points that were refined (inside the image).
+        """
+        fine_hw = fine.shape[:2]
+        inside = Fn.points_inside(points, shape_hw)
+        start = Fn.resize_points(points, shape_hw, fine_hw)
+        start[~inside] = np.nan
+        pts_fine, conf, spread = self.refine_spread(fine, start)
+        zoom = 0.5 * (shape_hw[0] / fine_hw[0] + shape_hw[1] / fine_hw[1])
+        out = Fn.resize_points(pts_fine, fine_hw, shape_hw)
+        out[~inside] = points[~inside]
+        return out, conf, spread * zoom, inside
+
     def _network_for(self, dev: torch.device) -> tuple[torch.nn.Module, torch.dtype]:
         """The network to run on ``dev`` and its dtype: ``self.network``, or its cached bfloat16 copy."""
         dtype = inference_dtype(self.precision, dev)
@@ -217,25 +245,14 @@ class CascadeModel(LandmarkModel):
         t0 = time.perf_counter()
         scaled = scale_intensity(image.array)
         coarse, frame = self.to_grid(scaled)
-        s = self.refiner.spacing_mm
-        fine_hw = (
-            max(16, round(image.shape[0] * image.spacing[1] / s)),
-            max(16, round(image.shape[1] * image.spacing[0] / s)),
-        )
-        fine = Fn.resize_image(scaled, fine_hw)
+        fine = self.refiner.fine_image(scaled, image.shape, image.spacing)
         t1 = time.perf_counter()
         pts, coarse_conf = self.predict_grid(coarse)
         t2 = time.perf_counter()
         coarse_pts = self.from_grid(pts, frame, image.shape)  # original px; outside the image when letterboxed
-        inside = Fn.points_inside(coarse_pts, image.shape)
-        start = Fn.resize_points(coarse_pts, image.shape, fine_hw)
-        start[~inside] = np.nan  # a landmark stage 1 puts outside the image is not refined (there is nothing to see)
         with self._lock:
-            pts_fine, conf, spread = self.refiner.refine_spread(fine, start)
+            points, conf, spread, inside = self.refiner.refine_in_image(fine, image.shape, coarse_pts)
         t3 = time.perf_counter()
-        zoom = 0.5 * (image.shape[0] / fine_hw[0] + image.shape[1] / fine_hw[1])
-        points = Fn.resize_points(pts_fine, fine_hw, image.shape)
-        points[~inside] = coarse_pts[~inside]
         conf = np.where(inside, conf, coarse_conf)
         return Prediction(
             points=points,
@@ -244,7 +261,7 @@ class CascadeModel(LandmarkModel):
             names=list(self.landmark_set.names),
             timings={"preprocess": t1 - t0, "network": t2 - t1, "refine": t3 - t2},
             coarse_points=coarse_pts,
-            spread_px=spread * zoom,
+            spread_px=spread,
         )
 
     def predict_coarse(self, image: XrayImage) -> Prediction:

@@ -32,17 +32,14 @@ import numpy as np
 import torch
 
 from anatomark.config import LandmarkSet
-from anatomark.data.image_io import XrayImage, load_image
+from anatomark.data.image_io import XrayImage
 from anatomark.errors import AnatomarkError
 from anatomark.families.cascade import LocalRefiner
 from anatomark.family import TrainRun, get_family, register_family
-from anatomark.metrics import radial_errors
-from anatomark.model import LandmarkModel, Prediction, load_model
+from anatomark.model import LandmarkModel, Prediction, load_model, predict_items, restore_shape_prior
 from anatomark.networks import load_network
 from anatomark.recipe import kind_of
-from anatomark.shape import ShapePrior
 from anatomark.training import recipe_split
-from anatomark.transforms import functional as Fn
 from anatomark.transforms.functional import scale_intensity
 
 #: prefix of the base model's extra states (shape prior, pre-alignment template ...) in the model file
@@ -82,21 +79,10 @@ class RefinedModel(LandmarkModel):
         t0 = time.perf_counter()
         first = self.base.predict(image)  # original px, the base's shape prior applied
         t1 = time.perf_counter()
-        s = self.refiner.spacing_mm
-        fine_hw = (
-            max(16, round(image.shape[0] * image.spacing[1] / s)),
-            max(16, round(image.shape[1] * image.spacing[0] / s)),
-        )
-        fine = Fn.resize_image(scale_intensity(image.array), fine_hw)
-        inside = Fn.points_inside(first.points, image.shape)
-        start = Fn.resize_points(first.points, image.shape, fine_hw)
-        start[~inside] = np.nan  # nothing to look at outside the image: keep the base's answer there
+        fine = self.refiner.fine_image(scale_intensity(image.array), image.shape, image.spacing)
         with self._lock:
-            pts_fine, conf, spread = self.refiner.refine_spread(fine, start)
+            points, conf, spread, inside = self.refiner.refine_in_image(fine, image.shape, first.points)
         t2 = time.perf_counter()
-        zoom = 0.5 * (image.shape[0] / fine_hw[0] + image.shape[1] / fine_hw[1])
-        points = Fn.resize_points(pts_fine, fine_hw, image.shape)
-        points[~inside] = first.points[~inside]
         base_spread = first.spread_px if first.spread_px is not None else np.full(len(points), np.nan)
         return Prediction(
             points=points,
@@ -105,7 +91,7 @@ class RefinedModel(LandmarkModel):
             names=list(self.landmark_set.names),
             timings={"base": t1 - t0, "refine": t2 - t1},
             coarse_points=first.points,
-            spread_px=np.where(inside, spread * zoom, base_spread),
+            spread_px=np.where(inside, spread, base_spread),
         )
 
     def predict_coarse(self, image: XrayImage) -> Prediction:
@@ -123,8 +109,7 @@ def _load_base(recipe: dict[str, Any], landmark_set: LandmarkSet, states: dict[s
     prior = own.pop("shape_prior", None)
     base = get_family(kind_of(recipe)).load(recipe, landmark_set, {"network": states["network"], **own}, info)
     if prior is not None:
-        base.shape_prior = ShapePrior(len(landmark_set), **recipe.get("shape_prior", {}))
-        base.shape_prior.load_state_dict({k: v.double() for k, v in prior.items()})
+        base.shape_prior = restore_shape_prior(prior, len(landmark_set), recipe)
     return base
 
 
@@ -159,7 +144,7 @@ class RefinedFamily:
             _, va = recipe_split(len(items), model.base.recipe.get("train") or {})
             val = [items[i] for i in va]
         if val:
-            err = _errors(model, val)
+            err = predict_items(model, list(val), progress=False).errors
             model.info.update(val_mre_mm=float(np.nanmean(err)), n_val=len(val))
         path = Path(out_dir) / "model.pt"
         model.save(path)
@@ -190,15 +175,6 @@ class RefinedFamily:
         info = {**init.info, "base": {**base.info, "fine_tuned_from": str(run.init_weights)}}
         model = RefinedModel(base, init.refiner.network, {**init.recipe, "base": copy.deepcopy(base.recipe)}, ls, info)
         return model, res.get("history", []), int(res.get("epochs", 0))
-
-
-def _errors(model: LandmarkModel, items: Sequence[dict[str, Any]]) -> np.ndarray:
-    """``(N, K)`` radial errors (mm) of ``model`` on labelled items (images read from their paths)."""
-    out = []
-    for it in items:
-        img = load_image(it["image"], spacing=it.get("spacing"))
-        out.append(radial_errors(model.predict(img).points, it["landmarks"], img.spacing))
-    return np.stack(out)
 
 
 def compose(
