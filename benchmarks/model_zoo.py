@@ -94,7 +94,7 @@ def shipped_one(name: str) -> dict[str, Any] | None:
     if not path.is_file():
         return None
     info = read_model_header(path)["info"]
-    src = info.get("base", info) if "base" in info else info
+    src = info.get("base", info)  # a refined model: its base's training
     best, run = src.get("epoch"), src.get("stopped_at_epoch") or src.get("epoch")
     return {"model_path": str(path), "train_seconds": float(src.get("train_seconds") or 0.0), "epochs": f"{best}/{run}"}
 
