@@ -63,18 +63,20 @@ def e2e_stack(isbi: Path, tmp_path_factory: pytest.TempPathFactory):
         isbi / "images" / "152.jpg", root / "152.dcm", spacing=SPACING, modality="CR",
         patient_id=dx.patient_id, patient_name=dx.patient_id, study_instance_uid=dx.study_instance_uid,
     )  # fmt: skip
+    # a third X-ray in a study of its own: Next sample / Skip have two unlabelled images in two studies to give
+    other = write_dicom(isbi / "images" / "153.jpg", root / "153.dcm", spacing=SPACING, modality="DX")
     services = []
     try:
         orthanc = stack.start_orthanc(root / "orthanc")
         services.append(orthanc)
-        stack.upload_dicom(orthanc.url, [dx.path, cr.path])
+        stack.upload_dicom(orthanc.url, [dx.path, cr.path, other.path])
         ml = stack.start_monailabel(
             f"{orthanc.url}/dicom-web", root / "monailabel", models=MODEL, env={"ANATOMARK_CACHE": str(root / "cache")}
         )
         services.append(ml)
         viewer = stack.start_viewer(orthanc.url, ml.url)
         services.append(viewer)
-        yield {"root": root, "dx": dx, "cr": cr, "orthanc": orthanc, "ml": ml, "viewer": viewer}
+        yield {"root": root, "dx": dx, "cr": cr, "other": other, "orthanc": orthanc, "ml": ml, "viewer": viewer}
     except stack.StackError as e:
         pytest.fail(str(e))
     finally:
@@ -326,3 +328,16 @@ def test_train_from_the_panel(run):
     if t["final_status"] == "DONE":
         assert t["gate"] and ("published" in t["gate"]), t
         assert ("not published" in t["gate"]) == (not t["stats"].get("published")), t
+
+
+def test_next_sample_shows_the_proposed_image_and_skip_gives_another(run, e2e_stack):
+    """Next sample opens the study of an unlabelled image with that image's series on screen (not the study's first
+    series); Skip on it gives the other unlabelled image (the image labelled in the run is never proposed)."""
+    images = {d.series_instance_uid: d for d in (e2e_stack["dx"], e2e_stack["cr"], e2e_stack["other"])}
+    unlabelled = {uid: d for uid, d in images.items() if uid != run["image"]["seriesUID"]}
+    assert len(unlabelled) == 2
+    nxt, skip = run["next"], run["skip"]
+    assert nxt["id"] in unlabelled, nxt
+    assert nxt["study"] == unlabelled[nxt["id"]].study_instance_uid and nxt["shown"] == nxt["id"], nxt
+    assert skip["id"] in unlabelled and skip["id"] != nxt["id"], (nxt, skip)
+    assert skip["study"] == unlabelled[skip["id"]].study_instance_uid and skip["shown"] == skip["id"], skip

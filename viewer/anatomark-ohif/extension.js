@@ -797,7 +797,10 @@ export async function nextSample({ skip = [] } = {}) {
   const info = await (await fetch(`${monaiUrl()}/datastore/image/info?${new URLSearchParams({ image: id })}`)).json();
   const study = info.StudyInstanceUID;
   if (!study) throw new Error(`No study for image ${id}`);
-  window.location.assign(`/anatomark?StudyInstanceUIDs=${encodeURIComponent(study)}`);
+  // the image id is the series instance UID: OHIF's hanging protocols show the series named by
+  // initialSeriesInstanceUID first, so the proposed image is the one on screen (not the study's first series)
+  const q = new URLSearchParams({ StudyInstanceUIDs: study, initialSeriesInstanceUID: id });
+  window.location.assign(`/anatomark?${q}`);
   return { id, study };
 }
 

@@ -9,7 +9,8 @@
 // and hide it again, focus / hide / show a landmark from the panel, drag one point with the mouse, click "Save",
 // visit another series of the study (if any) and come back, reload the page (the saved correction must be drawn and
 // marked), click "Auto-landmark" again (the question is answered "no": the correction stays), set the retraining
-// schedule, click "Train now" and follow its progress to its end.
+// schedule, click "Train now" and follow its progress to its end, click "Next sample" (the proposed image must be
+// the one on screen) and "Skip" (another image must come).
 // Writes everything measured to --out (JSON); the Python test compares it with the server's JSON and datastore.
 import { chromium } from 'playwright-core';
 import { writeFileSync } from 'node:fs';
@@ -392,6 +393,34 @@ try {
   result.train.stats = await page.evaluate(() => window.anatomark.state.train);
   if (args['train-screenshot']) await page.screenshot({ path: args['train-screenshot'] });
   step('train', { final: result.train.final_status });
+
+  // 9. Next sample: the strategy's image opens with its own series on screen; Skip gives another image
+  const shown = () =>
+    page.evaluate(() => {
+      try {
+        const { viewport, seriesUID } = window.anatomark.activeImage();
+        return viewport.getImageData() ? seriesUID : null;
+      } catch (e) {
+        return null;
+      }
+    });
+  const sampleFrom = async (cy, before) => {
+    await page.click(`[data-cy="${cy}"]`);
+    await page.waitForURL(u => (u.searchParams.get('initialSeriesInstanceUID') || before) !== before, { timeout });
+    await page.waitForSelector('[data-cy="anatomark-panel-next"]', { timeout });
+    const id = new URL(page.url()).searchParams.get('initialSeriesInstanceUID');
+    const until = Date.now() + 60000; // the series on screen, once its image is loaded
+    let on = await shown();
+    while (on !== id && Date.now() < until) {
+      await page.waitForTimeout(250);
+      on = await shown();
+    }
+    return { id, study: new URL(page.url()).searchParams.get('StudyInstanceUIDs'), shown: on };
+  };
+  result.next = await sampleFrom('anatomark-panel-next', '');
+  step('next sample', result.next);
+  result.skip = await sampleFrom('anatomark-panel-skip', result.next.id);
+  step('skip', result.skip);
 
   result.ok = saved.status === 'saved';
 } catch (e) {
