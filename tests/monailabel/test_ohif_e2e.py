@@ -63,20 +63,35 @@ def e2e_stack(isbi: Path, tmp_path_factory: pytest.TempPathFactory):
         isbi / "images" / "152.jpg", root / "152.dcm", spacing=SPACING, modality="CR",
         patient_id=dx.patient_id, patient_name=dx.patient_id, study_instance_uid=dx.study_instance_uid,
     )  # fmt: skip
-    # a third X-ray in a study of its own: Next sample / Skip have two unlabelled images in two studies to give
+    # a third X-ray in a study of its own: Next sample / Skip have two unlabelled images in two studies to give;
+    # its series holds a second image (instance 2): the server reads the first, the viewer must show that one
     other = write_dicom(isbi / "images" / "153.jpg", root / "153.dcm", spacing=SPACING, modality="DX")
+    second = write_dicom(
+        isbi / "images" / "154.jpg", root / "154.dcm", spacing=SPACING, modality="DX", patient_id=other.patient_id,
+        patient_name=other.patient_id, study_instance_uid=other.study_instance_uid,
+        series_instance_uid=other.series_instance_uid, instance_number=2,
+    )  # fmt: skip
     services = []
     try:
         orthanc = stack.start_orthanc(root / "orthanc")
         services.append(orthanc)
-        stack.upload_dicom(orthanc.url, [dx.path, cr.path, other.path])
+        stack.upload_dicom(orthanc.url, [dx.path, cr.path, other.path, second.path])
         ml = stack.start_monailabel(
             f"{orthanc.url}/dicom-web", root / "monailabel", models=MODEL, env={"ANATOMARK_CACHE": str(root / "cache")}
         )
         services.append(ml)
         viewer = stack.start_viewer(orthanc.url, ml.url)
         services.append(viewer)
-        yield {"root": root, "dx": dx, "cr": cr, "other": other, "orthanc": orthanc, "ml": ml, "viewer": viewer}
+        yield {
+            "root": root,
+            "dx": dx,
+            "cr": cr,
+            "other": other,
+            "second": second,
+            "orthanc": orthanc,
+            "ml": ml,
+            "viewer": viewer,
+        }
     except stack.StackError as e:
         pytest.fail(str(e))
     finally:
@@ -92,7 +107,8 @@ def run(e2e_stack) -> dict:
            "--study", e2e_stack["dx"].study_instance_uid, "--patient", e2e_stack["dx"].patient_id, "--out", str(out), "--screenshot", str(shot),
            "--labelmap-screenshot", str(root / "labelmap.png"), "--chromium", CHROMIUM, "--move", "sella", "--dx=40", "--dy=-30",
            "--panel-screenshot", str(root / "panel.png"), "--reload-screenshot", str(root / "reload.png"),
-           "--train-screenshot", str(root / "train.png")]  # fmt: skip
+           "--train-screenshot", str(root / "train.png"), "--multi-study", e2e_stack["other"].study_instance_uid,
+           "--multi-sop", e2e_stack["second"].sop_instance_uid]  # fmt: skip
     proc = subprocess.run(cmd, cwd=VIEWER, capture_output=True, text=True, timeout=900)
     assert out.is_file(), f"e2e driver wrote nothing:\n{proc.stdout}\n{proc.stderr}"
     res = json.loads(out.read_text())
@@ -341,3 +357,12 @@ def test_next_sample_shows_the_proposed_image_and_skip_gives_another(run, e2e_st
     assert nxt["study"] == unlabelled[nxt["id"]].study_instance_uid and nxt["shown"] == nxt["id"], nxt
     assert skip["id"] in unlabelled and skip["id"] != nxt["id"], (nxt, skip)
     assert skip["study"] == unlabelled[skip["id"]].study_instance_uid and skip["shown"] == skip["id"], skip
+
+
+def test_the_second_image_of_a_series_gets_no_points_of_the_first(run, e2e_stack):
+    """The server reads the first image of a series (lowest instance number). With the second image of a two-image
+    series on screen, Auto-landmark says which image it reads and draws nothing (not the first image's points)."""
+    m = run["multi"]
+    assert m["sop"] == e2e_stack["second"].sop_instance_uid, m
+    assert m["status"] == "error" and m["points"] == 0, m
+    assert "reads only the first" in m["error"] and e2e_stack["other"].sop_instance_uid in m["error"], m

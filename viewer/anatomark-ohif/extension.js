@@ -378,7 +378,14 @@ export async function loadSaved(seriesUID, { draw = true } = {}) {
       source: 'saved',
     }));
     const { seriesUID: shown } = activeImage();
-    if (shown === seriesUID) {
+    let served = true;
+    try {
+      if (shown === seriesUID) await checkServedImage(seriesUID);
+    } catch (e) {
+      served = false; // not drawn on an image it does not belong to
+      console.warn('[anatomark] the saved correction is not drawn:', e);
+    }
+    if (shown === seriesUID && served) {
       drawPoints(landmarks);
       img.source = 'saved';
       img.edited = false;
@@ -429,6 +436,24 @@ function savedWhen(saved) {
   return saved?.ts ? new Date(saved.ts * 1000).toLocaleString() : 'earlier';
 }
 
+/** A series of several images (OHIF shows each DX/CR instance as a display set of its own): the server reads one
+ * of them, the lowest InstanceNumber (its `SOPInstanceUID` is in the image info once the server has fetched it).
+ * Throws when the image on screen is another one, so that points are never drawn on, or saved from, an image they do
+ * not belong to. */
+export async function checkServedImage(seriesUID) {
+  const { imageId } = activeImage();
+  const shown = libs().cornerstone.metaData.get('sopCommonModule', imageId)?.sopInstanceUID;
+  const r = await fetch(`${monaiUrl()}/datastore/image/info?${new URLSearchParams({ image: seriesUID })}`);
+  if (!r.ok) throw new Error(`Reading the image info of ${seriesUID} failed (${r.status}): ${await errorText(r)}`);
+  const info = await r.json();
+  const served = info.SOPInstanceUID;
+  if (!served || !shown || served === shown) return;
+  throw new Error(
+    `This series has ${info.n_instances || 'several'} images and anatomark reads only the first ` +
+      `(lowest instance number, SOP instance ${served}): open that image to place or save its landmarks`
+  );
+}
+
 export async function autoLandmark() {
   const { seriesUID: uid } = activeImage();
   const img = uid ? imageState(uid) : null;
@@ -465,6 +490,7 @@ export async function autoLandmark() {
       result = await r.json();
     }
     if (state.labelmapSegmentationId) removeLabelmap();
+    await checkServedImage(seriesUID);
     Object.assign(state, { model, seriesInstanceUID: seriesUID, imageId, result, labelmap });
     drawPoints(result.landmarks || []);
     Object.assign(imageState(seriesUID), { source: 'model', edited: false, landmarks: result.landmarks || [] });
@@ -608,6 +634,7 @@ export async function save() {
   changed();
   try {
     const { seriesUID } = activeImage();
+    await checkServedImage(seriesUID); // the points of the image the label is for, not of another in the series
     const points = currentPoints();
     if (!points.length) throw new Error('No landmarks to save: run Auto-landmark first');
     const body = {

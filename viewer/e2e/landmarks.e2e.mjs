@@ -33,6 +33,8 @@ const { values: args } = parseArgs({
     'reload-screenshot': { type: 'string' },
     'train-screenshot': { type: 'string' },
     'train-wait': { type: 'string', default: '240000' },
+    'multi-study': { type: 'string' }, // a study whose series --multi-series has several images
+    'multi-sop': { type: 'string' }, // its second image (not the one the server reads)
   },
 });
 const timeout = Number(args.timeout);
@@ -421,6 +423,40 @@ try {
   step('next sample', result.next);
   result.skip = await sampleFrom('anatomark-panel-skip', result.next.id);
   step('skip', result.skip);
+
+  // 10. a series of two images, its second one on screen (OHIF shows each DX instance as its own display set):
+  // the server reads the first, so Auto-landmark says so and draws nothing, rather than the first image's points
+  result.multi = null;
+  if (args['multi-study']) {
+    const q = new URLSearchParams({ StudyInstanceUIDs: args['multi-study'], initialSOPInstanceUID: args['multi-sop'] });
+    await page.goto(`${args.viewer}/anatomark?${q}`, { waitUntil: 'load', timeout });
+    const sopShown = () =>
+      page.evaluate(() => {
+        try {
+          const { viewport, imageId } = window.anatomark.activeImage();
+          if (!viewport.getImageData()) return null;
+          return window.anatomark.libs().cornerstone.metaData.get('sopCommonModule', imageId)?.sopInstanceUID;
+        } catch (e) {
+          return null;
+        }
+      });
+    const until = Date.now() + 60000;
+    let sop = await sopShown();
+    while (sop !== args['multi-sop'] && Date.now() < until) {
+      await page.waitForTimeout(250);
+      sop = await sopShown();
+    }
+    await page.waitForSelector('[data-cy="anatomark-panel-auto"]', { timeout });
+    await page.click('[data-cy="anatomark-panel-auto"]');
+    await page.waitForFunction(() => ['done', 'error'].includes(window.anatomark.state.status), null, { timeout });
+    result.multi = await page.evaluate(() => ({
+      status: window.anatomark.state.status,
+      error: window.anatomark.state.error,
+      points: window.anatomark.currentPoints().length,
+    }));
+    result.multi.sop = sop;
+    step('two-image series', result.multi);
+  }
 
   result.ok = saved.status === 'saved';
 } catch (e) {
