@@ -155,6 +155,9 @@ class TrainConfig(Section):
         seed: weights, augmentation and sampling seed.
         num_threads: torch threads (``None``: leave the setting alone).
         patches_per_image: local refiner: patches drawn per image and epoch.
+        init_modules: a training from scratch starts these submodules of the network from a trained model's network
+            (submodule name -> shipped model name or ``.pt`` path, e.g. ``{unet: isbi2015_unet_seg}``); the model
+            must have been trained on the same training split, or its validation images leak into the start.
     """
 
     KEY = "train"
@@ -170,6 +173,7 @@ class TrainConfig(Section):
     seed: int = 0
     num_threads: int | None = None
     patches_per_image: int = 8
+    init_modules: dict[str, str] | None = None
 
 
 @dataclass(frozen=True)

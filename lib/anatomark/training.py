@@ -481,6 +481,20 @@ def _cpu_state(net: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu", copy=True) for k, v in net.state_dict().items()}
 
 
+def init_submodules(net: torch.nn.Module, init_modules: dict[str, str] | None) -> None:
+    """Load trained networks into submodules of ``net`` (``train.init_modules``: submodule name -> model)."""
+    for name, ref in (init_modules or {}).items():
+        try:
+            part = net.get_submodule(name)
+        except AttributeError as e:
+            raise AnatomarkError(f"train.init_modules: the network has no submodule {name!r}") from e
+        try:
+            part.load_state_dict(load_model(ref).network.state_dict())
+        except RuntimeError as e:
+            raise AnatomarkError(f"train.init_modules: {ref} does not fit the submodule {name!r}: {e}") from e
+        logger.info(f"Submodule {name!r} starts from the network of {ref}")
+
+
 def fit(
     stage: Stage,
     recipe: dict[str, Any],
@@ -526,6 +540,8 @@ def fit(
         np.random.set_state(state["np_rng"])
     elif init_state is not None:
         net.load_state_dict(init_state)
+    else:
+        init_submodules(net, tc.init_modules)
 
     train_net = dist.wrap(net)  # DistributedDataParallel in a multi-process run (anatomark.distributed), else net
     stage.set_random_state(tc.seed + start_epoch + 7919 * dist.rank())

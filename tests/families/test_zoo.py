@@ -330,3 +330,26 @@ def test_unet_seg_with_spatial_softmax_loss_and_decoding_overfits_dots(dots, tmp
     assert np.max(errs) < 2.0, f"max error {np.max(errs):.2f} px"
     with pytest.raises(AnatomarkError, match="decode.source"):
         ZooModel(model.network, {**model.recipe, "decode": {"source": "blobs"}}, model.landmark_set)
+
+
+def test_init_modules_starts_the_seg_regression_unet_from_a_trained_unet_seg(dots, tmp_path):
+    """``train.init_modules``: the U-Net of a seg_regression network starts as a trained unet_seg network (the same
+    UNetSeg widths), the rest of the network fresh; a submodule that does not exist or does not fit is an error."""
+    from anatomark.networks import build_network
+    from anatomark.training import init_submodules
+
+    torch.set_num_threads(1)
+    seg = train(zoo_recipe("unet_seg", epochs=1), dots[:8], tmp_path / "seg", progress=False)
+    r = zoo_recipe("seg_regression", epochs=1)
+    r["network"]["unet_features"] = list(zoo_recipe("unet_seg")["network"]["features"])
+    net = build_network(r["network"], out_channels=len(DOTS))
+    init_submodules(net, {"unet": str(seg["model_path"])})
+    trained = load_model(seg["model_path"]).network.state_dict()
+    assert all(torch.equal(v, trained[k]) for k, v in net.unet.state_dict().items())
+    with pytest.raises(AnatomarkError, match="no submodule 'encoder'"):
+        init_submodules(net, {"encoder": str(seg["model_path"])})
+    with pytest.raises(AnatomarkError, match="does not fit the submodule 'vgg'"):
+        init_submodules(net, {"vgg": str(seg["model_path"])})
+    r["train"]["init_modules"] = {"unet": str(seg["model_path"])}
+    res = train(r, dots[:8], tmp_path / "reg", progress=False)  # the recipe key reaches the loop
+    assert load_model(res["model_path"]).recipe["train"]["init_modules"] == {"unet": str(seg["model_path"])}

@@ -35,6 +35,15 @@ SMALL = {
         "fc_features": 16,
         "coord_channels": True,
     },
+    "seg_regression_anchored": {
+        "name": "seg_regression",
+        "spatial_dims": 2,
+        "unet_features": [4, 8, 8, 16],
+        "vgg_features": [4, 8, 8],
+        "fc_features": 16,
+        "coord_channels": True,
+        "anchor_radius": 3,
+    },
     "farnet": {
         "name": "farnet",
         "spatial_dims": 2,
@@ -116,3 +125,33 @@ def test_coord_channels_show_the_regressor_where_each_mask_lies():
     net = build_network(SMALL["seg_regression_coordconv"], out_channels=K)
     n_in = next(p for p in net.vgg.parameters() if p.ndim == 4).shape[1]
     assert n_in == 1 + 3 * K + 2  # image, K masks, x and y maps, K masks times x, K masks times y
+
+
+def test_mask_centres_are_the_windowed_centroid_around_each_maximum():
+    from anatomark.networks.seg_regression import mask_centres
+
+    h, w = 32, 48
+    logits = torch.full((1, 2, h, w), -20.0)
+    logits[0, 0, 10, 30] = 5.0  # a peak at (x 30, y 10) with equal neighbours left and right of it
+    logits[0, 0, 10, 29] = logits[0, 0, 10, 31] = 4.0
+    logits[0, 0, 2, 2] = 4.9  # a second blob far outside the window: it must not pull the centre
+    logits[0, 1, 20, 5] = 5.0
+    logits[0, 1, 20, 6] = 5.0  # two equal pixels: the centre between them
+    gy, gx = torch.meshgrid(torch.linspace(0, 1, h), torch.linspace(0, 1, w), indexing="ij")
+    c = mask_centres(logits.requires_grad_(), gx, gy, radius=3)
+    px = c.detach()[0] * torch.tensor([w - 1, h - 1])
+    assert torch.allclose(px[0], torch.tensor([30.0, 10.0]), atol=1e-3)
+    assert torch.allclose(px[1], torch.tensor([5.5, 20.0]), atol=1e-3)
+    c.sum().backward()  # differentiable in the logits
+    assert logits.grad is not None and logits.grad.abs().sum() > 0
+
+
+def test_an_anchored_regressor_starts_at_each_mask_centre():
+    from anatomark.networks.seg_regression import mask_centres
+
+    torch.manual_seed(0)
+    net = build_network(SMALL["seg_regression_anchored"], out_channels=K).eval()
+    x = torch.randn(1, 1, 64, 64)
+    masks, coords = net(x)
+    gy, gx = torch.meshgrid(torch.linspace(0, 1, 64), torch.linspace(0, 1, 64), indexing="ij")
+    assert torch.allclose(coords, mask_centres(masks, gx, gy, 3), atol=1e-6)
