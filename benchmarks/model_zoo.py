@@ -166,6 +166,21 @@ def evaluate_one(model_path: str, items: list[dict[str, Any]]) -> dict[str, Any]
     return out
 
 
+def init_notes(rows: list[dict[str, Any]]) -> list[str]:
+    """A line for each model whose training started parts of its network from another model (``train.init_modules``):
+    its ``train min`` counts only its own epochs, so the line gives the total with the model it started from."""
+    minutes = {r["recipe"]: r["train_seconds"] / 60 for r in rows}
+    out = []
+    for r in rows:
+        for part, ref in ((_load_recipe(r["recipe"]).get("train") or {}).get("init_modules") or {}).items():
+            total = f"{minutes[r['recipe']] + minutes[ref]:.1f} min with it" if ref in minutes else "its time not known"
+            out.append(
+                f"- {r['recipe']} starts its `{part}` from {ref}: its train min (and its minutes in the equal wall-clock "
+                f"table) count only its own epochs ({total})."
+            )
+    return ["", *out] if out else []
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--dataset", default=str(REPO.parent / "shared" / "datasets" / "isbi2015"))
@@ -250,6 +265,7 @@ def main() -> int:
             f"| {r['mre_mm']:.3f} | {r['sd_mm']:.3f} | {s['2.0']:.2f} | {s['2.5']:.2f} | {s['3.0']:.2f} | {s['4.0']:.2f} "
             f"| {r.get('missed', '-')} | {r.get('extra', '-')} | {r['ms_per_image']:.0f} |"
         )
+    lines += init_notes(rows)
     if missing:
         lines += ["", f"Not shipped (no model file in `apps/landmarks/model/`): {', '.join(missing)}."]
     if args.history:
