@@ -257,6 +257,7 @@ def test_landmarks_sr_round_trip(isbi, tmp_path):
     sr.save_as(str(tmp_path / "sr.dcm"))
     back = pydicom.dcmread(tmp_path / "sr.dcm")
     assert back.Modality == "SR" and back.StudyInstanceUID == dx.study_instance_uid and back.InstanceNumber == 7
+    assert back.SOPClassUID == "1.2.840.10008.5.1.4.1.1.88.33"  # Comprehensive SR: 2D SCOORD (OHIF's 2D SR display)
     assert back.SeriesInstanceUID == sr_series_uid(dx.series_instance_uid) != dx.series_instance_uid
     assert sr_landmarks(back) == {"sella": (10.0, 20.0), "gnathion": (1934.0, 2399.0)}
 

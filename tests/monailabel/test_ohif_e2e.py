@@ -107,7 +107,7 @@ def run(e2e_stack) -> dict:
            "--study", e2e_stack["dx"].study_instance_uid, "--patient", e2e_stack["dx"].patient_id, "--out", str(out), "--screenshot", str(shot),
            "--labelmap-screenshot", str(root / "labelmap.png"), "--chromium", CHROMIUM, "--move", "sella", "--dx=40", "--dy=-30",
            "--panel-screenshot", str(root / "panel.png"), "--reload-screenshot", str(root / "reload.png"),
-           "--train-screenshot", str(root / "train.png"), "--multi-study", e2e_stack["other"].study_instance_uid,
+           "--train-screenshot", str(root / "train.png"), "--sr-screenshot", str(root / "sr.png"), "--multi-study", e2e_stack["other"].study_instance_uid,
            "--multi-sop", e2e_stack["second"].sop_instance_uid]  # fmt: skip
     proc = subprocess.run(cmd, cwd=VIEWER, capture_output=True, text=True, timeout=900)
     assert out.is_file(), f"e2e driver wrote nothing:\n{proc.stdout}\n{proc.stderr}"
@@ -119,7 +119,7 @@ def run(e2e_stack) -> dict:
     if os.environ.get("ANATOMARK_E2E_SCREENSHOT"):
         keep = Path(os.environ["ANATOMARK_E2E_SCREENSHOT"])
         shutil.copy(shot, keep)
-        for name in ("labelmap", "panel", "reload", "train"):
+        for name in ("labelmap", "panel", "reload", "train", "sr"):
             if (root / f"{name}.png").is_file():
                 shutil.copy(root / f"{name}.png", keep.with_name(f"{keep.stem}_{name}.png"))
     print("e2e steps (ms since start):", [(s["name"], s["ms"]) for s in res["steps"]])
@@ -296,6 +296,22 @@ def test_reload_shows_the_saved_correction(run):
     again = run["reauto"]
     assert again["status"] == "cancelled" and again["source_kind"] == "saved"
     assert {p["name"]: (p["x"], p["y"]) for p in again["points"]} == {n: (got[n]["x"], got[n]["y"]) for n in got}
+
+
+def test_ohif_shows_the_sr_itself(run, e2e_stack):
+    """Reopened, the study lists the SR (its own thumbnail); opened, OHIF's SR display (2D: a Comprehensive SR, not the
+    3D IOD) draws one point per landmark on the X-ray, at the saved (moved) positions."""
+    v = run["sr_view"]
+    assert v is not None, "the reopened study shows no SR thumbnail"
+    assert [d["handler"] for d in v["display_sets"]] == [
+        "@ohif/extension-cornerstone-dicom-sr.sopClassHandlerModule.dicom-sr"
+    ]
+    assert v["display_sets"][0]["loaded"] and v["display_sets"][0]["measurements"] == 19, v
+    assert run["image"]["seriesUID"] in v["imageId"], v  # the labelled image, under the report
+    drawn = np.array(sorted(map(tuple, v["pixels"])))
+    saved = np.array(sorted((p["x"], p["y"]) for p in run["after_move"]))
+    assert drawn.shape == saved.shape == (19, 2), v
+    np.testing.assert_allclose(drawn, saved, atol=0.01)
 
 
 def test_correction_is_a_dicom_sr_in_the_study(run, e2e_stack):

@@ -873,6 +873,7 @@ const extension = {
       pixelToWorld,
       worldToPixel,
       TOOL_NAME,
+      services: () => ctx.servicesManager.services,
     };
     injectStyles();
   },

@@ -11,7 +11,19 @@ const ohif = {
   measurements: '@ohif/extension-cornerstone.panelModule.panelMeasurement',
 };
 const cs3d = { viewport: '@ohif/extension-cornerstone.viewportModule.cornerstone' };
+// the saved corrections stored in the study as DICOM SR (TID 1500, one SCOORD POINT per landmark): OHIF's own SR
+// display shows them, read-only, when the SR's thumbnail is opened
+const dicomsr = {
+  sopClassHandler: '@ohif/extension-cornerstone-dicom-sr.sopClassHandlerModule.dicom-sr',
+  viewport: '@ohif/extension-cornerstone-dicom-sr.viewportModule.dicom-sr',
+};
 const anatomark = { panel: 'anatomark.panelModule.landmarks' };
+
+const DEPENDENCIES = {
+  '@ohif/extension-default': '^3.0.0',
+  '@ohif/extension-cornerstone': '^3.0.0',
+  '@ohif/extension-cornerstone-dicom-sr': '^3.0.0',
+};
 
 export const XRAY_MODALITIES = ['DX', 'CR', 'OT', 'RG', 'DR'];
 
@@ -101,6 +113,18 @@ function modeFactory() {
         passive: [{ toolName: TOOL_NAME }],
         enabled: [],
       });
+      // OHIF's SR viewport draws the report's points with the DICOMSRDisplay tool of the tool group 'SRToolGroup'
+      const sr = extensionManager.getModuleEntry('@ohif/extension-cornerstone-dicom-sr.utilityModule.tools');
+      if (sr) {
+        toolGroupService.createToolGroupAndAddTools('SRToolGroup', {
+          active: [
+            { toolName: toolNames.WindowLevel, bindings: [{ mouseButton: Enums.MouseBindings.Primary }] },
+            { toolName: toolNames.Pan, bindings: [{ mouseButton: Enums.MouseBindings.Auxiliary }] },
+            { toolName: toolNames.Zoom, bindings: [{ mouseButton: Enums.MouseBindings.Secondary }] },
+          ],
+          enabled: [{ toolName: sr.exports.toolNames.DICOMSRDisplay }],
+        });
+      }
       toolbarService.register(toolbarButtons);
       toolbarService.updateSection('primary', [
         'AnatomarkAutoLandmark',
@@ -134,19 +158,22 @@ function modeFactory() {
             rightPanels: [anatomark.panel],
             rightPanelClosed: false,
             rightPanelResizable: true,
-            viewports: [{ namespace: cs3d.viewport, displaySetsToDisplay: [ohif.sopClassHandler] }],
+            viewports: [
+              { namespace: cs3d.viewport, displaySetsToDisplay: [ohif.sopClassHandler] },
+              { namespace: dicomsr.viewport, displaySetsToDisplay: [dicomsr.sopClassHandler] },
+            ],
           },
         }),
       },
     ],
-    extensions: { '@ohif/extension-default': '^3.0.0', '@ohif/extension-cornerstone': '^3.0.0' },
+    extensions: DEPENDENCIES,
     hangingProtocol: 'default',
-    sopClassHandlers: [ohif.sopClassHandler],
+    sopClassHandlers: [ohif.sopClassHandler, dicomsr.sopClassHandler],
   };
 }
 
 export default {
   id: 'anatomark',
   modeFactory,
-  extensionDependencies: { '@ohif/extension-default': '^3.0.0', '@ohif/extension-cornerstone': '^3.0.0' },
+  extensionDependencies: DEPENDENCIES,
 };

@@ -33,6 +33,7 @@ const { values: args } = parseArgs({
     'reload-screenshot': { type: 'string' },
     'train-screenshot': { type: 'string' },
     'train-wait': { type: 'string', default: '240000' },
+    'sr-screenshot': { type: 'string' },
     'multi-study': { type: 'string' }, // a study whose series --multi-series has several images
     'multi-sop': { type: 'string' }, // its second image (not the one the server reads)
   },
@@ -47,6 +48,7 @@ try {
   const page = await browser.newPage({ viewport: { width: 1400, height: 900 } });
   page.on('console', m => {
     if (m.type() === 'error') result.console_errors.push(m.text().slice(0, 500));
+    if (m.type() === 'warning') (result.console_warnings ||= []).push(m.text().slice(0, 300));
   });
   page.on('pageerror', e => result.console_errors.push(`pageerror: ${e.message.slice(0, 500)}`));
   result.dialogs = [];
@@ -395,6 +397,52 @@ try {
   result.train.stats = await page.evaluate(() => window.anatomark.state.train);
   if (args['train-screenshot']) await page.screenshot({ path: args['train-screenshot'] });
   step('train', { final: result.train.final_status });
+
+  // 8b. the saved correction as OHIF itself shows the study's DICOM SR: open the SR's thumbnail (no image), the SR
+  // viewport draws its SCOORD points on the referenced X-ray
+  result.sr_view = null;
+  const srThumb = page.locator('[data-cy="study-browser-thumbnail-no-image"]', { hasText: 'SR' }).first();
+  if (await srThumb.count()) {
+    await srThumb.dblclick();
+    const srShown = () =>
+      page.evaluate(() => {
+        const { cornerstoneTools } = window.anatomark.libs();
+        const all = cornerstoneTools.annotation.state.getAllAnnotations?.() || [];
+        const sr = all.filter(a => /^DICOMSRDisplay/.test(a.metadata?.toolName || ''));
+        let imageId = null;
+        try {
+          imageId = window.anatomark.activeImage().imageId;
+        } catch (e) {
+          /* no image viewport yet */
+        }
+        const pixels = {};
+        for (const a of sr) {
+          const w = a.data?.handles?.points?.[0];
+          if (w && imageId) {
+            const [x, y] = window.anatomark.worldToPixel(imageId, w);
+            pixels[`${x.toFixed(3)},${y.toFixed(3)}`] = [x, y];
+          }
+        }
+        return { n: sr.length, imageId, pixels: Object.values(pixels) };
+      });
+    const until = Date.now() + 60000;
+    let seen = await srShown();
+    while (!seen.n && Date.now() < until) {
+      await page.waitForTimeout(500);
+      seen = await srShown();
+    }
+    await page.waitForTimeout(1000);
+    result.sr_view = await srShown();
+    result.sr_view.display_sets = await page.evaluate(() =>
+      window.anatomark
+        .services()
+        .displaySetService.getActiveDisplaySets()
+        .filter(d => d.Modality === 'SR')
+        .map(d => ({ handler: d.SOPClassHandlerId, loaded: d.isLoaded, measurements: d.measurements?.length }))
+    );
+    if (args['sr-screenshot']) await page.screenshot({ path: args['sr-screenshot'] });
+    step('SR shown by OHIF', { n: result.sr_view.n });
+  }
 
   // 9. Next sample: the strategy's image opens with its own series on screen; Skip gives another image
   const shown = () =>

@@ -80,7 +80,8 @@ def landmarks_sr(
         description: the SR's series description.
 
     Returns:
-        The SR as a ``highdicom.sr.Comprehensive3DSR`` (a pydicom ``Dataset``).
+        The SR as a ``highdicom.sr.ComprehensiveSR`` (a pydicom ``Dataset``; 2D SCOORD only, so not the 3D IOD,
+        whose SOP class OHIF hands to its 3D SR display).
     """
     import highdicom as hd
     from pydicom.sr.codedict import codes
@@ -117,7 +118,7 @@ def landmarks_sr(
         title=codes.DCM.ImagingMeasurementReport,
     )
     series_uid = series_instance_uid or sr_series_uid(str(source.SeriesInstanceUID))
-    return hd.sr.Comprehensive3DSR(
+    return hd.sr.ComprehensiveSR(
         evidence=[source],
         content=report,
         series_instance_uid=series_uid,
