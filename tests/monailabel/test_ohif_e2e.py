@@ -197,6 +197,24 @@ def test_drag_moves_one_point_only(run):
             assert (after[name]["x"], after[name]["y"]) == pytest.approx((p["x"], p["y"]), abs=1e-6)
 
 
+def test_label_map_follows_the_drag(run):
+    """Shown after the drag, the label map has the dragged landmark's disk where its point is now (same size), the
+    other landmarks' disks unchanged; dragged again while shown, the disk follows at once."""
+    before, after, shown = run["labelmap"], run["labelmap_after_drag"], run["labelmap_while_shown"]
+    m = run["moved"]
+    k = "1"  # label value of the dragged landmark (sella, the first of the set)
+    assert m["name"] == "sella"
+    assert np.hypot(*(np.array(after["centroids"][k]) - [m["x"], m["y"]])) < 1.0, (after["centroids"][k], m)
+    assert after["counts"][k] == pytest.approx(before["counts"][k], rel=0.05)
+    for key, c in before["centroids"].items():
+        if key != k:
+            assert after["counts"][key] == before["counts"][key], key
+            assert after["centroids"][key] == pytest.approx(c, abs=1e-6), key
+    p = shown["point"]
+    assert np.hypot(p["x"] - m["x"], p["y"] - m["y"]) > 5, "the second drag moved the point"
+    assert np.hypot(*(np.array(shown["centroids"][k]) - [p["x"], p["y"]])) < 1.0, (shown["centroids"][k], p)
+
+
 def test_saved_label_is_in_the_datastore(run, e2e_stack):
     assert run["save"]["status"] == "saved", run["save"]
     uid = run["image"]["seriesUID"]
@@ -205,6 +223,7 @@ def test_saved_label_is_in_the_datastore(run, e2e_stack):
     info = ds["objects"][uid]["labels"]["final"]["info"]
     assert info["n_landmarks"] == 19 and info["spacing_mm"] == [SPACING, SPACING]
     assert info["source_file"].endswith(".json") and info["client"] == "anatomark-ohif"
+    assert info["origin"] == "correction", info  # a dragged point makes the save a correction, not model output
     from anatomark.config import load_landmark_set
 
     names = load_landmark_set("isbi2015_cephalometric").names

@@ -99,10 +99,12 @@ export function registerTool() {
         }
         return rendered;
       };
-      // a drag is an edit: the panel says "edited, not saved"
-      const done = this.endCallback?.bind(this);
+      // a drag is an edit: the panel says "edited, not saved" and a shown label map follows. cornerstone3D's
+      // ProbeTool ends a drag in `_endCallback` (an instance arrow function; `endCallback` does not exist there)
+      const key = typeof this._endCallback === 'function' ? '_endCallback' : 'endCallback';
+      const done = this[key]?.bind(this);
       if (done) {
-        this.endCallback = evt => {
+        this[key] = evt => {
           const r = done(evt);
           markEdited();
           return r;
@@ -192,6 +194,11 @@ function markEdited() {
   try {
     const { seriesUID } = activeImage();
     if (seriesUID) imageState(seriesUID).edited = true;
+    try {
+      refreshLabelmap();
+    } catch (e) {
+      console.warn('[anatomark] redrawing the label map failed', e);
+    }
     changed();
   } catch (e) {
     /* no active image */
@@ -574,11 +581,7 @@ export async function toggleLabelmap() {
     segmentationService.remove(segmentationId);
     throw new Error(`label map is ${lm.width}x${lm.height}, the image ${columns}x${rows}`);
   }
-  if (image.voxelManager?.setScalarData) {
-    image.voxelManager.setScalarData(lm.values.slice());
-  } else {
-    image.getPixelData().set(lm.values);
-  }
+  setLabelmapValues(image, editedLabelmap());
   await segmentationService.addSegmentationRepresentation(viewportId, { segmentationId });
   for (const p of state.result.landmarks) {
     const style = state.styles[p.name];
@@ -589,6 +592,52 @@ export async function toggleLabelmap() {
   state.labelmapSegmentationId = segmentationId;
   state.labelmapSeconds = (performance.now() - t0) / 1000;
   return true;
+}
+
+function setLabelmapValues(image, values) {
+  if (image.voxelManager?.setScalarData) image.voxelManager.setScalarData(values);
+  else image.getPixelData().set(values);
+}
+
+/** The label map of the points on screen: the server's (value k = landmark k), with the disk of each landmark that
+ * was dragged since moved to where its point is now (same number of pixels, so the same radius). */
+function editedLabelmap() {
+  const lm = state.labelmap;
+  const values = lm.values.slice();
+  const served = new Map((state.result?.landmarks || []).map(p => [p.name, p]));
+  let counts = null;
+  for (const p of currentPoints()) {
+    const s = served.get(p.name);
+    if (!s || s.x === null || s.x === undefined) continue;
+    if (Math.abs(p.x - s.x) < 0.01 && Math.abs(p.y - s.y) < 0.01) continue;
+    if (!counts) {
+      counts = new Uint32Array(256);
+      for (const v of lm.values) counts[v]++;
+    }
+    const k = s.index;
+    for (let i = 0; i < values.length; i++) if (values[i] === k) values[i] = 0;
+    const r = Math.sqrt(counts[k] / Math.PI);
+    const { width: w, height: h } = lm;
+    for (let j = Math.max(0, Math.ceil(p.y - r)); j <= Math.min(h - 1, Math.floor(p.y + r)); j++) {
+      for (let i = Math.max(0, Math.ceil(p.x - r)); i <= Math.min(w - 1, Math.floor(p.x + r)); i++) {
+        if ((i - p.x) ** 2 + (j - p.y) ** 2 <= r * r) values[j * w + i] = k;
+      }
+    }
+  }
+  return values;
+}
+
+/** After a drag: the shown label map follows the points (not left at the model's answer). */
+function refreshLabelmap() {
+  if (!state.labelmapSegmentationId || !state.labelmap) return;
+  const { viewport, seriesUID } = activeImage();
+  if (seriesUID !== state.seriesInstanceUID) return;
+  const { segmentationService } = ctx.servicesManager.services;
+  const { cornerstone, cornerstoneTools } = libs();
+  const seg = segmentationService.getSegmentation(state.labelmapSegmentationId);
+  setLabelmapValues(cornerstone.cache.getImage(seg.representationData.Labelmap.imageIds[0]), editedLabelmap());
+  cornerstoneTools.segmentation.triggerSegmentationEvents.triggerSegmentationDataModified(state.labelmapSegmentationId);
+  viewport.render();
 }
 
 /** Label values of the shown segmentation (for checks): {width, height, counts[k], centroids[k]}. */

@@ -291,6 +291,29 @@ try {
   result.moved = { ...after, before_x: target.x, before_y: target.y, drag_page_px: [dx, dy] };
   result.after_move = await page.evaluate(() => window.anatomark.currentPoints());
   step('drag', { landmark: after.name, x: after.x, y: after.y });
+  // 3b. the label map shown after the drag follows it: the dragged landmark's disk is where its point is now; then a
+  // second drag back half-way with the label map on screen moves it again
+  await page.click('[data-cy="AnatomarkLabelmap"]');
+  await page.waitForFunction(() => !!window.anatomark.state.labelmapSegmentationId, null, { timeout });
+  result.labelmap_after_drag = await page.evaluate(() => window.anatomark.labelmapStats());
+  await page.mouse.move(px + dx, py + dy);
+  await page.mouse.down();
+  await page.mouse.move(px + dx / 2, py + dy / 2, { steps: 5 });
+  await page.mouse.up();
+  await page.waitForTimeout(300);
+  result.labelmap_while_shown = {
+    ...(await page.evaluate(() => window.anatomark.labelmapStats())),
+    point: await page.evaluate(name => window.anatomark.currentPoints().find(q => q.name === name), args.move),
+  };
+  await page.mouse.move(px + dx / 2, py + dy / 2); // and back where the first drag put it
+  await page.mouse.down();
+  await page.mouse.move(px + dx, py + dy, { steps: 5 });
+  await page.mouse.up();
+  await page.waitForTimeout(300);
+  await page.click('[data-cy="AnatomarkLabelmap"]');
+  await page.waitForFunction(() => !window.anatomark.state.labelmapSegmentationId, null, { timeout });
+  result.after_move = await page.evaluate(() => window.anatomark.currentPoints());
+  step('label map follows the drag');
 
   // 4. save (a real click on the panel's button) -> PUT /datastore/label (and the SR in the PACS)
   await page.click('[data-cy="anatomark-panel-save"]');
@@ -384,8 +407,11 @@ try {
   result.train = { message: await panelText('[data-cy="anatomark-train-message"]'), seen: [] };
   const until = Date.now() + Number(args['train-wait']);
   while (Date.now() < until) {
-    const status = await panelAttr('[data-cy="anatomark-train-status"]', 'data-status');
-    const text = await panelText('[data-cy="anatomark-train-status"]');
+    // status and text read together (two reads can straddle a re-render of the panel)
+    const { status, text } = await page.evaluate(() => {
+      const el = document.querySelector('[data-cy="anatomark-train-status"]');
+      return { status: el?.getAttribute('data-status') ?? null, text: el?.innerText ?? null };
+    });
     if (text && !result.train.seen.some(x => x.text === text)) result.train.seen.push({ status, text, ms: Date.now() - t0 });
     if (['DONE', 'FAILED', 'STOPPED'].includes(status) && result.train.seen.some(x => x.status === 'RUNNING')) break;
     if (result.train.message.includes('409')) break;
