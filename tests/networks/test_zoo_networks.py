@@ -10,6 +10,13 @@ from anatomark.networks.appearance_context import CBAM
 from anatomark.networks.fpn_seg import FPNBlock
 
 K = 3
+SEG_REGRESSION = {
+    "name": "seg_regression",
+    "spatial_dims": 2,
+    "unet_features": [4, 8, 8, 16],
+    "vgg_features": [4, 8, 8],
+    "fc_features": 16,
+}
 SMALL = {
     "unet_seg": {"name": "unet_seg", "spatial_dims": 2, "features": [4, 8, 8, 16], "dropout": 0.1},
     "fpn_seg": {"name": "fpn_seg", "spatial_dims": 2, "features": [4, 8, 8, 16], "dropout": 0.1},
@@ -20,30 +27,9 @@ SMALL = {
         "context_features": 8,
         "context_downscale": 4,
     },
-    "seg_regression": {
-        "name": "seg_regression",
-        "spatial_dims": 2,
-        "unet_features": [4, 8, 8, 16],
-        "vgg_features": [4, 8, 8],
-        "fc_features": 16,
-    },
-    "seg_regression_coordconv": {
-        "name": "seg_regression",
-        "spatial_dims": 2,
-        "unet_features": [4, 8, 8, 16],
-        "vgg_features": [4, 8, 8],
-        "fc_features": 16,
-        "coord_channels": True,
-    },
-    "seg_regression_anchored": {
-        "name": "seg_regression",
-        "spatial_dims": 2,
-        "unet_features": [4, 8, 8, 16],
-        "vgg_features": [4, 8, 8],
-        "fc_features": 16,
-        "coord_channels": True,
-        "anchor_radius": 3,
-    },
+    "seg_regression": SEG_REGRESSION,
+    "seg_regression_coordconv": {**SEG_REGRESSION, "coord_channels": True},
+    "seg_regression_anchored": {**SEG_REGRESSION, "coord_channels": True, "anchor_radius": 3},
     "farnet": {
         "name": "farnet",
         "spatial_dims": 2,

@@ -385,14 +385,16 @@ export async function loadSaved(seriesUID, { draw = true } = {}) {
       source: 'saved',
     }));
     const { seriesUID: shown } = activeImage();
-    let served = true;
-    try {
-      if (shown === seriesUID) await checkServedImage(seriesUID);
-    } catch (e) {
-      served = false; // not drawn on an image it does not belong to
-      console.warn('[anatomark] the saved correction is not drawn:', e);
-    }
-    if (shown === seriesUID && served) {
+    // not drawn on an image it does not belong to (another image of the series)
+    const served = () =>
+      checkServedImage(seriesUID).then(
+        () => true,
+        e => {
+          console.warn('[anatomark] the saved correction is not drawn:', e);
+          return false;
+        }
+      );
+    if (shown === seriesUID && (await served())) {
       drawPoints(landmarks);
       img.source = 'saved';
       img.edited = false;

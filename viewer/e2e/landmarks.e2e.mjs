@@ -48,7 +48,6 @@ try {
   const page = await browser.newPage({ viewport: { width: 1400, height: 900 } });
   page.on('console', m => {
     if (m.type() === 'error') result.console_errors.push(m.text().slice(0, 500));
-    if (m.type() === 'warning') (result.console_warnings ||= []).push(m.text().slice(0, 300));
   });
   page.on('pageerror', e => result.console_errors.push(`pageerror: ${e.message.slice(0, 500)}`));
   result.dialogs = [];
@@ -58,6 +57,29 @@ try {
   });
   const panelText = sel => page.evaluate(q => document.querySelector(q)?.innerText ?? null, sel);
   const panelAttr = (sel, attr) => page.evaluate(([q, a]) => document.querySelector(q)?.getAttribute(a) ?? null, [sel, attr]);
+  // the series and SOP instance on screen once its image is loaded, else null
+  const onScreen = () =>
+    page.evaluate(() => {
+      try {
+        const { viewport, seriesUID, imageId } = window.anatomark.activeImage();
+        if (!viewport.getImageData()) return null;
+        const sop = window.anatomark.libs().cornerstone.metaData.get('sopCommonModule', imageId)?.sopInstanceUID;
+        return { seriesUID, sop };
+      } catch (e) {
+        return null;
+      }
+    });
+  const seriesOnScreen = async () => (await onScreen())?.seriesUID ?? null;
+  // read() again every `every` ms until done(value) or `ms` have passed; the last value read
+  const pollUntil = async (read, done, ms, every = 250) => {
+    const until = Date.now() + ms;
+    let v = await read();
+    while (!done(v) && Date.now() < until) {
+      await page.waitForTimeout(every);
+      v = await read();
+    }
+    return v;
+  };
   const panelRows = () =>
     page.evaluate(() =>
       [...document.querySelectorAll('[data-cy="anatomark-landmark-row"]')].map(r => ({
@@ -331,25 +353,13 @@ try {
   result.other_series = null;
   if (thumbs.length > 1) {
     const first = result.image.seriesUID;
-    const showing = () =>
-      page.evaluate(() => {
-        try {
-          const { viewport, seriesUID } = window.anatomark.activeImage();
-          return viewport.getImageData() ? seriesUID : null;
-        } catch (e) {
-          return null;
-        }
-      });
     const showSeries = async want => {
+      const wanted = uid => !!uid && (want ? uid === want : uid !== first);
       for (const t of thumbs) {
         await t.dblclick();
-        const until = Date.now() + 8000; // a thumbnail of the series already shown changes nothing
-        let uid = await showing();
-        while ((!uid || (want ? uid !== want : uid === first)) && Date.now() < until) {
-          await page.waitForTimeout(200);
-          uid = await showing();
-        }
-        if (uid && (want ? uid === want : uid !== first)) return uid;
+        // a thumbnail of the series already shown changes nothing
+        const uid = await pollUntil(seriesOnScreen, wanted, 8000, 200);
+        if (wanted(uid)) return uid;
       }
       throw new Error(`could not show series ${want || '(other)'}`);
     };
@@ -451,12 +461,7 @@ try {
         }
         return { n: sr.length, imageId, pixels: Object.values(pixels) };
       });
-    const until = Date.now() + 60000;
-    let seen = await srShown();
-    while (!seen.n && Date.now() < until) {
-      await page.waitForTimeout(500);
-      seen = await srShown();
-    }
+    await pollUntil(srShown, v => v.n > 0, 60000, 500);
     await page.waitForTimeout(1000);
     result.sr_view = await srShown();
     result.sr_view.display_sets = await page.evaluate(() =>
@@ -471,26 +476,12 @@ try {
   }
 
   // 9. Next sample: the strategy's image opens with its own series on screen; Skip gives another image
-  const shown = () =>
-    page.evaluate(() => {
-      try {
-        const { viewport, seriesUID } = window.anatomark.activeImage();
-        return viewport.getImageData() ? seriesUID : null;
-      } catch (e) {
-        return null;
-      }
-    });
   const sampleFrom = async (cy, before) => {
     await page.click(`[data-cy="${cy}"]`);
     await page.waitForURL(u => (u.searchParams.get('initialSeriesInstanceUID') || before) !== before, { timeout });
     await page.waitForSelector('[data-cy="anatomark-panel-next"]', { timeout });
     const id = new URL(page.url()).searchParams.get('initialSeriesInstanceUID');
-    const until = Date.now() + 60000; // the series on screen, once its image is loaded
-    let on = await shown();
-    while (on !== id && Date.now() < until) {
-      await page.waitForTimeout(250);
-      on = await shown();
-    }
+    const on = await pollUntil(seriesOnScreen, uid => uid === id, 60000); // once its image is loaded
     return { id, study: new URL(page.url()).searchParams.get('StudyInstanceUIDs'), shown: on };
   };
   result.next = await sampleFrom('anatomark-panel-next', '');
@@ -504,22 +495,7 @@ try {
   if (args['multi-study']) {
     const q = new URLSearchParams({ StudyInstanceUIDs: args['multi-study'], initialSOPInstanceUID: args['multi-sop'] });
     await page.goto(`${args.viewer}/anatomark?${q}`, { waitUntil: 'load', timeout });
-    const sopShown = () =>
-      page.evaluate(() => {
-        try {
-          const { viewport, imageId } = window.anatomark.activeImage();
-          if (!viewport.getImageData()) return null;
-          return window.anatomark.libs().cornerstone.metaData.get('sopCommonModule', imageId)?.sopInstanceUID;
-        } catch (e) {
-          return null;
-        }
-      });
-    const until = Date.now() + 60000;
-    let sop = await sopShown();
-    while (sop !== args['multi-sop'] && Date.now() < until) {
-      await page.waitForTimeout(250);
-      sop = await sopShown();
-    }
+    const sop = await pollUntil(async () => (await onScreen())?.sop ?? null, v => v === args['multi-sop'], 60000);
     await page.waitForSelector('[data-cy="anatomark-panel-auto"]', { timeout });
     await page.click('[data-cy="anatomark-panel-auto"]');
     await page.waitForFunction(() => ['done', 'error'].includes(window.anatomark.state.status), null, { timeout });
