@@ -116,9 +116,14 @@ def training_line(info: dict) -> str:
         )
 
     if "base" in info and "local" in info:  # kind: refined (anatomark.families.refined): composed, not trained
+        members = info["local"].get("members")
+        if members:  # an ensemble of refiners
+            refiner = "an ensemble of the refiners of " + ", ".join(f"`{m.get('path')}` ({one(m)})" for m in members)
+        else:
+            refiner = f"the refiner of `{info['local'].get('path')}`"
         return (
             f"- Training: none, composed (`kind: refined`): base `{info['base'].get('path')}` ({one(info['base'])}) + "
-            f"the refiner of `{info['local'].get('path')}`; validation MRE of the composition "
+            f"{refiner}; validation MRE of the composition "
             f"{info.get('val_mre_mm') or float('nan'):.3f} mm on {info.get('n_val', '?')} images"
         )
     return f"- Training: {one(info)} on this CPU"

@@ -87,3 +87,21 @@ def test_compose_refuses_what_it_cannot_refine(cascade, tmp_path):
     refined = compose(stage1_path, cascade_path, DOTS).save(tmp_path / "r.pt")
     with pytest.raises(AnatomarkError, match="refined already"):
         compose(refined, cascade_path, DOTS)
+
+
+def test_several_refiners_become_one_softmax_ensemble(cascade, tmp_path):
+    stage1_path, cascade_path, root = cascade
+    twice = compose(stage1_path, [cascade_path, cascade_path], DOTS)
+    assert twice.recipe["local"]["network"]["name"] == "softmax_ensemble"
+    assert len(twice.recipe["local"]["network"]["members"]) == 2 and len(twice.info["local"]["members"]) == 2
+    again = load_model(twice.save(tmp_path / "ens.pt"))
+    single = compose(stage1_path, cascade_path, DOTS)
+    img = load_image(make_dot_images(tmp_path / "t", 1, seed=3)[0]["image"], spacing=1.0)
+    # two copies of one refiner average to that refiner's own probabilities: the same points
+    np.testing.assert_allclose(again.predict(img).points, single.predict(img).points, atol=1e-3)
+
+    other = load_model(cascade_path)
+    other.recipe["local"]["decode"] = {"method": "local_mean", "radius": 1}
+    other_path = other.save(tmp_path / "other_decode.pt")
+    with pytest.raises(AnatomarkError, match="decode differ"):
+        compose(stage1_path, [cascade_path, other_path], DOTS)

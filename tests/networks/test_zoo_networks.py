@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from anatomark.errors import AnatomarkError
 from anatomark.networks import NETWORKS, build_network
 from anatomark.networks.appearance_context import CBAM
 from anatomark.networks.fpn_seg import FPNBlock
@@ -141,3 +142,20 @@ def test_an_anchored_regressor_starts_at_each_mask_centre():
     masks, coords = net(x)
     gy, gx = torch.meshgrid(torch.linspace(0, 1, 64), torch.linspace(0, 1, 64), indexing="ij")
     assert torch.allclose(coords, mask_centres(masks, gx, gy, 3), atol=1e-6)
+
+
+def test_softmax_ensemble_averages_the_members_probabilities():
+    torch.manual_seed(0)
+    member = {"name": "heatmap_unet", "spatial_dims": 2, "in_channels": 2, "features": [4, 4, 8, 8, 8, 4]}
+    ens = build_network({"name": "softmax_ensemble", "in_channels": 2, "members": [member, member]}, 3).eval()
+    x = torch.randn(2, 2, 32, 32)
+    with torch.no_grad():
+        probs = [torch.softmax(m(x).flatten(2), -1) for m in ens.members]
+        got = torch.exp(ens(x)).flatten(2)
+    assert not torch.allclose(probs[0], probs[1])  # two differently initialised members
+    torch.testing.assert_close(got, (probs[0] + probs[1]) / 2, rtol=1e-5, atol=1e-8)
+    torch.testing.assert_close(got.sum(-1), torch.ones(2, 3))
+    with pytest.raises(AnatomarkError, match="in_channels 1 differs"):
+        build_network({"name": "softmax_ensemble", "in_channels": 1, "members": [member]}, 3)
+    with pytest.raises(AnatomarkError, match="non-empty"):
+        build_network({"name": "softmax_ensemble", "members": []}, 3)

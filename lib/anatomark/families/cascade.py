@@ -30,7 +30,7 @@ from anatomark.families.heatmap import HeatmapStage
 from anatomark.family import TrainRun, register_family
 from anatomark.metrics import radial_errors
 from anatomark.model import LandmarkModel, Prediction, load_model
-from anatomark.networks import build_network, check_precision, inference_dtype, load_network
+from anatomark.networks import SoftmaxEnsemble, build_network, check_precision, inference_dtype, load_network
 from anatomark.recipe import AugmentConfig, DecodeConfig, LocalConfig, TrainConfig, load_recipe
 from anatomark.training import (
     attach_shape_prior,
@@ -53,6 +53,16 @@ def _patch_input(patches: np.ndarray) -> torch.Tensor:
     m = t.mean(dim=(2, 3), keepdim=True)
     s = t.std(dim=(2, 3), keepdim=True).clamp_min(1e-6)
     return (t - m) / s
+
+
+def _own_logits(net: torch.nn.Module, x: torch.Tensor, idx: np.ndarray) -> torch.Tensor:
+    """``(n, P, P)`` logits of landmark ``idx[j]`` in patch ``j`` of ``x`` (``(n, C, P, P)``). For a
+    :class:`~anatomark.networks.SoftmaxEnsemble`, the members' own channels are combined (the log of their mean
+    spatial softmax), not all ``n x K`` maps of each."""
+    rows, chans = torch.arange(idx.size), torch.as_tensor(idx)
+    if isinstance(net, SoftmaxEnsemble):
+        return net.combine([m(x)[rows, chans] for m in net.members])
+    return net(x)[rows, chans]
 
 
 class LocalInput:
@@ -174,8 +184,8 @@ class LocalRefiner:
             sampled = [self.input.sample(pyramid, pts[i]) for i in idx]
             mats = [m for _, m in sampled]
             patches = np.stack([x for x, _ in sampled])
-            logits = net(_patch_input(patches).to(dev, dtype))  # (n, K, P, P)
-            own = logits[torch.arange(idx.size), torch.as_tensor(idx)]  # channel k of the patch centred on k
+            x = _patch_input(patches).to(dev, dtype)
+            own = _own_logits(net, x, idx)  # (n, P, P): channel k of the patch centred on k
             prob = torch.softmax(own.reshape(idx.size, -1).float(), -1).reshape(own.shape)
             found, _, mass = Fn.heatmaps_to_points(prob, self.decode_method, self.decode_radius)
             for j, i in enumerate(idx):

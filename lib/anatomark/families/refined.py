@@ -13,6 +13,11 @@ and a cascade whose refiner to use::
     local:
       weights: isbi2015_cascade      # a cascade model name or file: its refiner and its ``local`` settings
 
+``local.weights`` may also list several cascades whose refiners read the same patches (same ``spacing_mm``,
+``patch_size``, ``context``, ``iterations``, ``decode``), e.g. refiners trained with different seeds: they become one
+:class:`~anatomark.networks.SoftmaxEnsemble` (``network: {name: softmax_ensemble, members: [...]}``) whose averaged
+probability maps are decoded once; the patches are sampled once for all of them.
+
 ``anatomark train`` composes the two (nothing is trained) and writes one self-contained model file: the base model's
 recipe, networks and shape prior under ``base``, the refiner under ``local``. :class:`RefinedModel` predicts with the
 base model (in original pixels, its shape prior applied), then refines every point inside the image once.
@@ -37,7 +42,7 @@ from anatomark.errors import AnatomarkError
 from anatomark.families.cascade import LocalRefiner
 from anatomark.family import TrainRun, get_family, register_family
 from anatomark.model import LandmarkModel, Prediction, load_model, predict_items, restore_shape_prior
-from anatomark.networks import load_network
+from anatomark.networks import SoftmaxEnsemble, load_network
 from anatomark.recipe import kind_of
 from anatomark.training import recipe_split
 from anatomark.transforms.functional import scale_intensity
@@ -179,11 +184,12 @@ class RefinedFamily:
 
 def compose(
     base_weights: str | Path | None,
-    cascade_weights: str | Path | None,
+    cascade_weights: str | Path | Sequence[str | Path] | None,
     landmark_set: LandmarkSet,
     recipe: dict[str, Any] | None = None,
 ) -> RefinedModel:
-    """A :class:`RefinedModel` from a base model file and a cascade model file (names or paths).
+    """A :class:`RefinedModel` from a base model file and a cascade model file (names or paths), or several cascade
+    files whose refiners become one ensemble.
 
     Raises:
         AnatomarkError: a missing ``weights``, a cascade without a refiner, or models of other landmarks.
@@ -191,15 +197,18 @@ def compose(
     if not base_weights or not cascade_weights:
         raise AnatomarkError("A refined recipe needs base.weights (any model) and local.weights (a cascade model)")
     base = load_model(base_weights)
-    cascade = load_model(cascade_weights)
-    refiner = getattr(cascade, "refiner", None)
-    if refiner is None:
-        raise AnatomarkError(f"{cascade_weights} has no local refiner (use a cascade model for local.weights)")
-    for m, w in ((base, base_weights), (cascade, cascade_weights)):
+    many = isinstance(cascade_weights, list | tuple)
+    weights = list(cascade_weights) if many else [cascade_weights]
+    cascades = [load_model(w) for w in weights]
+    for cascade, w in zip(cascades, weights):
+        if getattr(cascade, "refiner", None) is None:
+            raise AnatomarkError(f"{w} has no local refiner (use a cascade model for local.weights)")
+    for m, w in ((base, base_weights), *zip(cascades, weights)):
         if m.landmark_set.names != landmark_set.names:
             raise AnatomarkError(f"{w} was trained for other landmarks than {landmark_set.name!r}")
     if isinstance(base, RefinedModel):
         raise AnatomarkError(f"{base_weights} is refined already")
+    local_recipe, local_net = _refiners(cascades, weights)
     base.quality = None  # the composed model gets its own calibration (anatomark calibrate)
     name = (recipe or {}).get("name") or f"{base.name}_refined"
     full = {
@@ -209,15 +218,53 @@ def compose(
         "input": copy.deepcopy(base.recipe.get("input", {})),
         "network": copy.deepcopy(base.recipe.get("network", {})),
         "base": copy.deepcopy(base.recipe),
-        "local": copy.deepcopy(cascade.recipe["local"]),
+        "local": local_recipe,
         "train": copy.deepcopy(base.recipe.get("train", {})),  # what a fine-tuning of the base starts from
     }
     info = {
         "base": {"path": str(base_weights), **base.info},
-        "local": {"path": str(cascade_weights), **(cascade.info.get("stage2") or {})},
+        "local": _local_info(cascades, weights) if many else {"path": str(weights[0]), **_stage2(cascades[0])},
         "val_mre_mm": None,
     }
-    return RefinedModel(base, refiner.network, full, landmark_set, info)
+    return RefinedModel(base, local_net, full, landmark_set, info)
+
+
+#: the ``local`` settings that decide what a refiner reads and how its answer is decoded
+_SAME_INPUT = ("spacing_mm", "patch_size", "context", "iterations", "decode")
+
+
+def _stage2(cascade: LandmarkModel) -> dict[str, Any]:
+    return dict(cascade.info.get("stage2") or {})
+
+
+def _local_info(cascades: Sequence[LandmarkModel], weights: Sequence[Any]) -> dict[str, Any]:
+    """Provenance of an ensemble of refiners: each member's file and training info."""
+    return {"members": [{"path": str(w), **_stage2(c)} for c, w in zip(cascades, weights)]}
+
+
+def _refiners(cascades: Sequence[LandmarkModel], weights: Sequence[Any]) -> tuple[dict[str, Any], torch.nn.Module]:
+    """The ``local`` recipe and network of one cascade, or of a :class:`~anatomark.networks.SoftmaxEnsemble` of the
+    refiners of several (which must read the same patches: :data:`_SAME_INPUT`)."""
+    first = copy.deepcopy(cascades[0].recipe["local"])
+    if len(cascades) == 1:
+        return first, cascades[0].refiner.network
+    for c, w in zip(cascades[1:], weights[1:]):
+        other = c.recipe["local"]
+        diff = [k for k in _SAME_INPUT if other.get(k) != first.get(k)]
+        if diff:
+            raise AnatomarkError(
+                f"{w}'s refiner reads other patches than {weights[0]}'s (local {', '.join(diff)} differ); "
+                "an ensemble needs refiners with the same local settings"
+            )
+    members = [copy.deepcopy(c.recipe["local"]["network"]) for c in cascades]
+    first["network"] = {
+        "name": "softmax_ensemble",
+        "spatial_dims": int(members[0].get("spatial_dims", 2)),
+        "in_channels": int(members[0].get("in_channels", 1)),
+        "members": members,
+    }
+    net = SoftmaxEnsemble(first["network"]["spatial_dims"], [c.refiner.network for c in cascades])
+    return first, net
 
 
 register_family(RefinedFamily())

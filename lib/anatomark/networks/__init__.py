@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -9,19 +10,36 @@ from torch import nn
 
 from anatomark.errors import AnatomarkError
 from anatomark.networks.appearance_context import AppearanceContextNet
+from anatomark.networks.ensemble import SoftmaxEnsemble
 from anatomark.networks.farnet import FARNet
 from anatomark.networks.fpn_seg import FPNSeg
 from anatomark.networks.heatmap_unet import HeatmapUNet
 from anatomark.networks.seg_regression import SegRegressionNet
 from anatomark.networks.unet_seg import UNetSeg
 
-NETWORKS: dict[str, type[nn.Module]] = {
+
+def softmax_ensemble(
+    out_channels: int, members: Sequence[dict[str, Any]], spatial_dims: int = 2, in_channels: int | None = None
+) -> SoftmaxEnsemble:
+    """``network: {name: softmax_ensemble, spatial_dims, in_channels, members: [<network section>, ...]}``: a
+    :class:`~anatomark.networks.ensemble.SoftmaxEnsemble` of the member networks (``in_channels``, when given, must
+    be every member's)."""
+    if not members:
+        raise AnatomarkError("network softmax_ensemble needs a non-empty 'members' list of network sections")
+    for m in members:
+        if in_channels is not None and int(m.get("in_channels", 1)) != int(in_channels):
+            raise AnatomarkError(f"softmax_ensemble in_channels {in_channels} differs from a member's: {m}")
+    return SoftmaxEnsemble(spatial_dims, [build_network(m, out_channels) for m in members])
+
+
+NETWORKS: dict[str, Callable[..., nn.Module]] = {
     "heatmap_unet": HeatmapUNet,
     "unet_seg": UNetSeg,
     "fpn_seg": FPNSeg,
     "appearance_context": AppearanceContextNet,
     "seg_regression": SegRegressionNet,
     "farnet": FARNet,
+    "softmax_ensemble": softmax_ensemble,
 }
 
 
@@ -78,6 +96,7 @@ __all__ = [
     "FARNet",
     "FPNSeg",
     "HeatmapUNet",
+    "SoftmaxEnsemble",
     "SegRegressionNet",
     "UNetSeg",
     "build_network",
