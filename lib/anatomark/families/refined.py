@@ -197,8 +197,8 @@ def compose(
     if not base_weights or not cascade_weights:
         raise AnatomarkError("A refined recipe needs base.weights (any model) and local.weights (a cascade model)")
     base = load_model(base_weights)
-    many = isinstance(cascade_weights, list | tuple)
-    weights = list(cascade_weights) if many else [cascade_weights]
+    weights = list(cascade_weights) if isinstance(cascade_weights, list | tuple) else [cascade_weights]
+    many = len(weights) > 1
     cascades = [load_model(w) for w in weights]
     for cascade, w in zip(cascades, weights):
         if getattr(cascade, "refiner", None) is None:
