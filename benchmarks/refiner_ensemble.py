@@ -69,12 +69,14 @@ def main() -> int:
         err = radial_errors(points, gt, spacing)
         return float(np.nanmean(err)), float(100 * np.mean(err < 2.0))
 
+    scaled = [scale_intensity(im.array) for im in images]
+    fines: dict[float, list[np.ndarray]] = {}  # the fine images, once per refiner spacing (not per refiner and base)
+
     def refine(refiner, base_points: np.ndarray) -> np.ndarray:  # noqa: ANN001
-        out = []
-        for im, pts in zip(images, base_points):
-            fine = refiner.fine_image(scale_intensity(im.array), im.shape, im.spacing)
-            out.append(refiner.refine_in_image(fine, im.shape, pts)[0])
-        return np.stack(out)
+        if refiner.spacing_mm not in fines:
+            fines[refiner.spacing_mm] = [refiner.fine_image(a, im.shape, im.spacing) for a, im in zip(scaled, images)]
+        fine = fines[refiner.spacing_mm]
+        return np.stack([refiner.refine_in_image(f, im.shape, p)[0] for f, im, p in zip(fine, images, base_points)])
 
     n = len(args.refiners)
     singles = [load_model(r).refiner for r in args.refiners]
