@@ -37,7 +37,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--dataset", default=str(REPO.parent / "shared" / "datasets" / "isbi2015"))
     ap.add_argument("--image", default="151.jpg", help="ISBI image file (1935 x 2400)")
-    ap.add_argument("--model", default="isbi2015_cascade")
+    ap.add_argument("--model", default="default", help="a shipped model name or an alias of configs/app.yaml")
     ap.add_argument("--requests", type=int, default=20)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--format", default="labelmap", choices=["labelmap", "slicer_markups"])
@@ -52,9 +52,11 @@ def main() -> int:
     from monailabel.client import MONAILabelClient
     from PIL import Image
 
+    from anatomark.config import load_yaml
     from anatomark.launch import MonaiLabelServer, ServerError
-    from anatomark.paths import model_dir
+    from anatomark.paths import CONFIG_DIR, model_dir
 
+    args.model = (load_yaml(CONFIG_DIR / "app.yaml").get("models") or {}).get(args.model, args.model)
     if not (model_dir() / f"{args.model}.pt").is_file():
         print(f"skip: model weights {model_dir() / (args.model + '.pt')} not found")
         return 0

@@ -8,7 +8,8 @@
 * ``landmarks``: ``index, name, x, y, x_mm, y_mm, confidence, expected_error_mm, in_image, reliable`` — a landmark
   outside the image has ``x = y = null`` (never a made-up pixel inside it); every reported point lies inside the
   image;
-* ``quality``: ``{"reliable", "score", "warnings", "shape"}`` (see :mod:`anatomark.quality`);
+* ``quality``: ``{"reliable", "score", "warnings", "shape"}`` (see :mod:`anatomark.quality`); an image with a
+  landmark outside it (a crop that does not show the whole anatomy) is not reliable either;
 * ``measurements``: computed only from reliable landmarks of a reliable image; otherwise ``value: null`` with the
   reason.
 
@@ -248,6 +249,14 @@ def analyse(model: LandmarkModel, image: XrayImage, orientation: str = "auto") -
         # a landmark the shape model places outside the image, far from where the network put it: not in the picture
         far = np.nan_to_num(fit.residual_mm, nan=np.inf) > q.distance("outlier")
         in_image &= ~(~Fn.points_inside(fit.fitted, (h, w)) & far)
+    if verdict is not None and not in_image.all():
+        # the image does not show the whole anatomy: the answer for the rest may be right, the image verdict is not
+        names = model.landmark_set.names
+        lost = [names[i] for i in np.nonzero(~in_image)[0]]
+        verdict.warnings.append(
+            f"{len(lost)} of {k} landmarks are not in the image ({', '.join(lost)}): it does not show the whole anatomy"
+        )
+        verdict.reliable = False
     # no reported point outside the image: clamp the pixel centre into [0, W-1] x [0, H-1]
     canon_points = np.stack([np.clip(canon_points[:, 0], 0, w - 1), np.clip(canon_points[:, 1], 0, h - 1)], axis=1)
     given = Prediction(

@@ -21,6 +21,7 @@ from anatomark.data.points_json import landmark_entries
 from anatomark.errors import ModelNotFoundError
 from anatomark.family import get_family
 from anatomark.metrics import radial_errors
+from anatomark.networks import InferenceCopy
 from anatomark.paths import CONFIG_DIR, atomic_write, model_dir
 from anatomark.quality import QualityModel
 from anatomark.recipe import DecodeConfig, InputConfig, kind_of
@@ -104,6 +105,7 @@ class LandmarkModel:
         # pad an image of another aspect ratio to the grid's instead of stretching it (``input.keep_aspect``): only
         # for models trained on images of the grid's aspect (ISBI), for which it changes nothing
         self.keep_aspect = bool(inp.keep_aspect)
+        self._runner = InferenceCopy(str(inp.precision))
         self.path: str | None = None
         self.shape_prior: Any = None  # anatomark.shape.ShapePrior, applied by predict() when the model file has one
         self.quality: Any = None  # anatomark.quality.QualityModel, used by anatomark.inference (anatomark calibrate)
@@ -121,12 +123,27 @@ class LandmarkModel:
         self.network.to(device)
         return self
 
+    @property
+    def precision(self) -> str:
+        """What the network runs in at inference (``input.precision``: ``float32``, ``bfloat16`` or ``auto``)."""
+        return self._runner.precision
+
+    def set_precision(self, precision: str) -> None:
+        """Run the network in ``precision`` from now on, and keep that in the recipe (so in the model file)."""
+        self._runner = InferenceCopy(precision)
+        self.recipe.setdefault("input", {})["precision"] = precision
+
+    def run_network(self, x: torch.Tensor) -> Any:
+        """The network's output for a float32 ``(N, C, H, W)`` input, in :attr:`precision` (outputs in that dtype)."""
+        with self._lock:
+            net, dtype = self._runner.get(self.network, x.device)
+            return net(x.to(dtype))
+
     @torch.no_grad()
     def grid_probabilities(self, scaled: np.ndarray) -> torch.Tensor:
         """``(K, H, W)`` per-landmark spatial softmax of the network on a prepared ``size_hw`` image."""
         x = to_model_input(scaled).to(self.device)
-        with self._lock:
-            logits = self.network(x)[0]
+        logits = self.run_network(x)[0]
         k = logits.shape[0]
         return torch.softmax(logits.reshape(k, -1).float(), dim=-1).reshape(logits.shape)
 

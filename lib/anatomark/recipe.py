@@ -63,12 +63,15 @@ class InputConfig(Section):
         size_hw: ``(H, W)`` grid every image is resized (or letterboxed) to.
         keep_aspect: pad an image of another aspect ratio instead of stretching it.
         normalize: input normalisation (``zscore``, the only one).
+        precision: what the network runs in at inference: ``float32``, ``bfloat16`` or ``auto`` (bfloat16 where the
+            hardware computes it natively, see :func:`anatomark.networks.inference_dtype`). Training is float32.
     """
 
     KEY = "input"
     size_hw: tuple[int, int] = (0, 0)
     keep_aspect: bool = False
     normalize: str = "zscore"
+    precision: str = "float32"
 
 
 @dataclass(frozen=True)

@@ -105,3 +105,17 @@ def test_several_refiners_become_one_softmax_ensemble(cascade, tmp_path):
     other_path = other.save(tmp_path / "other_decode.pt")
     with pytest.raises(AnatomarkError, match="decode differ"):
         compose(stage1_path, [cascade_path, other_path], DOTS)
+
+
+def test_base_precision_runs_the_base_in_bfloat16_and_is_kept_in_the_file(cascade, tmp_path):
+    stage1_path, cascade_path, _ = cascade
+    exact = compose(stage1_path, cascade_path, DOTS)
+    fast = compose(stage1_path, cascade_path, DOTS, {"name": "fast", "base": {"precision": "bfloat16"}})
+    assert exact.base.precision == "float32" and fast.base.precision == "bfloat16"
+    again = load_model(fast.save(tmp_path / "fast.pt"))
+    assert again.base.precision == "bfloat16" and again.recipe["base"]["input"]["precision"] == "bfloat16"
+    img = load_image(make_dot_images(tmp_path / "t", 1, seed=4)[0]["image"], spacing=1.0)
+    moved = np.abs(again.predict(img).points - exact.predict(img).points).max()
+    assert moved < 0.5, f"a bfloat16 base moved a refined point by {moved:.2f} px"
+    with pytest.raises(AnatomarkError, match="Unknown inference precision 'half'"):
+        compose(stage1_path, cascade_path, DOTS, {"base": {"precision": "half"}})

@@ -52,6 +52,12 @@ def test_family_overfits_dots_saves_and_reloads(kind, dots, tmp_path):
     again = load_model(path)
     img = load_image(dots[0]["image"], spacing=1.0)
     np.testing.assert_allclose(again.predict(img).points, model.predict(img).points, atol=1e-6)
+    # input.precision bfloat16: every family's outputs decode from a bf16 run; the setting goes into the file
+    again.set_precision("bfloat16")
+    moved = np.abs(again.predict(img).points - model.predict(img).points).max()
+    assert moved < 1.0, f"{kind}: bfloat16 moved a point by {moved:.2f} px"
+    assert load_model(again.save(tmp_path / "bf16.pt")).precision == "bfloat16"
+    assert all(p.dtype == torch.float32 for p in again.network.parameters())
 
 
 def test_dice_loss_ignores_missing_landmarks_and_rewards_overlap():

@@ -30,7 +30,7 @@ from anatomark.families.heatmap import HeatmapStage
 from anatomark.family import TrainRun, register_family
 from anatomark.metrics import radial_errors
 from anatomark.model import LandmarkModel, Prediction, load_model
-from anatomark.networks import SoftmaxEnsemble, build_network, check_precision, inference_dtype, load_network
+from anatomark.networks import InferenceCopy, SoftmaxEnsemble, build_network, check_precision, load_network
 from anatomark.recipe import AugmentConfig, DecodeConfig, LocalConfig, TrainConfig, load_recipe
 from anatomark.training import (
     attach_shape_prior,
@@ -128,9 +128,8 @@ class LocalRefiner:
             ``(N, K, P, P)`` logits.
         cfg: the recipe's ``local`` section (``spacing_mm``, ``patch_size``, ``iterations``, ``decode``,
             ``precision``: ``float32`` (default), ``bfloat16`` or ``auto``, see
-            :func:`anatomark.networks.inference_dtype`). A bfloat16 copy of ``network`` is made on first use and kept;
-            ``network`` itself stays float32, so saving or fine-tuning it loses nothing. Build a new refiner after
-            changing ``network``'s weights.
+            :func:`anatomark.networks.inference_dtype`; a bfloat16 copy is kept by
+            :class:`~anatomark.networks.InferenceCopy`, ``network`` itself stays float32).
     """
 
     def __init__(self, network: torch.nn.Module, cfg: dict[str, Any]) -> None:
@@ -138,7 +137,7 @@ class LocalRefiner:
         self.cfg = cfg
         lc = LocalConfig.from_dict(cfg, "local")
         self.precision = check_precision(str(lc.precision))
-        self._runner: tuple[torch.device, torch.dtype, torch.nn.Module] | None = None
+        self._runner = InferenceCopy(self.precision)
         self.spacing_mm = float(lc.spacing_mm)
         if self.spacing_mm <= 0:
             raise AnatomarkError(f"local.spacing_mm must be > 0 (the fine image's mm/px), got {lc.spacing_mm}")
@@ -224,12 +223,7 @@ class LocalRefiner:
 
     def _network_for(self, dev: torch.device) -> tuple[torch.nn.Module, torch.dtype]:
         """The network to run on ``dev`` and its dtype: ``self.network``, or its cached bfloat16 copy."""
-        dtype = inference_dtype(self.precision, dev)
-        if dtype == torch.float32:
-            return self.network, dtype
-        if self._runner is None or self._runner[:2] != (dev, dtype):
-            self._runner = (dev, dtype, copy.deepcopy(self.network).to(dev, dtype).eval())
-        return self._runner[2], dtype
+        return self._runner.get(self.network, dev)
 
 
 class CascadeModel(LandmarkModel):

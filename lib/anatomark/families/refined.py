@@ -10,6 +10,7 @@ and a cascade whose refiner to use::
     landmark_set: isbi2015_cephalometric
     base:
       weights: isbi2015_unet_seg     # a model name or a .pt file (any family; its shape prior is kept)
+      precision: auto                # optional: run the base network in bfloat16 where native (input.precision)
     local:
       weights: isbi2015_cascade      # a cascade model name or file: its refiner and its ``local`` settings
 
@@ -42,7 +43,7 @@ from anatomark.errors import AnatomarkError
 from anatomark.families.cascade import LocalRefiner
 from anatomark.family import TrainRun, get_family, register_family
 from anatomark.model import LandmarkModel, Prediction, load_model, predict_items, restore_shape_prior
-from anatomark.networks import SoftmaxEnsemble, load_network
+from anatomark.networks import SoftmaxEnsemble, check_precision, load_network
 from anatomark.recipe import kind_of
 from anatomark.training import recipe_split
 from anatomark.transforms.functional import scale_intensity
@@ -208,6 +209,9 @@ def compose(
             raise AnatomarkError(f"{w} was trained for other landmarks than {landmark_set.name!r}")
     if isinstance(base, RefinedModel):
         raise AnatomarkError(f"{base_weights} is refined already")
+    precision = ((recipe or {}).get("base") or {}).get("precision")
+    if precision is not None:
+        base.set_precision(check_precision(str(precision)))
     local_recipe, local_net = _refiners(cascades, weights)
     base.quality = None  # the composed model gets its own calibration (anatomark calibrate)
     name = (recipe or {}).get("name") or f"{base.name}_refined"

@@ -187,8 +187,7 @@ class ZooModel(LandmarkModel):
             (both ``None`` for heatmap families).
         """
         x = to_model_input(scaled).to(self.device)
-        with self._lock:
-            out = self.network(x)
+        out = self.run_network(x)
         h, w = x.shape[-2:]
         if self.kind in HEATMAP_KINDS:
             hm = (out[0] if isinstance(out, (tuple, list)) else out)[0].float()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -89,13 +90,72 @@ def inference_dtype(precision: str, device: torch.device) -> torch.dtype:
     return torch.float32
 
 
+class InferenceCopy:
+    """The module to run a network with at inference, for a ``precision`` setting (see :func:`inference_dtype`).
+
+    In float32 that is the network itself; in bfloat16 a copy, made on first use and kept until the network's
+    parameters change (an optimizer step or ``load_state_dict`` updates them in place, which bumps their version) or
+    the device changes. The network itself stays float32, so saving or fine-tuning it loses nothing.
+
+    Args:
+        precision: ``float32``, ``bfloat16`` or ``auto``.
+    """
+
+    def __init__(self, precision: str = "float32") -> None:
+        self.precision = check_precision(precision)
+        self._key: tuple | None = None
+        self._copy: nn.Module | None = None
+
+    def get(self, network: nn.Module, device: torch.device) -> tuple[nn.Module, torch.dtype]:
+        """``(module, dtype)``: cast the input to ``dtype`` and run ``module``; outputs are in ``dtype`` too."""
+        dtype = inference_dtype(self.precision, device)
+        if dtype == torch.float32:
+            return network, dtype
+        key = (id(network), device, dtype, tuple(p._version for p in network.parameters()))
+        if self._copy is None or self._key != key:
+            self._copy = copy.deepcopy(network).to(device, dtype).eval()
+            if device.type == "cpu":
+                _pool_channels_last(self._copy)
+            self._key = key
+        return self._copy, dtype
+
+
+class ChannelsLastMaxPool2d(nn.Module):
+    """A :class:`torch.nn.MaxPool2d` run on a channels-last copy of its input: the same values, but on CPU ATen's
+    bfloat16 pooling of contiguous ``(N, C, H, W)`` tensors is ~4-7x slower (9 ms against 2 ms for a
+    ``(19, 16, 96, 96)`` refiner batch on 2 cores), ~15 % of a refiner's time.
+
+    Args:
+        pool: the pooling module to run (its settings are kept).
+    """
+
+    def __init__(self, pool: nn.MaxPool2d) -> None:
+        super().__init__()
+        self.pool = pool
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(N, C, H, W)`` -> pooled ``(N, C, H', W')``, contiguous like the input."""
+        return self.pool(x.contiguous(memory_format=torch.channels_last)).contiguous()
+
+
+def _pool_channels_last(module: nn.Module) -> None:
+    """Wrap every 2D max pooling of ``module`` (in place) in :class:`ChannelsLastMaxPool2d`."""
+    for name, child in list(module.named_children()):
+        if isinstance(child, nn.MaxPool2d) and not child.return_indices:
+            setattr(module, name, ChannelsLastMaxPool2d(child))
+        else:
+            _pool_channels_last(child)
+
+
 __all__ = [
     "NETWORKS",
     "PRECISIONS",
     "AppearanceContextNet",
+    "ChannelsLastMaxPool2d",
     "FARNet",
     "FPNSeg",
     "HeatmapUNet",
+    "InferenceCopy",
     "SoftmaxEnsemble",
     "SegRegressionNet",
     "UNetSeg",
