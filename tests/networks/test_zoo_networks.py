@@ -155,6 +155,10 @@ def test_softmax_ensemble_averages_the_members_probabilities():
     assert not torch.allclose(probs[0], probs[1])  # two differently initialised members
     torch.testing.assert_close(got, (probs[0] + probs[1]) / 2, rtol=1e-5, atol=1e-8)
     torch.testing.assert_close(got.sum(-1), torch.ones(2, 3))
+    # a refiner reads one map per patch: combining only those gives the same maps as combining all of them
+    rows, chans = torch.tensor([0, 1]), torch.tensor([2, 0])
+    with torch.no_grad():
+        torch.testing.assert_close(ens.select_maps(x, rows, chans), ens(x)[rows, chans], rtol=1e-5, atol=1e-6)
     with pytest.raises(AnatomarkError, match="in_channels 1 differs"):
         build_network({"name": "softmax_ensemble", "in_channels": 1, "members": [member]}, 3)
     with pytest.raises(AnatomarkError, match="non-empty"):

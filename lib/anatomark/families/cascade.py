@@ -30,7 +30,7 @@ from anatomark.families.heatmap import HeatmapStage
 from anatomark.family import TrainRun, register_family
 from anatomark.metrics import radial_errors
 from anatomark.model import LandmarkModel, Prediction, load_model
-from anatomark.networks import InferenceCopy, SoftmaxEnsemble, build_network, check_precision, load_network
+from anatomark.networks import InferenceCopy, build_network, check_precision, load_network
 from anatomark.recipe import AugmentConfig, DecodeConfig, LocalConfig, TrainConfig, load_recipe
 from anatomark.training import (
     attach_shape_prior,
@@ -56,12 +56,13 @@ def _patch_input(patches: np.ndarray) -> torch.Tensor:
 
 
 def _own_logits(net: torch.nn.Module, x: torch.Tensor, idx: np.ndarray) -> torch.Tensor:
-    """``(n, P, P)`` logits of landmark ``idx[j]`` in patch ``j`` of ``x`` (``(n, C, P, P)``). For a
-    :class:`~anatomark.networks.SoftmaxEnsemble`, the members' own channels are combined (the log of their mean
-    spatial softmax), not all ``n x K`` maps of each."""
+    """``(n, P, P)`` logits of landmark ``idx[j]`` in patch ``j`` of ``x`` (``(n, C, P, P)``). A network that can
+    compute such a selection of its maps more cheaply than all of them says so with a ``select_maps(x, rows,
+    channels)`` method (:meth:`~anatomark.networks.SoftmaxEnsemble.select_maps`)."""
     rows, chans = torch.arange(idx.size), torch.as_tensor(idx)
-    if isinstance(net, SoftmaxEnsemble):
-        return net.combine([m(x)[rows, chans] for m in net.members])
+    select = getattr(net, "select_maps", None)
+    if select is not None:
+        return select(x, rows, chans)
     return net(x)[rows, chans]
 
 

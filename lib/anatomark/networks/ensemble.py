@@ -36,6 +36,11 @@ class SoftmaxEnsemble(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.combine([net(x) for net in self.members])
 
+    def select_maps(self, x: torch.Tensor, rows: torch.Tensor, channels: torch.Tensor) -> torch.Tensor:
+        """``forward(x)[rows, channels]`` (map ``channels[j]`` of sample ``rows[j]``, ``(n, *spatial)``), combining
+        only those maps of each member: what a refiner reads (each patch's own landmark), K times cheaper to average."""
+        return self.combine([net(x)[rows, channels] for net in self.members])
+
     def combine(self, outputs: Sequence[torch.Tensor]) -> torch.Tensor:
         """The log of the mean spatial softmax of members' ``(..., *spatial)`` logits (or of the same selection of
         maps from each, e.g. one channel per patch: cheaper than combining every map and selecting afterwards)."""
