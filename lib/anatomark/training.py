@@ -24,6 +24,8 @@ from typing import Any, Protocol
 
 import numpy as np
 import torch
+from monai.transforms import Compose, Randomizable
+from monai.utils import MAX_SEED
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
@@ -39,7 +41,8 @@ from anatomark.paths import atomic_write, cache_dir
 from anatomark.recipe import AugmentConfig, TargetConfig, TrainConfig, kind_of, loss_options
 from anatomark.shape import DEFAULTS, ShapePrior, fit_shape_prior
 from anatomark.transforms import functional as Fn
-from anatomark.transforms.array import RandAffineWithPoints
+from anatomark.transforms.array import PointsToHeatmap
+from anatomark.transforms.dictionary import MarkPointsOutsided, RandAffineWithPointsd, RandIntensityGammad
 
 logger = logging.getLogger(__name__)
 
@@ -173,7 +176,11 @@ def cache_items(
 class HeatmapTrainingSet(Dataset):
     """Cached items -> ``(image (1, H, W), target heatmaps (K, H, W))`` with point-carrying augmentation.
 
-    Subclasses change the target by overriding :meth:`encode` (see :class:`anatomark.zoo.ZooTrainingSet`).
+    The augmentation is a MONAI :class:`~monai.transforms.Compose` of the dictionary transforms of
+    :mod:`anatomark.transforms` on ``{"image": (H, W), "points": (K, 2) x, y}``: one random affine of image and
+    points (``augment`` section), a random gamma, then points pushed out of the grid marked missing (NaN); all random
+    transforms draw from one random state (:meth:`set_random_state`). Subclasses change the target by overriding
+    :meth:`encode` (see :class:`anatomark.families.zoo.ZooTrainingSet`).
     """
 
     def __init__(self, items: list[dict[str, Any]], recipe: dict[str, Any], augment: bool = True) -> None:
@@ -183,36 +190,45 @@ class HeatmapTrainingSet(Dataset):
         self.sigma = float(self.target.sigma)
         aug = AugmentConfig.of(recipe) if augment else AugmentConfig()
         self.augment = augment and bool(recipe.get("augment"))
-        self.affine = RandAffineWithPoints(
-            prob=float(aug.prob),
-            rotate_deg=float(aug.rotate_deg),
-            scale=tuple(aug.scale),
-            translate_px=float(aug.translate_px),
-        )
         self.gamma = tuple(float(g) for g in aug.intensity_gamma)
+        steps: list[Any] = []
+        if self.augment:
+            steps.append(
+                RandAffineWithPointsd(
+                    "image",
+                    "points",
+                    prob=float(aug.prob),
+                    rotate_deg=float(aug.rotate_deg),
+                    scale=tuple(aug.scale),
+                    translate_px=float(aug.translate_px),
+                )
+            )
+            if self.gamma != (1.0, 1.0):
+                steps.append(RandIntensityGammad("image", self.gamma))
+        steps.append(MarkPointsOutsided("points", self.size_hw))
+        self.transform = Compose(steps)
+        self.heatmap = PointsToHeatmap(self.size_hw, self.sigma)
+
+    def set_random_state(self, seed: int) -> None:
+        """Seed the augmentation: one :class:`numpy.random.RandomState` shared by its random transforms."""
+        state = np.random.RandomState(int(seed) % MAX_SEED)
+        for t in self.transform.transforms:
+            if isinstance(t, Randomizable):
+                t.set_random_state(state=state)
 
     def __len__(self) -> int:
         return len(self.items)
 
     def augmented(self, i: int) -> tuple[np.ndarray, np.ndarray]:
-        """Item ``i`` after the random affine and gamma: ``(H, W)`` image and ``(K, 2)`` points, NaN where a
-        landmark was pushed outside the grid (it is then treated as missing)."""
+        """Item ``i`` after the augmentation: ``(H, W)`` image and ``(K, 2)`` points, NaN where a landmark was
+        pushed outside the grid (it is then treated as missing)."""
         it = self.items[i]
-        img, pts = it["scaled"], it["points"]
-        if self.augment:
-            img, pts = self.affine(img, pts)
-            if self.gamma != (1.0, 1.0):
-                g = math.exp(self.affine.R.uniform(math.log(self.gamma[0]), math.log(self.gamma[1])))
-                img = np.clip(img, 0.0, 1.0) ** g
-        h, w = self.size_hw
-        pts = np.asarray(pts, np.float64).copy()
-        out = (pts[:, 0] < 0) | (pts[:, 0] > w - 1) | (pts[:, 1] < 0) | (pts[:, 1] > h - 1)
-        pts[out] = np.nan
-        return img, pts
+        d = self.transform({"image": it["scaled"], "points": it["points"]})
+        return d["image"], d["points"]
 
     def encode(self, points: np.ndarray) -> Any:
         """Training target of ``(K, 2)`` points in the model grid."""
-        return torch.from_numpy(Fn.points_to_heatmaps(points, self.size_hw, self.sigma))
+        return torch.from_numpy(self.heatmap(points))
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, Any]:
         img, pts = self.augmented(i)

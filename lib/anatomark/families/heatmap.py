@@ -43,7 +43,7 @@ class HeatmapStage:
         return build_loss(self.recipe)
 
     def set_random_state(self, seed: int) -> None:
-        self.dataset.affine.set_random_state(seed)
+        self.dataset.set_random_state(seed)
 
     def evaluate(self, net: torch.nn.Module) -> np.ndarray:
         return evaluate_items(LandmarkModel(net, self.recipe, self.ls), self.val_c)[0]

@@ -347,7 +347,7 @@ class ZooStage:
         return build_loss(self.recipe)
 
     def set_random_state(self, seed: int) -> None:
-        self.dataset.affine.set_random_state(seed)
+        self.dataset.set_random_state(seed)
 
     def evaluate(self, net: torch.nn.Module) -> np.ndarray:
         model = ZooModel(net, self.recipe, self.ls, template=self.template)

@@ -5,21 +5,25 @@ from __future__ import annotations
 from anatomark.transforms.array import (
     HeatmapToPoints,
     LabelMapToPoints,
+    MarkPointsOutside,
     MaskToPoints,
     PointsToHeatmap,
     PointsToLabelMap,
     PointsToMask,
     RandAffineWithPoints,
+    RandIntensityGamma,
     ResizeWithPoints,
 )
 from anatomark.transforms.dictionary import (
     HeatmapToPointsd,
     LabelMapToPointsd,
+    MarkPointsOutsided,
     MaskToPointsd,
     PointsToHeatmapd,
     PointsToLabelMapd,
     PointsToMaskd,
     RandAffineWithPointsd,
+    RandIntensityGammad,
     ResizeWithPointsd,
 )
 
@@ -28,6 +32,8 @@ __all__ = [
     "HeatmapToPointsd",
     "LabelMapToPoints",
     "LabelMapToPointsd",
+    "MarkPointsOutside",
+    "MarkPointsOutsided",
     "MaskToPoints",
     "MaskToPointsd",
     "PointsToHeatmap",
@@ -38,6 +44,8 @@ __all__ = [
     "PointsToMaskd",
     "RandAffineWithPoints",
     "RandAffineWithPointsd",
+    "RandIntensityGamma",
+    "RandIntensityGammad",
     "ResizeWithPoints",
     "ResizeWithPointsd",
 ]

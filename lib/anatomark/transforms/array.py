@@ -5,6 +5,7 @@ Images are ``(C, H, W)`` numpy arrays; points are ``(K, 2)`` (x, y) pixel arrays
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -61,6 +62,46 @@ class RandAffineWithPoints(RandomizableTransform):
             return img, points
         out = Fn.warp_image(img, self.matrix)
         return out, (None if points is None else Fn.transform_points(points, self.matrix))
+
+
+class RandIntensityGamma(RandomizableTransform):
+    """Random gamma of a [0, 1] image: ``clip(img, 0, 1) ** g`` with ``log g`` uniform in ``log gamma``; always applied
+    (one draw per call), points untouched.
+
+    Args:
+        gamma: ``(low, high)`` range of the exponent (e.g. ``(0.8, 1.25)``).
+    """
+
+    def __init__(self, gamma: Sequence[float] = (1.0, 1.0)) -> None:
+        RandomizableTransform.__init__(self, 1.0)
+        lo, hi = (float(g) for g in gamma)
+        if not 0 < lo <= hi:
+            raise ValueError(f"gamma must be a range 0 < low <= high, got {tuple(gamma)}")
+        self.gamma = (lo, hi)
+        self.value = 1.0
+
+    def randomize(self, data: np.ndarray | None = None) -> None:  # type: ignore[override]
+        self.value = math.exp(self.R.uniform(math.log(self.gamma[0]), math.log(self.gamma[1])))
+
+    def __call__(self, img: np.ndarray, randomize: bool = True) -> np.ndarray:
+        if randomize:
+            self.randomize(img)
+        return np.clip(img, 0.0, 1.0) ** self.value
+
+
+class MarkPointsOutside(Transform):
+    """``(K, 2)`` points -> a float64 copy with NaN rows for points outside a ``spatial_size`` ``(H, W)`` grid
+    (pushed out by an augmentation: then treated as missing landmarks)."""
+
+    def __init__(self, spatial_size: Sequence[int]) -> None:
+        self.spatial_size = tuple(int(s) for s in spatial_size)
+
+    def __call__(self, points: np.ndarray) -> np.ndarray:
+        h, w = self.spatial_size
+        pts = np.asarray(points, np.float64).copy()
+        out = (pts[:, 0] < 0) | (pts[:, 0] > w - 1) | (pts[:, 1] < 0) | (pts[:, 1] > h - 1)
+        pts[out] = np.nan
+        return pts
 
 
 class PointsToHeatmap(Transform):

@@ -12,11 +12,13 @@ from monai.transforms import MapTransform, RandomizableTransform
 from anatomark.transforms.array import (
     HeatmapToPoints,
     LabelMapToPoints,
+    MarkPointsOutside,
     MaskToPoints,
     PointsToHeatmap,
     PointsToLabelMap,
     PointsToMask,
     RandAffineWithPoints,
+    RandIntensityGamma,
     ResizeWithPoints,
 )
 
@@ -44,7 +46,12 @@ class ResizeWithPointsd(MapTransform):
 
 
 class RandAffineWithPointsd(RandomizableTransform, MapTransform):
-    """One random affine applied to every image under ``keys`` and every point array under ``point_keys``."""
+    """One random affine applied to every image under ``keys`` and every point array under ``point_keys``.
+
+    The draws are those of :class:`~anatomark.transforms.array.RandAffineWithPoints` (whether to apply, then the
+    rotation, scale and shift), from the random state given to :meth:`set_random_state`, so a pipeline of these
+    transforms sharing one state reproduces the array transforms called in the same order.
+    """
 
     def __init__(
         self,
@@ -58,24 +65,58 @@ class RandAffineWithPointsd(RandomizableTransform, MapTransform):
         MapTransform.__init__(self, keys)
         RandomizableTransform.__init__(self, prob)
         self.point_keys = [point_keys] if isinstance(point_keys, str) else list(point_keys)
-        self.t = RandAffineWithPoints(1.0, rotate_deg, scale, translate_px)
+        self.t = RandAffineWithPoints(prob, rotate_deg, scale, translate_px)
 
     def set_random_state(self, seed: int | None = None, state: np.random.RandomState | None = None):  # type: ignore[override]
         super().set_random_state(seed, state)
-        self.t.set_random_state(seed, state)
+        self.t.set_random_state(state=self.R)  # one stream for both
         return self
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
-        self.randomize(None)
-        if not self._do_transform:
+        self.t.randomize(d[self.first_key(d)])
+        if not self.t._do_transform:
             return d
-        first = d[self.first_key(d)]
-        self.t.randomize(first)
         for k in self.key_iterator(d):
             d[k] = self.t(d[k], randomize=False)[0]
         for pk in self.point_keys:
             d[pk] = _move(d[pk], self.t.matrix)
+        return d
+
+
+class RandIntensityGammad(RandomizableTransform, MapTransform):
+    """Dictionary version of :class:`~anatomark.transforms.array.RandIntensityGamma`: one gamma for every image under
+    ``keys``."""
+
+    def __init__(self, keys: KeysCollection, gamma: Sequence[float] = (1.0, 1.0)) -> None:
+        MapTransform.__init__(self, keys)
+        RandomizableTransform.__init__(self, 1.0)
+        self.t = RandIntensityGamma(gamma)
+
+    def set_random_state(self, seed: int | None = None, state: np.random.RandomState | None = None):  # type: ignore[override]
+        super().set_random_state(seed, state)
+        self.t.set_random_state(state=self.R)
+        return self
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        self.t.randomize(None)
+        for k in self.key_iterator(d):
+            d[k] = self.t(d[k], randomize=False)
+        return d
+
+
+class MarkPointsOutsided(MapTransform):
+    """Dictionary version of :class:`~anatomark.transforms.array.MarkPointsOutside` (``keys`` hold points)."""
+
+    def __init__(self, keys: KeysCollection, spatial_size: Sequence[int]) -> None:
+        super().__init__(keys)
+        self.t = MarkPointsOutside(spatial_size)
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for k in self.key_iterator(d):
+            d[k] = self.t(d[k])
         return d
 
 
