@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -98,7 +97,6 @@ def main() -> int:
     lines = [
         "# Refiner ensembles in front of each base model (validation images, mean of both annotators)",
         "",
-        f"- Command: `{' '.join(['.venv/bin/python', *sys.argv])}` (from the repo root)",
         *provenance(args.threads),
         f"- Images: the {len(items)} held-out validation images of `train` (val_fraction 0.1, val_seed 0), ground "
         "truth = **mean** annotation; no test image is read",
