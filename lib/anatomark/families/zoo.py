@@ -75,7 +75,7 @@ def register_affine(
         fixed: ``(H', W')`` template.
         iterations: optimiser iterations per level.
         sampling: fraction of pixels sampled for the metric.
-        seed: sampling seed (deterministic result).
+        seed: sampling seed (>= 0; the same seed and thread count give the same result).
         threads: SimpleITK threads.
 
     Returns:
@@ -93,7 +93,9 @@ def register_affine(
     reg.SetNumberOfThreads(int(threads))
     reg.SetMetricAsMattesMutualInformation(numberOfHistogramBins=32)
     reg.SetMetricSamplingStrategy(reg.RANDOM)
-    reg.SetMetricSamplingPercentage(float(sampling), int(seed))
+    # SimpleITK reads a seed of 0 as "seed from the wall clock" (sitk.sitkWallClock): shift by one so that every
+    # seed, 0 included, gives the same samples on every run
+    reg.SetMetricSamplingPercentage(float(sampling), int(seed) + 1)
     reg.SetInterpolator(sitk.sitkLinear)
     reg.SetOptimizerAsRegularStepGradientDescent(
         learningRate=1.0, minStep=1e-4, numberOfIterations=int(iterations), gradientMagnitudeTolerance=1e-8
