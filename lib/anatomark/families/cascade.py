@@ -30,7 +30,7 @@ from anatomark.families.heatmap import HeatmapStage
 from anatomark.family import TrainRun, register_family
 from anatomark.metrics import radial_errors
 from anatomark.model import LandmarkModel, Prediction, load_model
-from anatomark.networks import InferenceCopy, build_network, check_precision, load_network
+from anatomark.networks import InferenceCopy, build_network, load_network
 from anatomark.recipe import AugmentConfig, DecodeConfig, LocalConfig, TrainConfig, load_recipe
 from anatomark.training import (
     attach_shape_prior,
@@ -137,8 +137,7 @@ class LocalRefiner:
         self.network = network.eval()
         self.cfg = cfg
         lc = LocalConfig.from_dict(cfg, "local")
-        self.precision = check_precision(str(lc.precision))
-        self._runner = InferenceCopy(self.precision)
+        self._runner = InferenceCopy(str(lc.precision))  # checks the setting
         self.spacing_mm = float(lc.spacing_mm)
         if self.spacing_mm <= 0:
             raise AnatomarkError(f"local.spacing_mm must be > 0 (the fine image's mm/px), got {lc.spacing_mm}")
@@ -221,6 +220,11 @@ class LocalRefiner:
         out = Fn.resize_points(pts_fine, fine_hw, shape_hw)
         out[~inside] = points[~inside]
         return out, conf, spread * zoom, inside
+
+    @property
+    def precision(self) -> str:
+        """``local.precision``: what the refiner runs in (``float32``, ``bfloat16`` or ``auto``)."""
+        return self._runner.precision
 
     def _network_for(self, dev: torch.device) -> tuple[torch.nn.Module, torch.dtype]:
         """The network to run on ``dev`` and its dtype: ``self.network``, or its cached bfloat16 copy."""

@@ -43,7 +43,7 @@ from anatomark.errors import AnatomarkError
 from anatomark.families.cascade import LocalRefiner
 from anatomark.family import TrainRun, get_family, register_family
 from anatomark.model import LandmarkModel, Prediction, load_model, predict_items, restore_shape_prior
-from anatomark.networks import SoftmaxEnsemble, check_precision, load_network
+from anatomark.networks import SoftmaxEnsemble, load_network
 from anatomark.recipe import kind_of
 from anatomark.training import recipe_split
 from anatomark.transforms.functional import scale_intensity
@@ -211,7 +211,7 @@ def compose(
         raise AnatomarkError(f"{base_weights} is refined already")
     precision = ((recipe or {}).get("base") or {}).get("precision")
     if precision is not None:
-        base.set_precision(check_precision(str(precision)))
+        base.set_precision(str(precision))  # checked by the model (unknown ones raise)
     local_recipe, local_net = _refiners(cascades, weights)
     base.quality = None  # the composed model gets its own calibration (anatomark calibrate)
     name = (recipe or {}).get("name") or f"{base.name}_refined"

@@ -106,20 +106,6 @@ class RandIntensityGammad(RandomizableTransform, MapTransform):
         return d
 
 
-class MarkPointsOutsided(MapTransform):
-    """Dictionary version of :class:`~anatomark.transforms.array.MarkPointsOutside` (``keys`` hold points)."""
-
-    def __init__(self, keys: KeysCollection, spatial_size: Sequence[int]) -> None:
-        super().__init__(keys)
-        self.t = MarkPointsOutside(spatial_size)
-
-    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
-        d = dict(data)
-        for k in self.key_iterator(d):
-            d[k] = self.t(d[k])
-        return d
-
-
 def _move(points: np.ndarray, matrix: np.ndarray) -> np.ndarray:
     from anatomark.transforms.functional import transform_points
 
@@ -138,6 +124,16 @@ class _PointsTo(MapTransform):
         for k, o in zip(self.key_iterator(d), self.output_keys):
             d[o] = self.t(d[k])
         return d
+
+
+class MarkPointsOutsided(_PointsTo):
+    """Dictionary version of :class:`~anatomark.transforms.array.MarkPointsOutside` (``keys`` hold points, replaced
+    unless ``output_keys`` are given)."""
+
+    def __init__(
+        self, keys: KeysCollection, spatial_size: Sequence[int], output_keys: KeysCollection | None = None
+    ) -> None:
+        super().__init__(keys, output_keys, MarkPointsOutside(spatial_size))
 
 
 class PointsToHeatmapd(_PointsTo):
