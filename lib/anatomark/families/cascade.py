@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import math
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -42,6 +41,7 @@ from anatomark.training import (
     write_model,
 )
 from anatomark.transforms import functional as Fn
+from anatomark.transforms.array import RandIntensityGamma
 from anatomark.transforms.functional import scale_intensity
 
 logger = logging.getLogger(__name__)
@@ -310,13 +310,17 @@ class LocalPatchSet(Dataset):
         aug = AugmentConfig.of(recipe) if augment else AugmentConfig()
         self.rotate = float(aug.rotate_deg)
         self.scale = tuple(float(v) for v in aug.scale)
-        self.gamma = tuple(float(v) for v in aug.intensity_gamma)
-        self.R = np.random.RandomState(0)
+        gamma = tuple(float(v) for v in aug.intensity_gamma)
+        self.gamma = RandIntensityGamma(gamma) if gamma != (1.0, 1.0) else None
+        self.set_random_state(0)
         self.input = LocalInput(recipe["local"])
         self.pyramids = [self.input.pyramid(it["scaled"]) for it in items]
 
     def set_random_state(self, seed: int) -> None:
+        """One random state for the patch draws and the gamma."""
         self.R = np.random.RandomState(seed)
+        if self.gamma is not None:
+            self.gamma.set_random_state(state=self.R)
 
     def __len__(self) -> int:
         return len(self.items) * self.per_image
@@ -334,8 +338,8 @@ class LocalPatchSet(Dataset):
             rotate_deg=self.R.uniform(-self.rotate, self.rotate),
             scale=self.R.uniform(*self.scale),
         )
-        if self.gamma != (1.0, 1.0):
-            patch = np.clip(patch, 0, 1) ** math.exp(self.R.uniform(math.log(self.gamma[0]), math.log(self.gamma[1])))
+        if self.gamma is not None:
+            patch = self.gamma(patch)
         inside = Fn.transform_points(pts, np.linalg.inv(m))
         margin = 2.0
         out = (inside < margin).any(axis=1) | (inside > self.size - 1 - margin).any(axis=1)
