@@ -130,6 +130,11 @@ class AugmentConfig(Section):
         scale: ``(min, max)`` zoom.
         translate_px: maximum shift (model-grid px).
         intensity_gamma: ``(min, max)`` gamma drawn log-uniformly.
+        noise_prob: refiner patches only (``kind: cascade`` / ``local``): probability of additive Gaussian noise
+            (MONAI ``RandGaussianNoise`` on the [0, 1] patch, its std drawn uniformly in ``[0, noise_std]``).
+        noise_std: ... the largest noise std.
+        blur_prob: refiner patches only: probability of a Gaussian blur (MONAI ``RandGaussianSmooth``).
+        blur_sigma: ... its ``(min, max)`` sigma in patch px.
     """
 
     KEY = "augment"
@@ -138,6 +143,15 @@ class AugmentConfig(Section):
     scale: tuple[float, float] = (1.0, 1.0)
     translate_px: float = 0.0
     intensity_gamma: tuple[float, float] = (1.0, 1.0)
+    noise_prob: float = 0.0
+    noise_std: float = 0.0
+    blur_prob: float = 0.0
+    blur_sigma: tuple[float, float] = (0.5, 1.0)
+
+    @property
+    def patch_intensity(self) -> bool:
+        """Whether the noise or blur augmentation (refiner patches only) is on."""
+        return (self.noise_prob > 0 and self.noise_std > 0) or self.blur_prob > 0
 
 
 @dataclass(frozen=True)

@@ -189,6 +189,11 @@ class HeatmapTrainingSet(Dataset):
         self.target = TargetConfig.of(recipe)
         self.sigma = float(self.target.sigma)
         aug = AugmentConfig.of(recipe) if augment else AugmentConfig()
+        if aug.patch_intensity:
+            raise AnatomarkError(
+                f"{recipe.get('name')}: augment.noise_* / blur_* apply to refiner patches (kind: cascade, local) only; "
+                "remove them from this recipe"
+            )
         self.augment = augment and bool(recipe.get("augment"))
         self.gamma = tuple(float(g) for g in aug.intensity_gamma)
         steps: list[Any] = []

@@ -108,3 +108,34 @@ def test_cascade_trains_saves_loads_and_refines(dots_model, tmp_path, context):
     assert isinstance(tuned, CascadeModel) and tuned.landmark_set.names == DOTS.names
     p1 = tuned.predict(load_image(test[0]["image"], spacing=1.0)).points
     assert radial_errors(p1, test[0]["landmarks"], (1, 1)).max() < 3.0
+
+
+def _patch_set_recipe(**augment) -> dict:
+    return {
+        "local": {"patch_size": 32, "spacing_mm": 0.5, "sigma": 2.0, "offset_sigma_mm": 2.0, "max_offset_mm": 4.0},
+        "augment": {"rotate_deg": 5.0, **augment},
+        "train": {"patches_per_image": 2},
+    }
+
+
+def test_refiner_patches_take_noise_and_blur_from_the_shared_random_state():
+    """augment.noise_* / blur_* change the refiner's patches (not the first patch's geometry or target), draw from the
+    set's one random state (same seed, same patches), and are refused by a whole-image heatmap recipe."""
+    from anatomark.families.cascade import LocalPatchSet
+    from anatomark.training import HeatmapTrainingSet
+
+    yy, xx = np.mgrid[:120, :100]
+    image = (0.5 + 0.4 * np.sin(xx / 5.0) * np.cos(yy / 7.0)).astype(np.float32)
+    items = [{"scaled": image, "points": np.array([[40.0, 50.0], [60.0, 70.0]])}]
+    plain = LocalPatchSet(items, _patch_set_recipe())
+    noisy = [LocalPatchSet(items, _patch_set_recipe(noise_prob=1.0, noise_std=0.05, blur_prob=1.0)) for _ in range(2)]
+    (x0, t0), (x1, t1) = plain[0], noisy[0][0]
+    assert torch.equal(t0, t1), "the noise must not move the first patch or its target"
+    assert not torch.allclose(x0, x1)
+    noisy[0].set_random_state(0)
+    for i in range(2):
+        assert torch.equal(noisy[0][i][0], noisy[1][i][0]), "same seed, same noise"
+    with pytest.raises(AnatomarkError, match="refiner patches"):
+        HeatmapTrainingSet(
+            [], {"name": "h", "input": {"size_hw": [64, 64]}, "augment": {"noise_prob": 0.5, "noise_std": 0.02}}
+        )

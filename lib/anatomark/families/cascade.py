@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from monai.transforms import Compose, RandGaussianNoise, RandGaussianSmooth
 from torch.utils.data import Dataset
 
 from anatomark.config import LandmarkSet
@@ -312,15 +313,19 @@ class LocalPatchSet(Dataset):
         self.scale = tuple(float(v) for v in aug.scale)
         gamma = tuple(float(v) for v in aug.intensity_gamma)
         self.gamma = RandIntensityGamma(gamma) if gamma != (1.0, 1.0) else None
+        self.intensity = _patch_intensity(aug)
         self.set_random_state(0)
         self.input = LocalInput(recipe["local"])
         self.pyramids = [self.input.pyramid(it["scaled"]) for it in items]
 
     def set_random_state(self, seed: int) -> None:
-        """One random state for the patch draws and the gamma."""
+        """One random state for the patch draws, the gamma and the noise / blur."""
         self.R = np.random.RandomState(seed)
         if self.gamma is not None:
             self.gamma.set_random_state(state=self.R)
+        if self.intensity is not None:
+            for t in self.intensity.transforms:
+                t.set_random_state(state=self.R)
 
     def __len__(self) -> int:
         return len(self.items) * self.per_image
@@ -340,12 +345,28 @@ class LocalPatchSet(Dataset):
         )
         if self.gamma is not None:
             patch = self.gamma(patch)
+        if self.intensity is not None:
+            patch = np.asarray(self.intensity(np.asarray(patch, np.float32)))
         inside = Fn.transform_points(pts, np.linalg.inv(m))
         margin = 2.0
         out = (inside < margin).any(axis=1) | (inside > self.size - 1 - margin).any(axis=1)
         inside[out] = np.nan
         target = Fn.points_to_heatmaps(inside, (self.size, self.size), self.sigma)
         return _patch_input(patch[None])[0], torch.from_numpy(target)
+
+
+def _patch_intensity(aug: AugmentConfig) -> Compose | None:
+    """The noise / blur augmentation of ``(C, P, P)`` [0, 1] refiner patches (``augment.noise_*``, ``blur_*``), or
+    ``None`` when off (then no random numbers are drawn for it, so older recipes draw the same patches)."""
+    if not aug.patch_intensity:
+        return None
+    steps: list[Any] = []
+    if aug.noise_prob > 0 and aug.noise_std > 0:
+        steps.append(RandGaussianNoise(prob=float(aug.noise_prob), std=float(aug.noise_std), sample_std=True))
+    if aug.blur_prob > 0:
+        sig = tuple(float(v) for v in aug.blur_sigma)
+        steps.append(RandGaussianSmooth(sigma_x=sig, sigma_y=sig, prob=float(aug.blur_prob)))
+    return Compose(steps)
 
 
 class LocalStage:
