@@ -209,6 +209,9 @@ class LocalConfig(Section):
         precision: ``float32``, ``bfloat16`` or ``float16`` inference.
         decode: decoding of the patch heatmaps.
         val_from_model: validate from this stage-1 model's predictions (a path) instead of offsets of the truth.
+        focus: landmark names a specialist refiner is trained for: its training patches are centred on these only
+            (every landmark inside a patch is still a target) and its validation MRE (the best epoch) is theirs.
+            Empty: all landmarks.
     """
 
     KEY = "local"
@@ -223,6 +226,7 @@ class LocalConfig(Section):
     precision: str = "float32"
     decode: dict[str, Any] = field(default_factory=dict)
     val_from_model: str | None = None
+    focus: tuple[str, ...] = ()
 
 
 def loss_options(recipe: dict[str, Any]) -> tuple[str, dict[str, Any]]:

@@ -139,3 +139,25 @@ def test_refiner_patches_take_noise_and_blur_from_the_shared_random_state():
         HeatmapTrainingSet(
             [], {"name": "h", "input": {"size_hw": [64, 64]}, "augment": {"noise_prob": 0.5, "noise_std": 0.02}}
         )
+
+
+def test_a_specialist_refiner_centres_its_patches_on_its_focus_landmarks():
+    """local.focus: every training patch is centred near a focus landmark (the others stay targets when inside), an
+    image without one falls back to all its landmarks, and unknown names are refused."""
+    from anatomark.families.cascade import LocalPatchSet, focus_indices
+
+    yy, xx = np.mgrid[:200, :200]
+    image = (0.5 + 0.4 * np.sin(xx / 5.0)).astype(np.float32)
+    pts = np.array([[30.0, 30.0], [170.0, 170.0]])
+    no_focus = np.array([[30.0, 30.0], [np.nan, np.nan]])
+    recipe = _patch_set_recipe()
+    recipe["train"]["patches_per_image"] = 20
+    ds = LocalPatchSet([{"scaled": image, "points": pts}, {"scaled": image, "points": no_focus}], recipe, centres=[1])
+    for i in range(40):
+        _, target = ds[i]
+        present = target.flatten(1).amax(1) > 0
+        assert present.tolist() == ([False, True] if i < 20 else [True, False]), f"patch {i}"
+    assert focus_indices(DOTS, []) is None
+    assert focus_indices(DOTS, [DOTS.names[1]]) == [1]
+    with pytest.raises(AnatomarkError, match="not in landmark set"):
+        focus_indices(DOTS, ["gonion"])

@@ -299,8 +299,15 @@ class LocalPatchSet(Dataset):
     the loss).
     """
 
-    def __init__(self, items: list[dict[str, Any]], recipe: dict[str, Any], augment: bool = True) -> None:
+    def __init__(
+        self,
+        items: list[dict[str, Any]],
+        recipe: dict[str, Any],
+        augment: bool = True,
+        centres: Sequence[int] | None = None,
+    ) -> None:
         self.items = items
+        self.centres = None if centres is None else np.asarray(centres, int)
         lc = LocalConfig.of(recipe)
         self.size = int(lc.patch_size)
         self.sigma = float(lc.sigma)
@@ -335,6 +342,9 @@ class LocalPatchSet(Dataset):
         pyramid = self.pyramids[i // self.per_image]
         pts = it["points"]
         present = np.nonzero(np.isfinite(pts).all(axis=1))[0]
+        if self.centres is not None:  # a specialist: patches centred on its landmarks only
+            focused = np.intersect1d(present, self.centres)
+            present = focused if focused.size else present
         k = int(self.R.choice(present))
         off = np.clip(self.R.normal(0.0, self.offset_sigma, 2), -self.max_offset, self.max_offset)
         patch, m = self.input.sample(
@@ -353,6 +363,20 @@ class LocalPatchSet(Dataset):
         inside[out] = np.nan
         target = Fn.points_to_heatmaps(inside, (self.size, self.size), self.sigma)
         return _patch_input(patch[None])[0], torch.from_numpy(target)
+
+
+def focus_indices(ls: LandmarkSet, names: Sequence[str]) -> list[int] | None:
+    """Indices of ``local.focus`` (landmark names) in ``ls``, or ``None`` when empty (all landmarks).
+
+    Raises:
+        AnatomarkError: a name that is not in the landmark set.
+    """
+    if not names:
+        return None
+    unknown = [n for n in names if n not in ls.names]
+    if unknown:
+        raise AnatomarkError(f"local.focus names {unknown} not in landmark set {ls.name!r} ({', '.join(ls.names)})")
+    return [list(ls.names).index(n) for n in names]
 
 
 def _patch_intensity(aug: AugmentConfig) -> Compose | None:
@@ -394,7 +418,8 @@ class LocalStage:
         self.train_c, self.val_c, val_src = cache_and_split(
             items, val_items, ls, recipe["train"], progress, spacing_mm=sp
         )
-        self.dataset = LocalPatchSet(self.train_c, recipe, augment=True)
+        self.focus = focus_indices(ls, lc.focus)
+        self.dataset = LocalPatchSet(self.train_c, recipe, augment=True, centres=self.focus)
         # fixed starting points for validation
         self.val_starts = []
         if stage1 is None and lc.val_from_model:
@@ -434,7 +459,8 @@ class LocalStage:
             gts.append(c["landmarks"])
             sps.append(c["spacing"])
         net.train(False)
-        return radial_errors(np.stack(preds), np.stack(gts), np.asarray(sps))
+        err = radial_errors(np.stack(preds), np.stack(gts), np.asarray(sps))
+        return err if self.focus is None else err[:, self.focus]
 
 
 def _as_saved(net: torch.nn.Module) -> torch.nn.Module:
