@@ -119,3 +119,27 @@ def test_base_precision_runs_the_base_in_bfloat16_and_is_kept_in_the_file(cascad
     assert moved < 0.5, f"a bfloat16 base moved a refined point by {moved:.2f} px"
     with pytest.raises(AnatomarkError, match="Unknown inference precision 'half'"):
         compose(stage1_path, cascade_path, DOTS, {"base": {"precision": "half"}})
+
+
+def test_a_member_may_answer_for_some_landmarks_only(cascade, tmp_path):
+    """local.weights entries {weights, landmarks} / {weights, except_landmarks}: the split ensemble is stored with
+    its covers and, with two copies of one refiner, predicts like that refiner; bad entries are refused."""
+    stage1_path, cascade_path, _ = cascade
+    first = DOTS.names[0]
+    split = [{"weights": cascade_path, "landmarks": [first]}, {"weights": cascade_path, "except_landmarks": [first]}]
+    model = compose(stage1_path, split, DOTS)
+    net = model.recipe["local"]["network"]
+    assert net["covers"] == [[0], list(range(1, len(DOTS)))]
+    assert model.info["local"]["members"][0]["landmarks"] == [first]
+    again = load_model(model.save(tmp_path / "split.pt"))
+    single = compose(stage1_path, cascade_path, DOTS)
+    img = load_image(make_dot_images(tmp_path / "t", 1, seed=3)[0]["image"], spacing=1.0)
+    np.testing.assert_allclose(again.predict(img).points, single.predict(img).points, atol=1e-3)
+    with pytest.raises(AnatomarkError, match="no member answers"):
+        compose(stage1_path, [split[0], split[0]], DOTS)
+    with pytest.raises(AnatomarkError, match="not in"):
+        compose(stage1_path, [cascade_path, {"weights": cascade_path, "landmarks": ["gonion"]}], DOTS)
+    with pytest.raises(AnatomarkError, match="use a cascade name or file"):
+        compose(stage1_path, [cascade_path, {"weights": cascade_path}], DOTS)
+    with pytest.raises(AnatomarkError, match="needs other members"):
+        compose(stage1_path, [split[0]], DOTS)

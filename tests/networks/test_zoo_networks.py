@@ -163,3 +163,26 @@ def test_softmax_ensemble_averages_the_members_probabilities():
         build_network({"name": "softmax_ensemble", "in_channels": 1, "members": [member]}, 3)
     with pytest.raises(AnatomarkError, match="non-empty"):
         build_network({"name": "softmax_ensemble", "members": []}, 3)
+
+
+def test_softmax_ensemble_covers_average_only_the_members_answering_for_a_channel():
+    """covers: channel 0 is member 1's alone (a specialist), channels 1-2 the mean of both; select_maps runs a member
+    only on the patches whose channel it answers for and gives the same maps as forward."""
+    torch.manual_seed(0)
+    member = {"name": "heatmap_unet", "spatial_dims": 2, "in_channels": 1, "features": [4, 4, 8, 8, 8, 4]}
+    cfg = {"name": "softmax_ensemble", "members": [member, member], "covers": [[1, 2], None]}
+    ens = build_network(cfg, 3).eval()
+    x = torch.randn(4, 1, 32, 32)
+    with torch.no_grad():
+        p = [torch.softmax(m(x).flatten(2), -1) for m in ens.members]
+        got = torch.exp(ens(x)).flatten(2)
+        torch.testing.assert_close(got[:, 0], p[1][:, 0], rtol=1e-5, atol=1e-8)
+        torch.testing.assert_close(got[:, 1:], (p[0][:, 1:] + p[1][:, 1:]) / 2, rtol=1e-5, atol=1e-8)
+        rows, chans = torch.arange(4), torch.tensor([0, 1, 2, 0])
+        torch.testing.assert_close(ens.select_maps(x, rows, chans), ens(x)[rows, chans], rtol=1e-5, atol=1e-6)
+    with pytest.raises(AnatomarkError, match=r"no member answers for channels \[0\]"):
+        build_network({**cfg, "covers": [[1, 2], [2]]}, 3)
+    with pytest.raises(AnatomarkError, match="channels must be in 0..2"):
+        build_network({**cfg, "covers": [[3], None]}, 3)
+    with pytest.raises(AnatomarkError, match="1 entries for 2 members"):
+        build_network({**cfg, "covers": [None]}, 3)

@@ -19,6 +19,11 @@ and a cascade whose refiner to use::
 :class:`~anatomark.networks.SoftmaxEnsemble` (``network: {name: softmax_ensemble, members: [...]}``) whose averaged
 probability maps are decoded once; the patches are sampled once for all of them.
 
+A member may answer for some landmarks only: ``{weights: <cascade>, landmarks: [names]}`` (only those) or
+``{weights: <cascade>, except_landmarks: [names]}`` (all but those); each landmark's map is then the average of the
+members that answer for it (``covers`` of the ensemble), e.g. specialist refiners (``local.focus``) for the hardest
+landmarks and generalists for the rest. A member that answers for a landmark runs only on that landmark's patch.
+
 ``anatomark train`` composes the two (nothing is trained) and writes one self-contained model file: the base model's
 recipe, networks and shape prior under ``base``, the refiner under ``local``. :class:`RefinedModel` predicts with the
 base model (in original pixels, its shape prior applied), then refines every point inside the image once.
@@ -43,7 +48,7 @@ from anatomark.errors import AnatomarkError
 from anatomark.families.cascade import LocalRefiner
 from anatomark.family import TrainRun, get_family, register_family
 from anatomark.model import LandmarkModel, Prediction, load_model, predict_items, restore_shape_prior
-from anatomark.networks import SoftmaxEnsemble, load_network
+from anatomark.networks import SoftmaxEnsemble, check_covers, load_network
 from anatomark.recipe import kind_of
 from anatomark.training import recipe_split
 from anatomark.transforms.functional import scale_intensity
@@ -198,7 +203,8 @@ def compose(
     if not base_weights or not cascade_weights:
         raise AnatomarkError("A refined recipe needs base.weights (any model) and local.weights (a cascade model)")
     base = load_model(base_weights)
-    weights = list(cascade_weights) if isinstance(cascade_weights, list | tuple) else [cascade_weights]
+    entries = list(cascade_weights) if isinstance(cascade_weights, list | tuple) else [cascade_weights]
+    weights, covers = _members(entries, landmark_set)
     many = len(weights) > 1
     cascades = [load_model(w) for w in weights]
     for cascade, w in zip(cascades, weights):
@@ -212,7 +218,7 @@ def compose(
     precision = ((recipe or {}).get("base") or {}).get("precision")
     if precision is not None:
         base.set_precision(str(precision))  # checked by the model (unknown ones raise)
-    local_recipe, local_net = _refiners(cascades, weights)
+    local_recipe, local_net = _refiners(cascades, weights, covers)
     base.quality = None  # the composed model gets its own calibration (anatomark calibrate)
     name = (recipe or {}).get("name") or f"{base.name}_refined"
     full = {
@@ -227,7 +233,9 @@ def compose(
     }
     info = {
         "base": {"path": str(base_weights), **base.info},
-        "local": _local_info(cascades, weights) if many else {"path": str(weights[0]), **_stage2(cascades[0])},
+        "local": _local_info(cascades, weights, covers, landmark_set)
+        if many
+        else {"path": str(weights[0]), **_stage2(cascades[0])},
         "val_mre_mm": None,
     }
     return RefinedModel(base, local_net, full, landmark_set, info)
@@ -241,16 +249,75 @@ def _stage2(cascade: LandmarkModel) -> dict[str, Any]:
     return dict(cascade.info.get("stage2") or {})
 
 
-def _local_info(cascades: Sequence[LandmarkModel], weights: Sequence[Any]) -> dict[str, Any]:
-    """Provenance of an ensemble of refiners: each member's file and training info."""
-    return {"members": [{"path": str(w), **_stage2(c)} for c, w in zip(cascades, weights)]}
+def _members(entries: Sequence[Any], ls: LandmarkSet) -> tuple[list[Any], list[list[int] | None]]:
+    """``local.weights`` entries (a name / path, or ``{weights, landmarks | except_landmarks}``) -> the files and,
+    per member, the landmark indices it answers for (``None``: all).
+
+    Raises:
+        AnatomarkError: an entry without ``weights``, with both keys, or naming landmarks not in ``ls``.
+    """
+    weights: list[Any] = []
+    covers: list[list[int] | None] = []
+    for e in entries:
+        if not isinstance(e, dict):
+            weights.append(e)
+            covers.append(None)
+            continue
+        if (
+            not e.get("weights")
+            or ("landmarks" in e) == ("except_landmarks" in e)
+            or set(e)
+            - {
+                "weights",
+                "landmarks",
+                "except_landmarks",
+            }
+        ):
+            raise AnatomarkError(
+                f"local.weights entry {e}: use a cascade name or file, or {{weights: <cascade>, landmarks: [...]}} "
+                "or {weights: <cascade>, except_landmarks: [...]}"
+            )
+        names = list(e.get("landmarks") or e.get("except_landmarks") or [])
+        unknown = [n for n in names if n not in ls.names]
+        if unknown or not names:
+            raise AnatomarkError(f"local.weights entry {e}: landmarks {unknown or names} not in {ls.name!r}")
+        idx = [ls.names.index(n) for n in names]
+        if "except_landmarks" in e:
+            idx = [k for k in range(len(ls)) if k not in idx]
+        weights.append(e["weights"])
+        covers.append(idx)
+    return weights, covers
 
 
-def _refiners(cascades: Sequence[LandmarkModel], weights: Sequence[Any]) -> tuple[dict[str, Any], torch.nn.Module]:
+def _local_info(
+    cascades: Sequence[LandmarkModel],
+    weights: Sequence[Any],
+    covers: Sequence[list[int] | None] = (),
+    ls: LandmarkSet | None = None,
+) -> dict[str, Any]:
+    """Provenance of an ensemble of refiners: each member's file, training info and the landmarks it answers for."""
+    out = []
+    for i, (c, w) in enumerate(zip(cascades, weights)):
+        member = {"path": str(w), **_stage2(c)}
+        cov = covers[i] if i < len(covers) else None
+        if cov is not None and ls is not None:
+            member["landmarks"] = [ls.names[k] for k in cov]
+        out.append(member)
+    return {"members": out}
+
+
+def _refiners(
+    cascades: Sequence[LandmarkModel], weights: Sequence[Any], covers: Sequence[list[int] | None] = ()
+) -> tuple[dict[str, Any], torch.nn.Module]:
     """The ``local`` recipe and network of one cascade, or of a :class:`~anatomark.networks.SoftmaxEnsemble` of the
-    refiners of several (which must read the same patches: :data:`_SAME_INPUT`)."""
+    refiners of several (which must read the same patches: :data:`_SAME_INPUT`; ``covers``: per member the landmark
+    indices it answers for, ``None`` for all). A specialist's training setting ``focus`` is not kept."""
     first = copy.deepcopy(cascades[0].recipe["local"])
+    first.pop("focus", None)
+    partial = any(c is not None for c in covers)
     if len(cascades) == 1:
+        if partial:
+            raise AnatomarkError("a refiner that answers for some landmarks only needs other members for the rest")
         return first, cascades[0].refiner.network
     for c, w in zip(cascades[1:], weights[1:]):
         other = c.recipe["local"]
@@ -267,7 +334,14 @@ def _refiners(cascades: Sequence[LandmarkModel], weights: Sequence[Any]) -> tupl
         "in_channels": int(members[0].get("in_channels", 1)),
         "members": members,
     }
-    net = SoftmaxEnsemble(first["network"]["spatial_dims"], [c.refiner.network for c in cascades])
+    if partial:
+        first["network"]["covers"] = [None if c is None else list(c) for c in covers]
+        check_covers(first["network"]["covers"], len(cascades), len(cascades[0].landmark_set))
+    net = SoftmaxEnsemble(
+        first["network"]["spatial_dims"],
+        [c.refiner.network for c in cascades],
+        first["network"].get("covers"),
+    )
     return first, net
 
 

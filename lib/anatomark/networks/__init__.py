@@ -19,18 +19,45 @@ from anatomark.networks.seg_regression import SegRegressionNet
 from anatomark.networks.unet_seg import UNetSeg
 
 
+def check_covers(covers: Sequence[Sequence[int] | None], n_members: int, out_channels: int) -> None:
+    """Check a :class:`~anatomark.networks.ensemble.SoftmaxEnsemble`'s ``covers``: one entry per member, channels in
+    range, every channel answered by some member.
+
+    Raises:
+        AnatomarkError: naming what is wrong.
+    """
+    if len(covers) != n_members:
+        raise AnatomarkError(f"softmax_ensemble covers has {len(covers)} entries for {n_members} members")
+    seen: set[int] = set()
+    for c in covers:
+        chans = list(range(out_channels)) if c is None else [int(k) for k in c]
+        if any(not 0 <= k < out_channels for k in chans):
+            raise AnatomarkError(f"softmax_ensemble covers {c}: channels must be in 0..{out_channels - 1}")
+        seen.update(chans)
+    if len(seen) < out_channels:
+        raise AnatomarkError(
+            f"softmax_ensemble: no member answers for channels {sorted(set(range(out_channels)) - seen)}"
+        )
+
+
 def softmax_ensemble(
-    out_channels: int, members: Sequence[dict[str, Any]], spatial_dims: int = 2, in_channels: int | None = None
+    out_channels: int,
+    members: Sequence[dict[str, Any]],
+    spatial_dims: int = 2,
+    in_channels: int | None = None,
+    covers: Sequence[Sequence[int] | None] | None = None,
 ) -> SoftmaxEnsemble:
-    """``network: {name: softmax_ensemble, spatial_dims, in_channels, members: [<network section>, ...]}``: a
-    :class:`~anatomark.networks.ensemble.SoftmaxEnsemble` of the member networks (``in_channels``, when given, must
-    be every member's)."""
+    """``network: {name: softmax_ensemble, spatial_dims, in_channels, members: [<network section>, ...], covers}``:
+    a :class:`~anatomark.networks.ensemble.SoftmaxEnsemble` of the member networks (``in_channels``, when given, must
+    be every member's; ``covers``, optional: per member the channels it answers for, ``null`` for all)."""
     if not members:
         raise AnatomarkError("network softmax_ensemble needs a non-empty 'members' list of network sections")
     for m in members:
         if in_channels is not None and int(m.get("in_channels", 1)) != int(in_channels):
             raise AnatomarkError(f"softmax_ensemble in_channels {in_channels} differs from a member's: {m}")
-    return SoftmaxEnsemble(spatial_dims, [build_network(m, out_channels) for m in members])
+    if covers is not None:
+        check_covers(covers, len(members), out_channels)
+    return SoftmaxEnsemble(spatial_dims, [build_network(m, out_channels) for m in members], covers)
 
 
 NETWORKS: dict[str, Callable[..., nn.Module]] = {
