@@ -249,6 +249,10 @@ def _stage2(cascade: LandmarkModel) -> dict[str, Any]:
     return dict(cascade.info.get("stage2") or {})
 
 
+#: the keys of a ``local.weights`` entry that answers for some landmarks only
+_MEMBER_KEYS = {"weights", "landmarks", "except_landmarks"}
+
+
 def _members(entries: Sequence[Any], ls: LandmarkSet) -> tuple[list[Any], list[list[int] | None]]:
     """``local.weights`` entries (a name / path, or ``{weights, landmarks | except_landmarks}``) -> the files and,
     per member, the landmark indices it answers for (``None``: all).
@@ -263,24 +267,18 @@ def _members(entries: Sequence[Any], ls: LandmarkSet) -> tuple[list[Any], list[l
             weights.append(e)
             covers.append(None)
             continue
-        if (
-            not e.get("weights")
-            or ("landmarks" in e) == ("except_landmarks" in e)
-            or set(e)
-            - {
-                "weights",
-                "landmarks",
-                "except_landmarks",
-            }
-        ):
+        keys = set(e)
+        if not e.get("weights") or keys - _MEMBER_KEYS or ("landmarks" in keys) == ("except_landmarks" in keys):
             raise AnatomarkError(
                 f"local.weights entry {e}: use a cascade name or file, or {{weights: <cascade>, landmarks: [...]}} "
                 "or {weights: <cascade>, except_landmarks: [...]}"
             )
         names = list(e.get("landmarks") or e.get("except_landmarks") or [])
+        if not names:
+            raise AnatomarkError(f"local.weights entry {e}: name at least one landmark")
         unknown = [n for n in names if n not in ls.names]
-        if unknown or not names:
-            raise AnatomarkError(f"local.weights entry {e}: landmarks {unknown or names} not in {ls.name!r}")
+        if unknown:
+            raise AnatomarkError(f"local.weights entry {e}: landmarks {unknown} not in {ls.name!r}")
         idx = [ls.names.index(n) for n in names]
         if "except_landmarks" in e:
             idx = [k for k in range(len(ls)) if k not in idx]

@@ -84,19 +84,13 @@ class SoftmaxEnsemble(nn.Module):
                 full = part.new_zeros((channels.numel(), *part.shape[1:]))
                 full[sel] = part
             outs.append(full)
-        shape = next(o for o in outs if o is not None).shape
-        outs = [o if o is not None else torch.zeros(shape) for o in outs]
-        return self._combine_masked(outs, mask)
+        ref = next(o for o in outs if o is not None)
+        return self._combine_masked([o if o is not None else ref.new_zeros(ref.shape) for o in outs], mask)
 
     def _combine_masked(self, outputs: Sequence[torch.Tensor], mask: torch.Tensor) -> torch.Tensor:
         """As :meth:`combine` for ``(n, *spatial)`` maps, averaging for map ``j`` only the members with
         ``mask[m, j]``."""
-        logps = []
-        for out in outputs:
-            out = out.float()
-            flat = out.flatten(start_dim=out.ndim - self.spatial_dims)
-            logps.append(torch.log_softmax(flat, dim=-1).reshape(out.shape))
-        stacked = torch.stack(logps)  # (M, n, *spatial)
+        stacked = torch.stack(self._log_probs(outputs))  # (M, n, *spatial)
         m = mask.to(stacked.device).reshape(*mask.shape, *([1] * (stacked.ndim - 2)))
         stacked = stacked.masked_fill(~m, float("-inf"))
         count = mask.sum(0).clamp_min(1).to(stacked.dtype).reshape(-1, *([1] * (stacked.ndim - 2)))
@@ -105,11 +99,16 @@ class SoftmaxEnsemble(nn.Module):
     def combine(self, outputs: Sequence[torch.Tensor]) -> torch.Tensor:
         """The log of the mean spatial softmax of members' ``(..., *spatial)`` logits (or of the same selection of
         maps from each, e.g. one channel per patch: cheaper than combining every map and selecting afterwards)."""
+        logps = self._log_probs(outputs)
+        if len(logps) == 1:
+            return logps[0]
+        return torch.logsumexp(torch.stack(logps), dim=0) - math.log(len(logps))
+
+    def _log_probs(self, outputs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """Each output's float32 log spatial softmax (over its last ``spatial_dims`` dimensions), same shape."""
         logps = []
         for out in outputs:
             out = out.float()
             flat = out.flatten(start_dim=out.ndim - self.spatial_dims)
             logps.append(torch.log_softmax(flat, dim=-1).reshape(out.shape))
-        if len(logps) == 1:
-            return logps[0]
-        return torch.logsumexp(torch.stack(logps), dim=0) - math.log(len(logps))
+        return logps
