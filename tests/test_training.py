@@ -12,7 +12,7 @@ from anatomark.data.image_io import load_image
 from anatomark.errors import AnatomarkError
 from anatomark.metrics import radial_errors
 from anatomark.model import load_model
-from anatomark.training import split_train_val, train, training_items
+from anatomark.training import recipe_split, split_train_val, train, training_items
 
 
 def test_synthetic_training_finds_bright_dots_within_2px(dots_model):
@@ -76,3 +76,16 @@ def test_wrong_landmark_count_is_an_error(tmp_path):
 def test_empty_split_is_an_error(tmp_path):
     with pytest.raises(AnatomarkError, match="empty"):
         train(tiny_recipe(epochs=1), [], tmp_path / "run", progress=False)
+
+
+def test_k_fold_splits_cover_every_item_once_and_leave_the_default_split_alone():
+    n = 150
+    vals = [recipe_split(n, {"folds": 5, "fold": f})[1] for f in range(5)]
+    assert sorted(i for v in vals for i in v) == list(range(n)) and {len(v) for v in vals} == {30}
+    tr, va = recipe_split(n, {"folds": 5, "fold": 2})
+    assert sorted(tr + va) == list(range(n)) and not set(tr) & set(va)
+    assert recipe_split(n, {"folds": 5, "fold": 2, "val_seed": 1})[1] != va
+    assert recipe_split(n, {})[1] == recipe_split(n, {"val_fraction": 0.1, "val_seed": 0})[1]  # shipped split
+    for bad in ({"folds": 1, "fold": 0}, {"folds": 5, "fold": 5}, {"fold": 1}):
+        with pytest.raises(AnatomarkError, match="train.folds"):
+            recipe_split(n, bad)

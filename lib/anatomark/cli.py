@@ -21,6 +21,15 @@ def cmd_train(args: argparse.Namespace) -> int:
     from anatomark.training import train
 
     recipe = load_recipe(args.config)
+    if args.fold is not None:  # k-fold: the recipe's train/validation split becomes fold --fold of --folds
+        recipe["train"] = {**(recipe.get("train") or {}), "folds": args.folds, "fold": args.fold}
+        recipe["name"] = f"{recipe['name']}_fold{args.fold}of{args.folds}"
+        reused = [k for k in ("global", "base") if (recipe.get(k) or {}).get("weights")]
+        if reused or (recipe.get("train") or {}).get("init_modules"):
+            print(
+                f"Warning: {recipe['name']} starts from trained models ({', '.join(reused) or 'train.init_modules'}) "
+                "that were trained on another split; some of this fold's validation images are their training images"
+            )
     ds = LandmarkDataset(args.dataset, split=args.split, annotator=args.annotator, landmark_set=recipe["landmark_set"])
     val = None
     if args.val_split:
@@ -291,6 +300,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", action="store_true", help="continue from <out>/last.pt")
     t.add_argument("--init", default=None, help="start from these weights (fine-tuning)")
     t.add_argument("--device", default=None)
+    t.add_argument(
+        "--fold", type=int, default=None, help="k-fold cross-validation: hold out fold FOLD (0-based) of --folds"
+    )
+    t.add_argument("--folds", type=int, default=5, help="number of folds for --fold (default 5)")
     t.set_defaults(func=cmd_train)
 
     i = sub.add_parser("infer", help="find landmarks on images; write JSON points and overlay PNGs")

@@ -169,6 +169,9 @@ class TrainConfig(Section):
         plateau_factor: its factor.
         val_fraction: fraction of the training items held out for validation (:func:`anatomark.training.recipe_split`).
         val_seed: seed of that split (independent of ``seed``).
+        folds: k-fold cross-validation instead (k >= 2; 0: off): the same seeded permutation of the items cut into
+            ``folds`` near-equal parts; part ``fold`` is the validation split (``val_fraction`` is then ignored).
+        fold: which part (0 .. folds - 1).
         seed: weights, augmentation and sampling seed.
         num_threads: torch threads (``None``: leave the setting alone).
         patches_per_image: local refiner: patches drawn per image and epoch.
@@ -187,6 +190,8 @@ class TrainConfig(Section):
     plateau_factor: float = 0.5
     val_fraction: float = 0.1
     val_seed: int = 0
+    folds: int = 0
+    fold: int = 0
     seed: int = 0
     num_threads: int | None = None
     patches_per_image: int = 8

@@ -265,7 +265,26 @@ def recipe_split(n: int, tcfg: dict[str, Any]) -> tuple[list[int], list[int]]:
     """A recipe's train/validation split of ``range(n)`` (its ``train`` section): ``train.val_fraction`` drawn with
     ``train.val_seed``, independent of ``train.seed`` (defaults: :class:`~anatomark.recipe.TrainConfig`)."""
     tc = TrainConfig.from_dict(tcfg, "train")
+    if int(tc.folds) or int(tc.fold):
+        return split_fold(n, int(tc.folds), int(tc.fold), int(tc.val_seed))
     return split_train_val(n, float(tc.val_fraction), int(tc.val_seed))
+
+
+def split_fold(n: int, folds: int, fold: int, seed: int) -> tuple[list[int], list[int]]:
+    """Fold ``fold`` of a k-fold split of ``range(n)``: :func:`split_train_val`'s seeded permutation cut into
+    ``folds`` near-equal parts (``numpy.array_split``), that part held out; the parts of all folds cover ``range(n)``
+    once.
+
+    Raises:
+        AnatomarkError: ``folds`` < 2 or > ``n``, or ``fold`` outside ``0 .. folds - 1``.
+    """
+    if not 2 <= folds <= n or not 0 <= fold < folds:
+        raise AnatomarkError(
+            f"train.folds {folds} / train.fold {fold}: need 2 <= folds <= {n} items and 0 <= fold < folds"
+        )
+    parts = np.array_split(np.random.RandomState(seed).permutation(n), folds)
+    val = set(parts[fold].tolist())
+    return [i for i in range(n) if i not in val], sorted(val)
 
 
 def cache_and_split(
