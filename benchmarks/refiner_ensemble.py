@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 from _report import provenance, write_report
+from _validation import isbi_validation
 
 REPO = Path(__file__).resolve().parents[1]
 BASES = [
@@ -46,26 +47,16 @@ def main() -> int:
     import torch
     from tqdm import tqdm
 
-    from anatomark.config import load_landmark_set
-    from anatomark.data.dataset import LandmarkDataset
-    from anatomark.data.image_io import load_image
     from anatomark.families.refined import compose
-    from anatomark.metrics import radial_errors
     from anatomark.model import load_model
-    from anatomark.training import recipe_split
     from anatomark.transforms.functional import scale_intensity
 
     torch.set_num_threads(args.threads)
-    ls = load_landmark_set("isbi2015_cephalometric")
-    ds = LandmarkDataset(args.dataset, split="train", annotator="mean", landmark_set=ls.name)
-    _, va = recipe_split(len(ds.items), {"val_fraction": 0.1, "val_seed": 0})
-    items = [ds.items[i] for i in va]
-    images = [load_image(it["image"], spacing=it.get("spacing")) for it in items]
-    gt = np.stack([it["landmarks"] for it in items])
-    spacing = np.stack([im.spacing for im in images])
+    val = isbi_validation(args.dataset)
+    ls, items, images = val.landmark_set, val.items, val.images
 
     def score(points: np.ndarray) -> tuple[float, float]:
-        err = radial_errors(points, gt, spacing)
+        err = val.errors(points)
         return float(np.nanmean(err)), float(100 * np.mean(err < 2.0))
 
     scaled = [scale_intensity(im.array) for im in images]

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 from _report import provenance, write_report
+from _validation import isbi_validation
 
 REPO = Path(__file__).resolve().parents[1]
 PAIR = ["runs/cascade_mean_seed1/model.pt", "runs/cascade_mean_seed2/model.pt"]
@@ -71,27 +72,20 @@ def main() -> int:
     import torch
     from tqdm import tqdm
 
-    from anatomark.config import load_landmark_set
-    from anatomark.data.dataset import LandmarkDataset
-    from anatomark.data.image_io import load_image
     from anatomark.families.refined import compose
-    from anatomark.metrics import radial_errors
-    from anatomark.training import recipe_split
 
     torch.set_num_threads(args.threads)
-    ls = load_landmark_set("isbi2015_cephalometric")
-    ds = LandmarkDataset(args.dataset, split="train", annotator="mean", landmark_set=ls.name)
-    _, va = recipe_split(len(ds.items), {"val_fraction": 0.1, "val_seed": 0})
-    items = [ds.items[i] for i in va]
-    images = [load_image(it["image"], spacing=it.get("spacing")) for it in items]
-    gt = np.stack([it["landmarks"] for it in items])
-    spacing = np.stack([im.spacing for im in images])
+    val = isbi_validation(args.dataset)
+    ls, items, images = val.landmark_set, val.items, val.images
     cols = [ls.names.index(n) for n in FOUR]
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         lasts: dict[str, str] = {}
         for name, (names, files) in tqdm(ROWS.items(), desc="Compositions", unit="model"):
-            files = [lasts.setdefault(f, last_epoch_file(f, Path(tmp))) if f.endswith("last.pt") else f for f in files]
+            for f in files:
+                if f.endswith("last.pt") and f not in lasts:
+                    lasts[f] = last_epoch_file(f, Path(tmp))
+            files = [lasts.get(f, f) for f in files]
             entries: list = list(PAIR)
             if names:
                 entries = [{"weights": p, "except_landmarks": names} for p in PAIR]
@@ -102,7 +96,7 @@ def main() -> int:
                 ls,
                 {"name": "probe", "base": {"precision": "auto"}},
             )
-            err = radial_errors(np.stack([model.predict(im).points for im in images]), gt, spacing)
+            err = val.errors(np.stack([model.predict(im).points for im in images]))
             results[name] = {
                 "mre": float(np.nanmean(err)),
                 "sdr2": float(100 * np.mean(err < 2.0)),
