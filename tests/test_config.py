@@ -47,3 +47,14 @@ def test_every_shipped_recipe_loads():
         expected = "aasce2019_spine" if n.startswith("aasce2019_") else "isbi2015_cephalometric"
         assert r["landmark_set"] == expected, n
         assert len(load_landmark_set(r["landmark_set"])) in (19, 68), n
+
+
+def test_landmark_set_indices_keep_the_order_given_and_name_unknown_landmarks():
+    from anatomark.config import load_landmark_set
+    from anatomark.errors import AnatomarkError
+
+    ls = load_landmark_set("isbi2015_cephalometric")
+    assert ls.indices(["gonion", "sella"]) == [ls.names.index("gonion"), 0]
+    assert ls.indices([]) == []
+    with pytest.raises(AnatomarkError, match=r"local.focus names \['pogonion_x'\] not in landmark set"):
+        ls.indices(["sella", "pogonion_x"], "local.focus")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -58,6 +59,17 @@ class LandmarkSet:
 
     def __len__(self) -> int:
         return len(self.names)
+
+    def indices(self, names: Sequence[str], what: str = "landmark") -> list[int]:
+        """The indices of ``names`` in this set, in the order given.
+
+        Raises:
+            AnatomarkError: a name not in the set (``what`` says where the names came from).
+        """
+        unknown = [n for n in names if n not in self.names]
+        if unknown:
+            raise AnatomarkError(f"{what} names {unknown} not in landmark set {self.name!r} ({', '.join(self.names)})")
+        return [self.names.index(n) for n in names]
 
     @property
     def labels(self) -> dict[str, int]:

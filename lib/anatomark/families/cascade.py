@@ -371,12 +371,7 @@ def focus_indices(ls: LandmarkSet, names: Sequence[str]) -> list[int] | None:
     Raises:
         AnatomarkError: a name that is not in the landmark set.
     """
-    if not names:
-        return None
-    unknown = [n for n in names if n not in ls.names]
-    if unknown:
-        raise AnatomarkError(f"local.focus names {unknown} not in landmark set {ls.name!r} ({', '.join(ls.names)})")
-    return [list(ls.names).index(n) for n in names]
+    return ls.indices(names, "local.focus") if names else None
 
 
 def _patch_intensity(aug: AugmentConfig) -> Compose | None:

@@ -276,10 +276,7 @@ def _members(entries: Sequence[Any], ls: LandmarkSet) -> tuple[list[Any], list[l
         names = list(e.get("landmarks") or e.get("except_landmarks") or [])
         if not names:
             raise AnatomarkError(f"local.weights entry {e}: name at least one landmark")
-        unknown = [n for n in names if n not in ls.names]
-        if unknown:
-            raise AnatomarkError(f"local.weights entry {e}: landmarks {unknown} not in {ls.name!r}")
-        idx = [ls.names.index(n) for n in names]
+        idx = ls.indices(names, f"local.weights entry {e}: landmark")
         if "except_landmarks" in e:
             idx = [k for k in range(len(ls)) if k not in idx]
         weights.append(e["weights"])
@@ -290,22 +287,21 @@ def _members(entries: Sequence[Any], ls: LandmarkSet) -> tuple[list[Any], list[l
 def _local_info(
     cascades: Sequence[LandmarkModel],
     weights: Sequence[Any],
-    covers: Sequence[list[int] | None] = (),
-    ls: LandmarkSet | None = None,
+    covers: Sequence[list[int] | None],
+    ls: LandmarkSet,
 ) -> dict[str, Any]:
     """Provenance of an ensemble of refiners: each member's file, training info and the landmarks it answers for."""
     out = []
-    for i, (c, w) in enumerate(zip(cascades, weights)):
+    for c, w, cov in zip(cascades, weights, covers):
         member = {"path": str(w), **_stage2(c)}
-        cov = covers[i] if i < len(covers) else None
-        if cov is not None and ls is not None:
+        if cov is not None:
             member["landmarks"] = [ls.names[k] for k in cov]
         out.append(member)
     return {"members": out}
 
 
 def _refiners(
-    cascades: Sequence[LandmarkModel], weights: Sequence[Any], covers: Sequence[list[int] | None] = ()
+    cascades: Sequence[LandmarkModel], weights: Sequence[Any], covers: Sequence[list[int] | None]
 ) -> tuple[dict[str, Any], torch.nn.Module]:
     """The ``local`` recipe and network of one cascade, or of a :class:`~anatomark.networks.SoftmaxEnsemble` of the
     refiners of several (which must read the same patches: :data:`_SAME_INPUT`; ``covers``: per member the landmark

@@ -48,10 +48,8 @@ class SoftmaxEnsemble(nn.Module):
             else [None if c is None else tuple(int(k) for k in c) for c in covers]
         )
 
-    def covering(self, channels: torch.Tensor) -> torch.Tensor:
-        """``(M, n)`` bool: which member answers for each of ``channels`` (``(n,)`` channel indices)."""
-        if self.covers is None:
-            return torch.ones(len(self.members), channels.numel(), dtype=torch.bool)
+    def _covering(self, channels: torch.Tensor) -> torch.Tensor:
+        """``(M, n)`` bool: which member answers for each of ``channels`` (``(n,)`` channel indices; ``covers`` set)."""
         rows = [
             torch.ones(channels.numel(), dtype=torch.bool)
             if c is None
@@ -65,7 +63,7 @@ class SoftmaxEnsemble(nn.Module):
         if self.covers is None:
             return self.combine(outs)
         k = outs[0].shape[1]
-        mask = self.covering(torch.arange(k))  # (M, K)
+        mask = self._covering(torch.arange(k))  # (M, K)
         return self._combine_masked([o.transpose(0, 1) for o in outs], mask).transpose(0, 1)
 
     def select_maps(self, x: torch.Tensor, rows: torch.Tensor, channels: torch.Tensor) -> torch.Tensor:
@@ -74,7 +72,7 @@ class SoftmaxEnsemble(nn.Module):
         A member that covers only some channels runs only on the samples whose channel it covers."""
         if self.covers is None:
             return self.combine([net(x)[rows, channels] for net in self.members])
-        mask = self.covering(channels)  # (M, n)
+        mask = self._covering(channels)  # (M, n)
         outs = []
         for net, use in zip(self.members, mask):
             full = None
