@@ -5,6 +5,9 @@
 3. The expected-error regression: the model's predictions on its *validation* images only (the recipe's
    ``train.val_fraction`` / ``val_seed`` split, never trained on), each also read in a few altered copies (darker,
    brighter, cropped at a border) so that the regression sees more than one error per image and landmark.
+   A model with a part trained on every image (a final refit with nothing held out) has no unseen images to fit it
+   on: its errors there would be training errors, so calibration refuses it unless the regression is taken from a
+   model of the same recipe that held those images out (``errors_from``).
 
 Nothing here looks at a test split: pass the training split.
 """
@@ -18,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from anatomark.data.image_io import XrayImage, load_image
+from anatomark.errors import AnatomarkError
 from anatomark.inference import landmark_features
 from anatomark.model import LandmarkModel, load_model
 from anatomark.quality import QualityModel
@@ -66,21 +70,54 @@ def prediction_features(model: LandmarkModel, q: QualityModel, image: XrayImage)
     return pred.points, landmark_features(q, pred, fit), fit
 
 
+def trained_without_holdout(model: LandmarkModel) -> list[str]:
+    """The parts of ``model`` trained with no validation image held out (``n_val`` 0 in their training info): the
+    model itself, a cascade's stage 2 or the members of a refined model's refiner ensemble."""
+    info = model.info or {}
+    parts: list[tuple[str, dict[str, Any]]] = [("model", info), ("stage 2", info.get("stage2") or {})]
+    local = info.get("local") or {}
+    parts += [(f"refiner {m.get('path', i)}", m) for i, m in enumerate(local.get("members") or [local])]
+    return [name for name, part in parts if isinstance(part, dict) and part.get("n_val") == 0]
+
+
 def calibrate(
     model: LandmarkModel,
     items: Sequence[dict[str, Any]],
     augments: Sequence[str] = tuple(AUGMENTS),
     progress: bool = True,
+    errors_from: LandmarkModel | None = None,
     **settings: float,
 ) -> tuple[QualityModel, dict[str, Any]]:
     """Fit the quality state of ``model`` on its training ``items`` (``{"image", "landmarks", "spacing"}``).
 
+    Args:
+        errors_from: take the expected-error regression from this model's quality state instead of fitting it (a
+            model of the same landmarks and recipe that held its validation images out); required when a part of
+            ``model`` was trained on every image (:func:`trained_without_holdout`).
+
     Returns:
         the fitted :class:`QualityModel` and a summary (counts, the in-distribution statistic, the regression's
         rank correlation on its own data) for the model file's ``info``.
+
+    Raises:
+        AnatomarkError: a model trained without a hold-out and no ``errors_from``; an ``errors_from`` without a quality
+            state or of other landmarks.
     """
     from tqdm.auto import tqdm
 
+    leaked = trained_without_holdout(model)
+    if errors_from is None and leaked:
+        raise AnatomarkError(
+            f"{model.name}: {', '.join(leaked)} trained on every image (no validation images held out), so its "
+            "errors on the validation images are training errors. Take the expected-error regression from a model "
+            "of the same recipe that held them out (anatomark calibrate --errors-from <model>)"
+        )
+    if errors_from is not None:
+        if errors_from.quality is None:
+            raise AnatomarkError(f"--errors-from {errors_from.name} has no quality state (calibrate it first)")
+        if errors_from.landmark_set.names != model.landmark_set.names:
+            raise AnatomarkError(f"--errors-from {errors_from.name} has other landmarks than {model.name}")
+        augments = ()  # no validation predictions needed
     ls = model.landmark_set
     k = len(ls)
     imgs = []
@@ -112,25 +149,33 @@ def calibrate(
             lms.append(np.arange(k))
             errs.append(err)
     q.fit_statistic(stats)
+    summary: dict[str, Any] = {
+        "quality_images": len(items),
+        "quality_statistic_median_mm": float(np.median(stats)),
+    }
+    if errors_from is not None:
+        q.coef.copy_(errors_from.quality.coef)
+        q.resid_var.copy_(errors_from.quality.resid_var)
+        return q, {**summary, "quality_errors_from": str(errors_from.path or errors_from.name)}
     if not feats:
         raise ValueError("calibration needs validation images: the recipe's split left none (train.val_fraction)")
     f_all, lm_all, e_all = np.concatenate(feats), np.concatenate(lms), np.concatenate(errs)
     q.fit_error_model(f_all, lm_all, e_all)
-    summary = {
-        "quality_images": len(items),
-        "quality_validation_images": len(val),
-        "quality_error_points": int(len(e_all)),
-        "quality_statistic_median_mm": float(np.median(stats)),
-    }
-    return q, summary
+    return q, {**summary, "quality_validation_images": len(val), "quality_error_points": int(len(e_all))}
 
 
 def add_quality(
-    model_path: str | Path, items: Sequence[dict[str, Any]], out_path: str | Path | None = None, **settings: float
+    model_path: str | Path,
+    items: Sequence[dict[str, Any]],
+    out_path: str | Path | None = None,
+    errors_from: str | Path | None = None,
+    **settings: float,
 ) -> Path:
-    """Calibrate the model at ``model_path`` on ``items`` and write it (to ``out_path``, default in place)."""
+    """Calibrate the model at ``model_path`` on ``items`` and write it (to ``out_path``, default in place);
+    ``errors_from``: a model name or file whose expected-error regression is taken (see :func:`calibrate`)."""
     model = load_model(model_path)
-    q, summary = calibrate(model, items, **settings)
+    donor = load_model(errors_from) if errors_from else None
+    q, summary = calibrate(model, items, errors_from=donor, **settings)
     model.quality = q
     model.info = {**model.info, **summary}
     return model.save(out_path or model_path)

@@ -147,7 +147,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     model = load_model(args.model)
     annotator = args.annotator or model.info.get("annotator") or "senior"
     ds = LandmarkDataset(args.dataset, split=args.split, annotator=annotator, landmark_set=model.landmark_set)
-    out = add_quality(model.path, ds.items, args.out)
+    out = add_quality(model.path, ds.items, args.out, errors_from=args.errors_from)
     print(f"Quality model fitted on {len(ds)} images of {args.dataset} ({args.split}, {annotator}); written to {out}")
     return 0
 
@@ -329,6 +329,12 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--split", default="train", help="the split the model was trained on (never a test split)")
     c.add_argument("--annotator", default=None, help="default: the one the model was trained on")
     c.add_argument("--out", default=None, help="model file to write (default: in place)")
+    c.add_argument(
+        "--errors-from",
+        default=None,
+        help="take the expected-error regression from this model (same landmarks and recipe, validation images held "
+        "out): needed for a model trained on every image",
+    )
     c.set_defaults(func=cmd_calibrate)
 
     e = sub.add_parser("evaluate", help="MRE/SDR of a model on a dataset split")

@@ -143,3 +143,33 @@ def test_a_member_may_answer_for_some_landmarks_only(cascade, tmp_path):
         compose(stage1_path, [cascade_path, {"weights": cascade_path}], DOTS)
     with pytest.raises(AnatomarkError, match="needs other members"):
         compose(stage1_path, [split[0]], DOTS)
+
+
+def test_a_refiner_trained_on_its_own_is_a_member(cascade, tmp_path):
+    """A ``kind: local`` model (the refiner trained alone, here with nothing held out) composes like a cascade's
+    refiner: the same network gives the same points, and its training info is kept as the member's provenance."""
+    stage1_path, cascade_path, root = cascade
+    casc = load_model(cascade_path)
+    local_recipe = {
+        "name": "dots_refiner",
+        "kind": "local",
+        "landmark_set": DOTS.to_dict(),
+        "local": casc.recipe["local"],
+        "train": {**casc.recipe["train"], "epochs": 1, "val_fraction": 0.0},
+    }
+    res = train(local_recipe, make_dot_images(root / "train", 24, seed=5), tmp_path / "local", progress=False)
+    alone = load_model(res["model_path"])
+    assert alone.recipe["kind"] == "local" and alone.info["n_val"] == 0 and alone.info["n_train"] == 24
+    model = compose(stage1_path, [res["model_path"], cascade_path], DOTS)
+    assert model.info["local"]["members"][0]["n_val"] == 0
+    # the cascade's own refiner network saved as a kind: local file refines exactly like the cascade
+    same = type(alone)(casc.refiner.network, {**local_recipe, "local": casc.recipe["local"]}, DOTS, {"n_val": 0})
+    same_path = same.save(tmp_path / "same.pt")
+    img = load_image(make_dot_images(tmp_path / "t", 1, seed=6)[0]["image"], spacing=1.0)
+    np.testing.assert_allclose(
+        compose(stage1_path, same_path, DOTS).predict(img).points,
+        compose(stage1_path, cascade_path, DOTS).predict(img).points,
+        atol=1e-4,
+    )
+    with pytest.raises(AnatomarkError, match="refiner"):
+        load_model(same_path).predict(img)

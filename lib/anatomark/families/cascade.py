@@ -284,7 +284,17 @@ class CascadeModel(LandmarkModel):
 
 
 class LocalModel(LandmarkModel):
-    """A local refiner on its own (``kind: local``, stage 2 of a cascade): it refines, it does not predict."""
+    """A local refiner on its own (``kind: local``, stage 2 of a cascade): it refines, it does not predict.
+
+    Its :attr:`refiner` (the network as a :class:`LocalRefiner`) can be a member of a ``kind: refined`` model's
+    ``local.weights``, like a cascade's.
+    """
+
+    def __init__(
+        self, network: torch.nn.Module, recipe: dict[str, Any], landmark_set: LandmarkSet, info: dict | None = None
+    ) -> None:
+        super().__init__(network, recipe, landmark_set, info)
+        self.refiner = LocalRefiner(network, recipe["local"])
 
     def _predict(self, image: XrayImage) -> Prediction:
         raise AnatomarkError(f"{self.name} is a local refiner (stage 2) only; predict with a cascade model")

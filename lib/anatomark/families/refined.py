@@ -209,7 +209,7 @@ def compose(
     cascades = [load_model(w) for w in weights]
     for cascade, w in zip(cascades, weights):
         if getattr(cascade, "refiner", None) is None:
-            raise AnatomarkError(f"{w} has no local refiner (use a cascade model for local.weights)")
+            raise AnatomarkError(f"{w} has no local refiner (use a cascade or kind: local model for local.weights)")
     for m, w in ((base, base_weights), *zip(cascades, weights)):
         if m.landmark_set.names != landmark_set.names:
             raise AnatomarkError(f"{w} was trained for other landmarks than {landmark_set.name!r}")
@@ -246,6 +246,9 @@ _SAME_INPUT = ("spacing_mm", "patch_size", "context", "iterations", "decode")
 
 
 def _stage2(cascade: LandmarkModel) -> dict[str, Any]:
+    """A member's refiner training info: a cascade's ``stage2``, or a ``kind: local`` model's own."""
+    if kind_of(cascade.recipe) == "local":
+        return dict(cascade.info)
     return dict(cascade.info.get("stage2") or {})
 
 
