@@ -109,10 +109,16 @@ def training_line(info: dict) -> str:
     """The report's "Training:" line from a model file's info (a refined model: its base and its refiner)."""
 
     def one(i: dict) -> str:
+        minutes = f"training time {(i.get('train_seconds') or 0) / 60:.1f} min"
+        if i.get("n_val") == 0:  # a final refit: nothing held out, the epoch of lowest training loss
+            return (
+                f"all {i.get('n_train', '?')} images of `{i.get('split', '?')}` ({i.get('annotator', '?')}), none held "
+                f"out; epoch {i.get('epoch', '?')} (lowest training loss); {minutes}"
+            )
         return (
             f"{i.get('n_train', '?')} training images + {i.get('n_val', '?')} held-out validation images from "
             f"`{i.get('split', '?')}` ({i.get('annotator', '?')}); best epoch {i.get('epoch', '?')} by validation MRE "
-            f"({i.get('val_mre_mm') or float('nan'):.3f} mm); training time {(i.get('train_seconds') or 0) / 60:.1f} min"
+            f"({i.get('val_mre_mm') or float('nan'):.3f} mm); {minutes}"
         )
 
     if "base" in info and "local" in info:  # kind: refined (anatomark.families.refined): composed, not trained
@@ -121,10 +127,16 @@ def training_line(info: dict) -> str:
             refiner = "an ensemble of the refiners of " + ", ".join(f"`{m.get('path')}` ({one(m)})" for m in members)
         else:
             refiner = f"the refiner of `{info['local'].get('path')}`"
+        if any(m.get("n_val") == 0 for m in members or [info["local"]]):
+            val = "no validation figure (its refiners trained on the base's validation images)"
+        else:
+            val = (
+                f"validation MRE of the composition {info.get('val_mre_mm') or float('nan'):.3f} mm on "
+                f"{info.get('n_val', '?')} images"
+            )
         return (
             f"- Training: none, composed (`kind: refined`): base `{info['base'].get('path')}` ({one(info['base'])}) + "
-            f"{refiner}; validation MRE of the composition "
-            f"{info.get('val_mre_mm') or float('nan'):.3f} mm on {info.get('n_val', '?')} images"
+            f"{refiner}; {val}"
         )
     return f"- Training: {one(info)} on this CPU"
 

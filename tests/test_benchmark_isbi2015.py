@@ -74,3 +74,18 @@ def test_report_on_the_validation_images_of_the_models_recipe(dots_model, tmp_pa
     assert f"the {len(val)} validation images the model's recipe held out of `train`" in text
     assert f"over {len(val)} images" in text
     assert "Published results on Test1" not in text  # the published numbers are Test1 numbers
+
+
+def test_the_training_line_says_when_refiners_held_nothing_out(monkeypatch):
+    """A refit on every training image reports no validation figure for the composition (its refiners saw those)."""
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    import isbi2015 as bench
+
+    held = {"n_train": 135, "n_val": 15, "split": "train", "annotator": "mean", "epoch": 41, "val_mre_mm": 0.96}
+    refit = {"n_train": 150, "n_val": 0, "split": "train", "annotator": "mean", "epoch": 45, "train_seconds": 3000}
+    info = {"base": held, "local": {"members": [{"path": "a.pt", **refit}]}, "val_mre_mm": 0.5, "n_val": 15}
+    line = bench.training_line(info)
+    assert "all 150 images of `train` (mean), none held out; epoch 45 (lowest training loss)" in line
+    assert "no validation figure" in line and "0.500" not in line
+    info["local"]["members"][0] = {"path": "a.pt", **held}
+    assert "validation MRE of the composition 0.500 mm on 15 images" in bench.training_line(info)
