@@ -48,7 +48,13 @@ def cmd_train(args: argparse.Namespace) -> int:
         val_items=val,
         info={"dataset": str(args.dataset), "split": args.split, "annotator": args.annotator, "commit": git_commit()},
     )
-    print(f"Best validation MRE: {res['best_val_mre_mm']} mm; model written to {res['model_path']}")
+    if res["best_val_mre_mm"] is None:  # nothing held out: fit kept the epoch of lowest training loss
+        print(
+            f"No validation images (nothing held out): kept the epoch of lowest training loss; model written to "
+            f"{res['model_path']}"
+        )
+    else:
+        print(f"Best validation MRE: {res['best_val_mre_mm']:.3f} mm; model written to {res['model_path']}")
     return 0
 
 
