@@ -156,7 +156,7 @@ def calibrate(
     if errors_from is not None:
         q.coef.copy_(errors_from.quality.coef)
         q.resid_var.copy_(errors_from.quality.resid_var)
-        return q, {**summary, "quality_errors_from": str(errors_from.path or errors_from.name)}
+        return q, {**summary, "quality_errors_from": errors_from.name}
     if not feats:
         raise ValueError("calibration needs validation images: the recipe's split left none (train.val_fraction)")
     f_all, lm_all, e_all = np.concatenate(feats), np.concatenate(lms), np.concatenate(errs)
