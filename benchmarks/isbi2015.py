@@ -107,6 +107,7 @@ def kept_section(out: Path, title: str = "## Models measured") -> list[str]:
 
 def training_line(info: dict) -> str:
     """The report's "Training:" line from a model file's info (a refined model: its base and its refiner)."""
+    from anatomark.calibrate import trained_without_holdout
 
     def one(i: dict) -> str:
         minutes = f"training time {(i.get('train_seconds') or 0) / 60:.1f} min"
@@ -127,7 +128,7 @@ def training_line(info: dict) -> str:
             refiner = "an ensemble of the refiners of " + ", ".join(f"`{m.get('path')}` ({one(m)})" for m in members)
         else:
             refiner = f"the refiner of `{info['local'].get('path')}`"
-        if any(m.get("n_val") == 0 for m in members or [info["local"]]):
+        if trained_without_holdout(info):  # its refiners trained on the images the composition is validated on
             val = "no validation figure (its refiners trained on the base's validation images)"
         else:
             val = (

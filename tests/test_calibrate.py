@@ -21,14 +21,10 @@ def shipped(isbi_dir):
 
 
 def test_trained_without_holdout_names_the_parts():
-    class M:
-        info = {"n_val": 15, "local": {"members": [{"path": "a.pt", "n_val": 15}, {"path": "b.pt", "n_val": 0}]}}
-
-    assert trained_without_holdout(M()) == ["refiner b.pt"]
-    M.info = {"n_val": 0, "stage2": {"n_val": 0}}
-    assert trained_without_holdout(M()) == ["model", "stage 2"]
-    M.info = {"n_val": 3, "local": {"path": "c.pt", "n_val": 3}}
-    assert trained_without_holdout(M()) == []
+    info = {"n_val": 15, "local": {"members": [{"path": "a.pt", "n_val": 15}, {"path": "b.pt", "n_val": 0}]}}
+    assert trained_without_holdout(info) == ["refiner b.pt"]
+    assert trained_without_holdout({"n_val": 0, "stage2": {"n_val": 0}}) == ["model", "stage 2"]
+    assert trained_without_holdout({"n_val": 3, "local": {"path": "c.pt", "n_val": 3}}) == []
 
 
 def test_a_model_trained_on_every_image_takes_its_error_regression_from_another(shipped):

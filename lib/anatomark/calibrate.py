@@ -70,10 +70,9 @@ def prediction_features(model: LandmarkModel, q: QualityModel, image: XrayImage)
     return pred.points, landmark_features(q, pred, fit), fit
 
 
-def trained_without_holdout(model: LandmarkModel) -> list[str]:
-    """The parts of ``model`` trained with no validation image held out (``n_val`` 0 in their training info): the
-    model itself, a cascade's stage 2 or the members of a refined model's refiner ensemble."""
-    info = model.info or {}
+def trained_without_holdout(info: dict[str, Any]) -> list[str]:
+    """The parts of a model trained with no validation image held out (``n_val`` 0 in their training info), from the
+    model file's ``info``: the model itself, a cascade's stage 2 or the members of a refined model's refiner ensemble."""
     parts: list[tuple[str, dict[str, Any]]] = [("model", info), ("stage 2", info.get("stage2") or {})]
     local = info.get("local") or {}
     parts += [(f"refiner {m.get('path', i)}", m) for i, m in enumerate(local.get("members") or [local])]
@@ -105,7 +104,7 @@ def calibrate(
     """
     from tqdm.auto import tqdm
 
-    leaked = trained_without_holdout(model)
+    leaked = trained_without_holdout(model.info or {})
     if errors_from is None and leaked:
         raise AnatomarkError(
             f"{model.name}: {', '.join(leaked)} trained on every image (no validation images held out), so its "
