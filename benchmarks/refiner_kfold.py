@@ -75,9 +75,8 @@ def fold_errors(
         raise AnatomarkError(
             f"{run_dir} trained on the {trained_on} annotation; score it with --annotator {trained_on}"
         )
-    ls = landmark_set
-    stage = LocalStage(recipe, ls, items, None, progress=False)
-    net = build_network(recipe["local"]["network"], out_channels=len(ls))
+    stage = LocalStage(recipe, landmark_set, items, None, progress=False)
+    net = build_network(recipe["local"]["network"], out_channels=len(landmark_set))
     net.load_state_dict(state["net"])
     err = stage.evaluate(_as_saved(net).eval())
     last = (state.get("history") or [{}])[-1]
@@ -156,13 +155,13 @@ def report_lines(pooled: dict[str, dict[str, Any]], baseline: str) -> tuple[list
     if baseline in pooled:
         base = pooled[baseline]
         rows = []
+        worst = np.argsort(-np.nanmean(np.stack(list(base["errors"].values())), axis=0))[:5]
         for name, rec in pooled.items():
             if name == baseline:
                 continue
             p = paired(base["errors"], rec["errors"])
             if p is None:
                 continue
-            worst = np.argsort(-np.nanmean(np.stack(list(base["errors"].values())), axis=0))[:5]
             per = ", ".join(f"{base['names'][k]} {p['per_landmark'][k]:+.2f}" for k in worst)
             rows.append(
                 f"| {name} | {p['n']} | {p['diff_mm']:+.3f} | [{p['ci95'][0]:+.3f}, {p['ci95'][1]:+.3f}] | "
