@@ -6,11 +6,16 @@ Usage:
         --baseline isbi2015_refiner_mean --out benchmarks/results/refiner_kfold.md
     # only rebuild the report from the error files already committed
     .venv/bin/python benchmarks/refiner_kfold.py --baseline isbi2015_refiner_mean
+    # a secondary reading of the same runs from nearer starts (about the base model's own errors)
+    .venv/bin/python benchmarks/refiner_kfold.py --runs ... --start-sigma-mm 1.1 \
+        --errors-dir benchmarks/results/kfold_start1.1mm --out benchmarks/results/refiner_kfold_start1.1mm.md
 
 Every fold run is scored at its **last** epoch (``last.pt``: no epoch is chosen on the held-out images) on the images
 its fold held out, each landmark refined once from the seeded offset of the truth that its training validated from
 (``train.seed`` + 12345, ``local.offset_sigma_mm``): recipes with the same seed and offset start from the same points,
-so their errors pair image for image. Weights are rounded to float16 first, as a model file holds them.
+so their errors pair image for image. ``--start-sigma-mm`` draws the starts with another spread (same seed) instead:
+the recipes' 3 mm per axis (3.8 mm radial on average) is far wider than the errors of the base model a refiner serves
+behind (``isbi2015_unet_seg``: 1.35 mm radial on its validation images, i.e. about 1.1 mm per axis). Weights are rounded to float16 first, as a model file holds them.
 Ground truth: the annotation the run trained on (its ``info``; the mean of both annotators for issue 17's runs).
 
 Per-image, per-landmark errors go to ``benchmarks/results/kfold/<recipe>_fold<I>of<K>.csv`` (a few kB each), so
@@ -38,7 +43,11 @@ RADII = (2.0, 2.5, 3.0, 4.0)
 
 
 def fold_errors(
-    run_dir: str | Path, items: list[dict[str, Any]], landmark_set: Any, annotator: str | None = None
+    run_dir: str | Path,
+    items: list[dict[str, Any]],
+    landmark_set: Any,
+    annotator: str | None = None,
+    start_sigma_mm: float | None = None,
 ) -> tuple[dict[str, Any], list[str], np.ndarray]:
     """Score one finished fold run at its last epoch on the images its fold held out.
 
@@ -48,6 +57,8 @@ def fold_errors(
         items: the dataset items the run was trained from, in the same order (the split indexes them).
         landmark_set: the :class:`~anatomark.config.LandmarkSet` of ``items``.
         annotator: the annotation of ``items``; refused when the run says it trained on another one.
+        start_sigma_mm: the spread (mm per axis) of the seeded starts around the truth; default: the recipe's
+            ``local.offset_sigma_mm`` (the starts its training validated from).
 
     Returns:
         ``({"recipe", "fold", "folds", "epoch", "epochs", "history_mre_mm"}, image ids, (N, K) errors in mm)``.
@@ -75,6 +86,10 @@ def fold_errors(
         raise AnatomarkError(
             f"{run_dir} trained on the {trained_on} annotation; score it with --annotator {trained_on}"
         )
+    if start_sigma_mm is not None:  # only the validation starts read it here (the patch set is never drawn from)
+        if not start_sigma_mm > 0:
+            raise AnatomarkError(f"start_sigma_mm must be > 0, got {start_sigma_mm}")
+        recipe = {**recipe, "local": {**recipe["local"], "offset_sigma_mm": float(start_sigma_mm)}}
     stage = LocalStage(recipe, landmark_set, items, None, progress=False)
     net = build_network(recipe["local"]["network"], out_channels=len(landmark_set))
     net.load_state_dict(state["net"])
@@ -191,6 +206,13 @@ def main() -> int:
     ap.add_argument("--landmark-set", default="isbi2015_cephalometric")
     ap.add_argument("--errors-dir", default=str(KFOLD_DIR))
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument(
+        "--start-sigma-mm",
+        type=float,
+        default=None,
+        help="spread of the starts around the truth, mm per axis (default: each recipe's local.offset_sigma_mm); "
+        "give it its own --errors-dir and --out",
+    )
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "refiner_kfold.md"))
     args = ap.parse_args()
     folder = Path(args.errors_dir)
@@ -205,7 +227,7 @@ def main() -> int:
         torch.set_num_threads(args.threads)
         ds = LandmarkDataset(args.dataset, split=args.split, annotator=args.annotator, landmark_set=args.landmark_set)
         for run in args.runs:
-            meta, ids, err = fold_errors(run, ds.items, ds.landmark_set, args.annotator)
+            meta, ids, err = fold_errors(run, ds.items, ds.landmark_set, args.annotator, args.start_sigma_mm)
             path = write_errors(meta, ids, err, list(ds.landmark_set.names), folder)
             print(
                 f"{run}: {meta['recipe']} fold {meta['fold']}/{meta['folds']}, epoch {meta['epoch']}: "
@@ -221,8 +243,13 @@ def main() -> int:
         "",
         *provenance(args.threads),
         f"- Ground truth: the **{args.annotator}** annotation of `{args.split}` (0.1 mm/px); each fold run scored at "
-        "its last epoch on the images its fold held out, every landmark refined once from the seeded offset of the "
-        "truth its training validated from (no stage-1 model). Error files: "
+        "its last epoch on the images its fold held out, every landmark refined once from "
+        + (
+            f"a seeded offset of the truth of {args.start_sigma_mm:g} mm per axis (`--start-sigma-mm`)"
+            if args.start_sigma_mm is not None
+            else "the seeded offset of the truth its training validated from"
+        )
+        + " (no stage-1 model). Error files: "
         f"`{folder.relative_to(REPO) if folder.is_relative_to(REPO) else folder}`.",
         "",
         *table,

@@ -99,3 +99,16 @@ def test_paired_difference_of_known_errors():
     assert p["n"] == 2 and p["better"] == 1 and p["diff_mm"] == pytest.approx(0.0)
     np.testing.assert_allclose(p["per_landmark"], [0.0, 0.0])
     assert rk.paired(base, {"z": np.array([1.0, 1.0])}) is None
+
+
+def test_start_spread_can_be_chosen(fold_runs):
+    items, runs, _ = fold_runs
+    run = runs["dots_refiner", 0]
+    _, ids, err = rk.fold_errors(run, items, DOTS)
+    _, ids_same, same = rk.fold_errors(run, items, DOTS, start_sigma_mm=2.0)  # the recipe's own offset_sigma_mm
+    assert ids_same == ids
+    np.testing.assert_array_equal(same, err)
+    _, ids_near, near = rk.fold_errors(run, items, DOTS, start_sigma_mm=0.5)
+    assert ids_near == ids and not np.allclose(near, err)  # the same images from other starts
+    with pytest.raises(AnatomarkError, match="must be > 0"):
+        rk.fold_errors(run, items, DOTS, start_sigma_mm=0.0)
