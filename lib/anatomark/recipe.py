@@ -217,6 +217,9 @@ class LocalConfig(Section):
         focus: landmark names a specialist refiner is trained for: its training patches are centred on these only
             (every landmark inside a patch is still a target) and its validation MRE (the best epoch) is theirs.
             Empty: all landmarks.
+        start_prior_mm: inference only: weigh each probability map with a Gaussian of this sigma (mm) around the
+            point the patch is centred on before decoding, so a refiner does not jump to a stronger but distant
+            peak; confidence and spread still read the network's own map. ``None``: off.
     """
 
     KEY = "local"
@@ -232,6 +235,7 @@ class LocalConfig(Section):
     decode: dict[str, Any] = field(default_factory=dict)
     val_from_model: str | None = None
     focus: tuple[str, ...] = ()
+    start_prior_mm: float | None = None
 
 
 def loss_options(recipe: dict[str, Any]) -> tuple[str, dict[str, Any]]:

@@ -47,6 +47,42 @@ def test_refiner_precision_is_checked():
         assert LocalRefiner(net, {"spacing_mm": 0.2, "patch_size": 32, "precision": p}).precision == p
 
 
+class _TwoPeaks(torch.nn.Module):
+    """Fixed logits for one landmark on a 64 px patch: a strong peak 30 px right of the centre (6 mm at 0.2 mm/px)
+    and a weaker one 3 px left of it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.anchor = torch.nn.Parameter(torch.zeros(1))  # the refiner looks up the device of the parameters
+        logits = torch.full((1, 1, 64, 64), -10.0)
+        logits[0, 0, 31, 61] = 8.0  # (x, y) = (61.5 - 0.5, 31.5 - 0.5): the centre is (31.5, 31.5)
+        logits[0, 0, 31, 28] = 6.0
+        self.register_buffer("logits", logits)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.logits.expand(x.shape[0], -1, -1, -1) + 0 * self.anchor
+
+
+def test_start_prior_keeps_a_refiner_from_jumping_to_a_distant_peak():
+    fine, start = np.zeros((200, 200), np.float32), np.array([[100.0, 100.0]])
+    cfg = {"spacing_mm": 0.2, "patch_size": 64, "decode": {"method": "argmax", "radius": 2}}
+    far = 100.0 - 31.5 + np.array([61.0, 31.0])
+    near = 100.0 - 31.5 + np.array([28.0, 31.0])
+    pts, conf, spread = LocalRefiner(_TwoPeaks(), cfg).refine_spread(fine, start)
+    np.testing.assert_allclose(pts[0], far)  # no prior: the strongest peak, 6 mm away
+    p_far = np.exp(8.0) / (np.exp(8.0) + np.exp(6.0) + (64 * 64 - 2) * np.exp(-10.0))
+    assert conf[0] == pytest.approx(p_far, rel=1e-4)
+    pts2, conf2, spread2 = LocalRefiner(_TwoPeaks(), {**cfg, "start_prior_mm": 2.0}).refine_spread(fine, start)
+    np.testing.assert_allclose(pts2[0], near)  # a 2 mm prior: the near peak wins
+    assert conf2[0] == pytest.approx(p_far * np.exp(-2.0), rel=1e-4)  # the network's own mass at the point
+    assert spread2[0] > 20  # and its spread still shows the distant mode
+    pts4, _, _ = LocalRefiner(_TwoPeaks(), {**cfg, "start_prior_mm": 4.0}).refine_spread(fine, start)
+    np.testing.assert_allclose(pts4[0], far)  # a wide prior lets a much stronger distant peak win
+    for bad in (0.0, -1.0):
+        with pytest.raises(AnatomarkError, match="start_prior_mm must be > 0"):
+            LocalRefiner(_TwoPeaks(), {**cfg, "start_prior_mm": bad})
+
+
 @pytest.mark.parametrize("context", [None, [3]], ids=["fine_only", "with_context"])
 def test_cascade_trains_saves_loads_and_refines(dots_model, tmp_path, context):
     _, stage1_res = dots_model

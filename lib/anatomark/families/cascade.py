@@ -129,7 +129,7 @@ class LocalRefiner:
         network: maps ``(N, C, P, P)`` patches (C = 1 + len(``local.context``), see :class:`LocalInput`) to
             ``(N, K, P, P)`` logits.
         cfg: the recipe's ``local`` section (``spacing_mm``, ``patch_size``, ``iterations``, ``decode``,
-            ``precision``: ``float32`` (default), ``bfloat16`` or ``auto``, see
+            ``start_prior_mm``, ``precision``: ``float32`` (default), ``bfloat16`` or ``auto``, see
             :func:`anatomark.networks.inference_dtype`; a bfloat16 copy is kept by
             :class:`~anatomark.networks.InferenceCopy`, ``network`` itself stays float32).
     """
@@ -147,6 +147,15 @@ class LocalRefiner:
         dec = DecodeConfig.from_dict(lc.decode, "local.decode")
         self.decode_method = dec.method
         self.decode_radius = int(dec.radius)
+        self.prior = None  # (P, P) weights around the patch centre (local.start_prior_mm), or None
+        if lc.start_prior_mm is not None:
+            sigma = float(lc.start_prior_mm)
+            if not sigma > 0:
+                raise AnatomarkError(f"local.start_prior_mm must be > 0 (a sigma in mm) or left out, got {sigma}")
+            c = (self.input.size - 1) / 2.0  # the patch centre (Fn.patch_matrix): where the start point is
+            yy, xx = np.mgrid[0 : self.input.size, 0 : self.input.size]
+            d2 = (xx - c) ** 2 + (yy - c) ** 2
+            self.prior = torch.from_numpy(np.exp(-d2 / (2.0 * (sigma / self.spacing_mm) ** 2)).astype(np.float32))
 
     @torch.no_grad()
     def refine(
@@ -187,7 +196,13 @@ class LocalRefiner:
             x = _patch_input(patches).to(dev, dtype)
             own = _own_logits(net, x, idx)  # (n, P, P): channel k of the patch centred on k
             prob = torch.softmax(own.reshape(idx.size, -1).float(), -1).reshape(own.shape)
-            found, _, mass = Fn.heatmaps_to_points(prob, self.decode_method, self.decode_radius)
+            if self.prior is None:
+                found, _, mass = Fn.heatmaps_to_points(prob, self.decode_method, self.decode_radius)
+            else:  # decode the map weighed by the prior; the confidence is the network's own mass there
+                weighed = prob * self.prior.to(prob.device)
+                weighed = weighed / weighed.sum(dim=(1, 2), keepdim=True).clamp_min(1e-30)
+                found, _, _ = Fn.heatmaps_to_points(weighed, self.decode_method, self.decode_radius)
+                mass = Fn.window_mass(prob, found, self.decode_radius)
             for j, i in enumerate(idx):
                 pts[i] = Fn.transform_points(found[j : j + 1], mats[j])[0]
             conf[idx] = np.clip(mass, 0, 1)

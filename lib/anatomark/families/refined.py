@@ -13,6 +13,7 @@ and a cascade whose refiner to use::
       precision: auto                # optional: run the base network in bfloat16 where native (input.precision)
     local:
       weights: isbi2015_cascade      # a cascade model name or file: its refiner and its ``local`` settings
+      start_prior_mm: 4.0            # optional: decode each refiner map weighed by a Gaussian around the base's point
 
 ``local.weights`` may also list several cascades whose refiners read the same patches (same ``spacing_mm``,
 ``patch_size``, ``context``, ``iterations``, ``decode``), e.g. refiners trained with different seeds: they become one
@@ -219,6 +220,9 @@ def compose(
     if precision is not None:
         base.set_precision(str(precision))  # checked by the model (unknown ones raise)
     local_recipe, local_net = _refiners(cascades, weights, covers)
+    prior = ((recipe or {}).get("local") or {}).get("start_prior_mm")
+    if prior is not None:  # an inference setting of the composed model (checked by LocalRefiner)
+        local_recipe["start_prior_mm"] = float(prior)
     base.quality = None  # the composed model gets its own calibration (anatomark calibrate)
     name = (recipe or {}).get("name") or f"{base.name}_refined"
     full = {

@@ -210,6 +210,22 @@ def heatmaps_to_points(
     return pts, peak.astype(np.float64), mass
 
 
+def window_mass(maps: np.ndarray | torch.Tensor, points: np.ndarray, radius: int) -> np.ndarray:
+    """Sum of each ``(K, H, W)`` map in the ``(2 * radius + 1)^2`` window around its ``(K, 2)`` (x, y) point (rounded),
+    clipped to the map: :func:`heatmaps_to_points`' ``mass`` around a given point instead of the argmax."""
+    m = maps.detach().float().cpu().numpy() if isinstance(maps, torch.Tensor) else np.asarray(maps, np.float32)
+    k, h, w = m.shape
+    out = np.zeros(k)
+    for i in range(k):
+        if not np.isfinite(points[i]).all():
+            continue
+        x, y = (int(round(float(v))) for v in points[i])
+        y0, y1 = max(0, y - radius), min(h, y + radius + 1)
+        x0, x1 = max(0, x - radius), min(w, x + radius + 1)
+        out[i] = float(np.clip(m[i, y0:y1, x0:x1].astype(np.float64), 0, None).sum()) if y1 > y0 and x1 > x0 else 0.0
+    return out
+
+
 def heatmap_spread(prob: np.ndarray | torch.Tensor, points: np.ndarray) -> np.ndarray:
     """Expected distance between each point and a draw from its probability map: ``E_p[|q - point|]``.
 
