@@ -184,3 +184,14 @@ def test_letterbox_pads_other_aspect_ratios_and_maps_points_back():
     assert abs(back[0] - 250) < 300 / 64 and abs(back[1] - 40) < 300 / 64
     above = letterbox_points_back(np.array([[32.0, 5.0]]), frame, (64, 64))[0]
     assert above[1] < 0  # the padding maps outside the image
+
+
+def test_window_mass_sums_the_window_around_a_given_point():
+    maps = np.zeros((2, 10, 10), np.float32)
+    maps[0, 2, 3], maps[0, 8, 8] = 0.25, 0.75  # (y, x)
+    maps[1, 0, 0] = 1.0
+    pts = np.array([[3.4, 2.2], [np.nan, np.nan]])  # (x, y): rounds to (3, 2); the second point is missing
+    np.testing.assert_allclose(Fn.window_mass(maps, pts, 1), [0.25, 0.0])
+    # at the argmax it is heatmaps_to_points' mass
+    _, _, mass = Fn.heatmaps_to_points(maps, "local_mean", 1)
+    np.testing.assert_allclose(Fn.window_mass(maps, np.array([[8.0, 8.0], [0.0, 0.0]]), 1), mass)
