@@ -15,7 +15,8 @@ its fold held out, each landmark refined once from the seeded offset of the trut
 (``train.seed`` + 12345, ``local.offset_sigma_mm``): recipes with the same seed and offset start from the same points,
 so their errors pair image for image. ``--start-sigma-mm`` draws the starts with another spread (same seed) instead:
 the recipes' 3 mm per axis (3.8 mm radial on average) is far wider than the errors of the base model a refiner serves
-behind (``isbi2015_unet_seg``: 1.35 mm radial on its validation images, i.e. about 1.1 mm per axis). Weights are rounded to float16 first, as a model file holds them.
+behind (``isbi2015_unet_seg``: 1.35 mm radial on its validation images, i.e. about 1.1 mm per axis). Weights are
+rounded to float16 first, as a model file holds them.
 Ground truth: the annotation the run trained on (its ``info``; the mean of both annotators for issue 17's runs).
 
 Per-image, per-landmark errors go to ``benchmarks/results/kfold/<recipe>_fold<I>of<K>.csv`` (a few kB each), so

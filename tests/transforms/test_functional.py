@@ -192,6 +192,8 @@ def test_window_mass_sums_the_window_around_a_given_point():
     maps[1, 0, 0] = 1.0
     pts = np.array([[3.4, 2.2], [np.nan, np.nan]])  # (x, y): rounds to (3, 2); the second point is missing
     np.testing.assert_allclose(Fn.window_mass(maps, pts, 1), [0.25, 0.0])
+    off = np.array([[-5.0, 2.0], [3.0, 20.0]])  # windows wholly off the map are empty (not wrapped around)
+    np.testing.assert_allclose(Fn.window_mass(maps, off, 1), [0.0, 0.0])
     # at the argmax it is heatmaps_to_points' mass
     _, _, mass = Fn.heatmaps_to_points(maps, "local_mean", 1)
     np.testing.assert_allclose(Fn.window_mass(maps, np.array([[8.0, 8.0], [0.0, 0.0]]), 1), mass)

@@ -186,11 +186,7 @@ def heatmaps_to_points(
     """
     if method not in ("argmax", "local_mean"):
         raise ValueError(f"Unknown heatmap decoding {method!r}; use 'argmax' or 'local_mean'")
-    hm = (
-        heatmaps.detach().float().cpu().numpy()
-        if isinstance(heatmaps, torch.Tensor)
-        else np.asarray(heatmaps, np.float32)
-    )
+    hm = _maps_numpy(heatmaps)
     k, h, w = hm.shape
     flat = hm.reshape(k, -1)
     idx = flat.argmax(axis=1)
@@ -199,9 +195,7 @@ def heatmaps_to_points(
     pts = np.stack([xs, ys], axis=1).astype(np.float64)
     mass = np.zeros(k)
     for i in range(k):
-        y0, y1 = max(0, ys[i] - radius), min(h, ys[i] + radius + 1)
-        x0, x1 = max(0, xs[i] - radius), min(w, xs[i] + radius + 1)
-        win = np.clip(hm[i, y0:y1, x0:x1].astype(np.float64), 0, None)
+        win, y0, y1, x0, x1 = _window(hm[i], int(xs[i]), int(ys[i]), radius)
         total = win.sum()
         mass[i] = total
         if method == "local_mean" and total > 0:
@@ -213,17 +207,27 @@ def heatmaps_to_points(
 def window_mass(maps: np.ndarray | torch.Tensor, points: np.ndarray, radius: int) -> np.ndarray:
     """Sum of each ``(K, H, W)`` map in the ``(2 * radius + 1)^2`` window around its ``(K, 2)`` (x, y) point (rounded),
     clipped to the map: :func:`heatmaps_to_points`' ``mass`` around a given point instead of the argmax."""
-    m = maps.detach().float().cpu().numpy() if isinstance(maps, torch.Tensor) else np.asarray(maps, np.float32)
-    k, h, w = m.shape
-    out = np.zeros(k)
-    for i in range(k):
-        if not np.isfinite(points[i]).all():
-            continue
-        x, y = (int(round(float(v))) for v in points[i])
-        y0, y1 = max(0, y - radius), min(h, y + radius + 1)
-        x0, x1 = max(0, x - radius), min(w, x + radius + 1)
-        out[i] = float(np.clip(m[i, y0:y1, x0:x1].astype(np.float64), 0, None).sum()) if y1 > y0 and x1 > x0 else 0.0
+    m = _maps_numpy(maps)
+    out = np.zeros(m.shape[0])
+    for i in range(m.shape[0]):
+        if np.isfinite(points[i]).all():
+            x, y = (int(round(float(v))) for v in points[i])
+            out[i] = float(_window(m[i], x, y, radius)[0].sum())  # an empty window (point off the map) sums to 0
     return out
+
+
+def _maps_numpy(maps: np.ndarray | torch.Tensor) -> np.ndarray:
+    """``(K, H, W)`` maps as a float32 NumPy array (a tensor is detached and moved to the CPU)."""
+    return maps.detach().float().cpu().numpy() if isinstance(maps, torch.Tensor) else np.asarray(maps, np.float32)
+
+
+def _window(m: np.ndarray, x: int, y: int, radius: int) -> tuple[np.ndarray, int, int, int, int]:
+    """The ``(2 * radius + 1)^2`` window of the ``(H, W)`` map ``m`` around pixel ``(x, y)``, clipped to the map, as
+    float64 clipped at 0, and its bounds ``y0, y1, x0, x1``."""
+    h, w = m.shape
+    y0, x0 = min(h, max(0, y - radius)), min(w, max(0, x - radius))
+    y1, x1 = max(y0, min(h, y + radius + 1)), max(x0, min(w, x + radius + 1))  # empty, not wrapped, off the map
+    return np.clip(m[y0:y1, x0:x1].astype(np.float64), 0, None), y0, y1, x0, x1
 
 
 def heatmap_spread(prob: np.ndarray | torch.Tensor, points: np.ndarray) -> np.ndarray:
@@ -236,7 +240,7 @@ def heatmap_spread(prob: np.ndarray | torch.Tensor, points: np.ndarray) -> np.nd
     Returns:
         ``(K,)`` distances in grid pixels: small for a sharp single peak, large for a flat or multi-modal map.
     """
-    p = prob.detach().float().cpu().numpy() if isinstance(prob, torch.Tensor) else np.asarray(prob, np.float32)
+    p = _maps_numpy(prob)
     k, h, w = p.shape
     gy, gx = np.mgrid[0:h, 0:w].astype(np.float32)
     pts = np.asarray(points, np.float32)
