@@ -38,7 +38,7 @@ run: install
 evaluate: run
 
 test: install stack-deps viewer
-	$(VPY) -m pytest -q tests
+	$(VPY) -m pytest -q --durations=25 tests
 
 ## Orthanc, its DICOMweb plugin and Chromium from Debian, installed with apt-get only when missing.
 stack-deps:

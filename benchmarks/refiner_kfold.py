@@ -6,6 +6,9 @@ Usage:
         --baseline isbi2015_refiner_mean --out benchmarks/results/refiner_kfold.md
     # only rebuild the report from the error files already committed
     .venv/bin/python benchmarks/refiner_kfold.py --baseline isbi2015_refiner_mean
+    # the same runs decoded as a composed model with local.start_prior_mm 4 serves them
+    .venv/bin/python benchmarks/refiner_kfold.py --runs ... --start-prior-mm 4 \
+        --errors-dir benchmarks/results/kfold_prior4mm --out benchmarks/results/refiner_kfold_prior4mm.md
     # a secondary reading of the same runs from nearer starts (about the base model's own errors)
     .venv/bin/python benchmarks/refiner_kfold.py --runs ... --start-sigma-mm 1.1 \
         --errors-dir benchmarks/results/kfold_start1.1mm --out benchmarks/results/refiner_kfold_start1.1mm.md
@@ -49,6 +52,7 @@ def fold_errors(
     landmark_set: Any,
     annotator: str | None = None,
     start_sigma_mm: float | None = None,
+    start_prior_mm: float | None = None,
 ) -> tuple[dict[str, Any], list[str], np.ndarray]:
     """Score one finished fold run at its last epoch on the images its fold held out.
 
@@ -60,6 +64,8 @@ def fold_errors(
         annotator: the annotation of ``items``; refused when the run says it trained on another one.
         start_sigma_mm: the spread (mm per axis) of the seeded starts around the truth; default: the recipe's
             ``local.offset_sigma_mm`` (the starts its training validated from).
+        start_prior_mm: decode with ``local.start_prior_mm`` (a Gaussian of this sigma around each start weighs the
+            refiner's map, as a composed model serves it); default: the recipe's own (none for a trained refiner).
 
     Returns:
         ``({"recipe", "fold", "folds", "epoch", "epochs", "history_mre_mm"}, image ids, (N, K) errors in mm)``.
@@ -91,6 +97,8 @@ def fold_errors(
         if not start_sigma_mm > 0:
             raise AnatomarkError(f"start_sigma_mm must be > 0, got {start_sigma_mm}")
         recipe = {**recipe, "local": {**recipe["local"], "offset_sigma_mm": float(start_sigma_mm)}}
+    if start_prior_mm is not None:  # LocalRefiner checks the value
+        recipe = {**recipe, "local": {**recipe["local"], "start_prior_mm": float(start_prior_mm)}}
     stage = LocalStage(recipe, landmark_set, items, None, progress=False)
     net = build_network(recipe["local"]["network"], out_channels=len(landmark_set))
     net.load_state_dict(state["net"])
@@ -214,6 +222,13 @@ def main() -> int:
         help="spread of the starts around the truth, mm per axis (default: each recipe's local.offset_sigma_mm); "
         "give it its own --errors-dir and --out",
     )
+    ap.add_argument(
+        "--start-prior-mm",
+        type=float,
+        default=None,
+        help="decode with local.start_prior_mm (as a composed model would serve the refiner); "
+        "give it its own --errors-dir and --out",
+    )
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "refiner_kfold.md"))
     args = ap.parse_args()
     folder = Path(args.errors_dir)
@@ -228,7 +243,9 @@ def main() -> int:
         torch.set_num_threads(args.threads)
         ds = LandmarkDataset(args.dataset, split=args.split, annotator=args.annotator, landmark_set=args.landmark_set)
         for run in args.runs:
-            meta, ids, err = fold_errors(run, ds.items, ds.landmark_set, args.annotator, args.start_sigma_mm)
+            meta, ids, err = fold_errors(
+                run, ds.items, ds.landmark_set, args.annotator, args.start_sigma_mm, args.start_prior_mm
+            )
             path = write_errors(meta, ids, err, list(ds.landmark_set.names), folder)
             print(
                 f"{run}: {meta['recipe']} fold {meta['fold']}/{meta['folds']}, epoch {meta['epoch']}: "
@@ -249,6 +266,11 @@ def main() -> int:
             f"a seeded offset of the truth of {args.start_sigma_mm:g} mm per axis (`--start-sigma-mm`)"
             if args.start_sigma_mm is not None
             else "the seeded offset of the truth its training validated from"
+        )
+        + (
+            f", decoded with a {args.start_prior_mm:g} mm prior around the start (`--start-prior-mm`)"
+            if args.start_prior_mm is not None
+            else ""
         )
         + " (no stage-1 model). Error files: "
         f"`{folder.relative_to(REPO) if folder.is_relative_to(REPO) else folder}`.",
