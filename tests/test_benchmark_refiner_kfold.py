@@ -112,3 +112,30 @@ def test_start_spread_can_be_chosen(fold_runs):
     assert ids_near == ids and not np.allclose(near, err)  # the same images from other starts
     with pytest.raises(AnatomarkError, match="must be > 0"):
         rk.fold_errors(run, items, DOTS, start_sigma_mm=0.0)
+
+
+def test_start_prior_decodes_as_a_composed_model_serves(fold_runs):
+    """A prior far narrower than a fine pixel pins every refined point to its start (within the four fine pixels
+    around the patch centre): the errors are the starts'."""
+    from anatomark.families.cascade import LocalStage
+    from anatomark.metrics import radial_errors
+    from anatomark.transforms import functional as Fn
+
+    items, runs, _ = fold_runs
+    run = runs["dots_refiner", 0]
+    _, ids, free = rk.fold_errors(run, items, DOTS)
+    _, ids_pinned, pinned = rk.fold_errors(run, items, DOTS, start_prior_mm=1e-3)
+    assert ids_pinned == ids
+    recipe = _local_recipe("dots_refiner", 2.0, 0)
+    stage = LocalStage(recipe, DOTS, items, None, progress=False)
+    starts = np.stack(
+        [Fn.resize_points(s, c["scaled"].shape, c["orig_hw"]) for c, s in zip(stage.val_c, stage.val_starts)]
+    )
+    want = radial_errors(
+        starts, np.stack([c["landmarks"] for c in stage.val_c]), np.asarray([c["spacing"] for c in stage.val_c])
+    )
+    half_pixel = 0.5 * np.sqrt(2.0) * recipe["local"]["spacing_mm"]
+    np.testing.assert_allclose(pinned, want, atol=half_pixel)
+    assert np.abs(free - want).max() > 5 * half_pixel  # without the prior the refiner moves the points
+    with pytest.raises(AnatomarkError, match="start_prior_mm must be > 0"):
+        rk.fold_errors(run, items, DOTS, start_prior_mm=-1.0)

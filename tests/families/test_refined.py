@@ -124,10 +124,10 @@ def test_base_precision_runs_the_base_in_bfloat16_and_is_kept_in_the_file(cascad
 def test_start_prior_is_a_setting_of_the_composed_model_and_kept_in_the_file(cascade, tmp_path):
     stage1_path, cascade_path, _ = cascade
     plain = compose(stage1_path, cascade_path, DOTS)
-    assert plain.refiner.prior is None and "start_prior_mm" not in plain.recipe["local"]
+    assert plain.refiner.log_prior is None and "start_prior_mm" not in plain.recipe["local"]
     held = compose(stage1_path, cascade_path, DOTS, {"name": "held", "local": {"start_prior_mm": 1.0}})
     again = load_model(held.save(tmp_path / "held.pt"))
-    assert again.recipe["local"]["start_prior_mm"] == 1.0 and again.refiner.prior is not None
+    assert again.recipe["local"]["start_prior_mm"] == 1.0 and again.refiner.log_prior is not None
     img = load_image(make_dot_images(tmp_path / "t", 1, seed=4)[0]["image"], spacing=1.0)
     base = again.predict_coarse(img).points
     moved = np.hypot(*(again.predict(img).points - base).T).max()

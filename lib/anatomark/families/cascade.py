@@ -147,7 +147,7 @@ class LocalRefiner:
         dec = DecodeConfig.from_dict(lc.decode, "local.decode")
         self.decode_method = dec.method
         self.decode_radius = int(dec.radius)
-        self.prior = None  # (P, P) weights around the patch centre (local.start_prior_mm), or None
+        self.log_prior = None  # (P, P) log weights around the patch centre (local.start_prior_mm), or None
         if lc.start_prior_mm is not None:
             sigma = float(lc.start_prior_mm)
             if not sigma > 0:
@@ -155,7 +155,7 @@ class LocalRefiner:
             c = (self.input.size - 1) / 2.0  # the patch centre (Fn.patch_matrix): where the start point is
             yy, xx = np.mgrid[0 : self.input.size, 0 : self.input.size]
             d2 = (xx - c) ** 2 + (yy - c) ** 2
-            self.prior = torch.from_numpy(np.exp(-d2 / (2.0 * (sigma / self.spacing_mm) ** 2)).astype(np.float32))
+            self.log_prior = torch.from_numpy((-d2 / (2.0 * (sigma / self.spacing_mm) ** 2)).astype(np.float32))
 
     @torch.no_grad()
     def refine(
@@ -195,12 +195,13 @@ class LocalRefiner:
             patches = np.stack([x for x, _ in sampled])
             x = _patch_input(patches).to(dev, dtype)
             own = _own_logits(net, x, idx)  # (n, P, P): channel k of the patch centred on k
-            prob = torch.softmax(own.reshape(idx.size, -1).float(), -1).reshape(own.shape)
-            if self.prior is None:
+            flat = own.reshape(idx.size, -1).float()
+            prob = torch.softmax(flat, -1).reshape(own.shape)
+            if self.log_prior is None:
                 found, _, mass = Fn.heatmaps_to_points(prob, self.decode_method, self.decode_radius)
             else:  # decode the map weighed by the prior; the confidence is the network's own mass there
-                weighed = prob * self.prior.to(prob.device)
-                weighed = weighed / weighed.sum(dim=(1, 2), keepdim=True).clamp_min(1e-30)
+                # prob * prior, renormalised, computed in log space so that a narrow prior cannot underflow to 0
+                weighed = torch.softmax(flat + self.log_prior.to(flat.device).reshape(1, -1), -1).reshape(own.shape)
                 found, _, _ = Fn.heatmaps_to_points(weighed, self.decode_method, self.decode_radius)
                 mass = Fn.window_mass(prob, found, self.decode_radius)
             for j, i in enumerate(idx):
