@@ -1,8 +1,8 @@
 """The default model (``models.default`` of ``configs/app.yaml``: ``isbi2015_unet_seg_ensemble_all_prior4``, unet_seg
-with two refiners held near its points) served by a real MONAI Label server of its own (``--conf models default,isbi2015_cascade``): landmarks on a
-real ISBI 2015 image near the senior annotation, honest answers on a mirrored and a blank image, then one fine-tuning
-epoch through ``POST /train`` (a refined model fine-tunes its base) and the new weights served. The cascade (the
-default until 2026-12-01) is served beside it.
+with two refiners held near its points) served by a real MONAI Label server of its own (``--conf models
+default,isbi2015_cascade``): landmarks on a real ISBI 2015 image near the senior annotation, honest answers on a
+mirrored and a blank image, then one fine-tuning epoch through ``POST /train`` (a refined model fine-tunes its base)
+and the new weights served. The cascade (the default until 2026-12-01) is served beside it.
 """
 
 from __future__ import annotations
